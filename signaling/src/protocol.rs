@@ -1,0 +1,929 @@
+//! Every frame of protocol version 1.
+//!
+//! Frames are tagged by a `type` field. Every client frame carries a request id `id`
+//! (chosen by the client, echoed by the server); the server answers each request with exactly
+//! one response frame carrying the same id, or with an `error` frame carrying it. `ack` and
+//! `typing` are the exception: they are answered only when they fail. Frames the server sends
+//! on its own (`deliver`, `queue_empty`, `presence`, `typing`) have no request id.
+//!
+//! Byte strings ([`OpaqueBytes`]) are base64 (standard alphabet, padded) in JSON and raw
+//! binary in MessagePack. The server treats them as opaque: it never looks inside.
+
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::ErrorCode;
+
+/// Protocol version spoken by this build.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Limits every decoder and the server enforce. Sizes are in bytes.
+pub mod limits {
+    /// Largest WebSocket message the server accepts as a frame.
+    pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+    /// Largest single per-device envelope or group message body.
+    pub const MAX_ENVELOPE_BYTES: usize = 64 * 1024;
+    /// Most envelopes in one `send` (5 recipient devices + 4 own other devices, with room).
+    pub const MAX_ENVELOPES: usize = 16;
+    /// Longest client message id.
+    pub const MAX_CLIENT_ID_CHARS: usize = 64;
+    /// Most queue sequence numbers in one `ack`, or message seqs in one `read`.
+    pub const MAX_ACKS: usize = 1000;
+    /// Most phone numbers in one `lookup`.
+    pub const MAX_LOOKUP: usize = 256;
+    /// Most users named in one group or presence request.
+    pub const MAX_USERS_PER_REQUEST: usize = 1024;
+    /// Longest group or device name, in characters.
+    pub const MAX_NAME_CHARS: usize = 128;
+    /// Largest public key or signature.
+    pub const MAX_KEY_BYTES: usize = 256;
+    /// Most one-time prekeys a device may have stored.
+    pub const MAX_ONE_TIME_PREKEYS: usize = 100;
+    /// Longest bearer token or client name.
+    pub const MAX_TOKEN_CHARS: usize = 256;
+}
+
+macro_rules! id_type {
+    ($(#[$m:meta])* $name:ident, $prefix:literal) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!($prefix, "{}"), self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A user (one phone number).
+    UserId,
+    "u"
+);
+id_type!(
+    /// One device of a user; globally unique.
+    DeviceId,
+    "d"
+);
+id_type!(
+    /// A group conversation.
+    GroupId,
+    "g"
+);
+
+/// Bytes the server stores and forwards without interpreting: ciphertexts and public keys.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct OpaqueBytes(pub Vec<u8>);
+
+impl OpaqueBytes {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<Vec<u8>> for OpaqueBytes {
+    fn from(v: Vec<u8>) -> Self {
+        OpaqueBytes(v)
+    }
+}
+
+impl fmt::Debug for OpaqueBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OpaqueBytes({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for OpaqueBytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&BASE64.encode(&self.0))
+        } else {
+            s.serialize_bytes(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OpaqueBytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Decided by what arrives rather than by `is_human_readable`, because serde's buffering
+        // of internally tagged enums reports every format as human readable.
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OpaqueBytes;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("base64 text or a byte string")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<OpaqueBytes, E> {
+                BASE64
+                    .decode(s)
+                    .map(OpaqueBytes)
+                    .map_err(|e| E::custom(format!("invalid base64: {e}")))
+            }
+            fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<OpaqueBytes, E> {
+                Ok(OpaqueBytes(b.to_vec()))
+            }
+            fn visit_byte_buf<E: de::Error>(self, b: Vec<u8>) -> Result<OpaqueBytes, E> {
+                Ok(OpaqueBytes(b))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OpaqueBytes, A::Error> {
+                // MessagePack encoders that lack a bin type send an array of small integers.
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(65536));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(OpaqueBytes(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A conversation as seen by the device that receives the frame: a direct conversation
+/// with another user, or a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Conv {
+    Direct(UserId),
+    Group(GroupId),
+}
+
+/// One ciphertext for one device in a `send`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub device: DeviceId,
+    pub body: OpaqueBytes,
+}
+
+/// A prekey: opaque public key bytes with a client-chosen id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prekey {
+    pub key_id: u32,
+    pub key: OpaqueBytes,
+}
+
+/// The signed prekey and its signature by the identity key (checked by clients, not the server).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedPrekey {
+    pub key_id: u32,
+    pub key: OpaqueBytes,
+    pub signature: OpaqueBytes,
+}
+
+/// Who may see a user's online state and last-seen time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceVisibility {
+    #[default]
+    Everyone,
+    Nobody,
+}
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// First frame on every socket: authenticates the device. `cursor` is the highest queue
+    /// sequence the device has already stored; everything at or below it counts as acked.
+    Hello {
+        id: u64,
+        token: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+    },
+    /// Application-level keepalive; answered with `pong`.
+    Ping {
+        id: u64,
+    },
+    /// A 1:1 message: one envelope per device of `to` and per other device of the sender.
+    Send {
+        id: u64,
+        client_id: String,
+        to: UserId,
+        envelopes: Vec<Envelope>,
+    },
+    /// A group message, encrypted once (sender keys) and stored once.
+    SendGroup {
+        id: u64,
+        client_id: String,
+        group: GroupId,
+        body: OpaqueBytes,
+    },
+    /// The device has stored these queue items; the server deletes them. Answered only on error.
+    Ack {
+        id: u64,
+        qseqs: Vec<u64>,
+    },
+    /// Read receipts for messages `seqs` of `conv`, authored by `to`.
+    Read {
+        id: u64,
+        conv: Conv,
+        to: UserId,
+        seqs: Vec<u64>,
+    },
+    /// Typing indicator; ephemeral, expires on its own. Answered only on error.
+    Typing {
+        id: u64,
+        conv: Conv,
+        active: bool,
+    },
+    /// Publish this device's keys. Every field is optional; one-time keys are added.
+    KeysUpload {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity_key: Option<OpaqueBytes>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signed_prekey: Option<SignedPrekey>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        one_time: Vec<Prekey>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_resort: Option<Prekey>,
+    },
+    /// Claim one prekey bundle per device of `user`, consuming one one-time key each.
+    KeysClaim {
+        id: u64,
+        user: UserId,
+    },
+    /// How many one-time prekeys this device has left.
+    KeysCount {
+        id: u64,
+    },
+    /// List this user's devices.
+    DevicesList {
+        id: u64,
+    },
+    /// Revoke a device: the primary may revoke any linked device; a linked device itself.
+    DeviceRevoke {
+        id: u64,
+        device: DeviceId,
+    },
+    /// Primary only: a one-time code that links a new device (POST /v1/devices/link).
+    DeviceLinkCode {
+        id: u64,
+    },
+    /// Find users by phone number.
+    Lookup {
+        id: u64,
+        phones: Vec<String>,
+    },
+    GroupCreate {
+        id: u64,
+        name: String,
+        members: Vec<UserId>,
+    },
+    GroupAdd {
+        id: u64,
+        group: GroupId,
+        users: Vec<UserId>,
+    },
+    GroupRemove {
+        id: u64,
+        group: GroupId,
+        users: Vec<UserId>,
+    },
+    GroupPromote {
+        id: u64,
+        group: GroupId,
+        user: UserId,
+    },
+    GroupLeave {
+        id: u64,
+        group: GroupId,
+    },
+    GroupRename {
+        id: u64,
+        group: GroupId,
+        name: String,
+    },
+    GroupInfo {
+        id: u64,
+        group: GroupId,
+    },
+    /// Receive presence updates for these users (answered with their current state).
+    PresenceSubscribe {
+        id: u64,
+        users: Vec<UserId>,
+    },
+    PresenceUnsubscribe {
+        id: u64,
+        users: Vec<UserId>,
+    },
+    /// Change settings; fields left out stay as they are. Answered with all settings.
+    Settings {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        presence: Option<PresenceVisibility>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        read_receipts: Option<bool>,
+    },
+}
+
+impl ClientFrame {
+    /// Every client frame type name, as on the wire.
+    pub const TYPES: &'static [&'static str] = &[
+        "hello",
+        "ping",
+        "send",
+        "send_group",
+        "ack",
+        "read",
+        "typing",
+        "keys_upload",
+        "keys_claim",
+        "keys_count",
+        "devices_list",
+        "device_revoke",
+        "device_link_code",
+        "lookup",
+        "group_create",
+        "group_add",
+        "group_remove",
+        "group_promote",
+        "group_leave",
+        "group_rename",
+        "group_info",
+        "presence_subscribe",
+        "presence_unsubscribe",
+        "settings",
+    ];
+
+    /// The request id.
+    pub fn id(&self) -> u64 {
+        use ClientFrame::*;
+        match self {
+            Hello { id, .. }
+            | Ping { id }
+            | Send { id, .. }
+            | SendGroup { id, .. }
+            | Ack { id, .. }
+            | Read { id, .. }
+            | Typing { id, .. }
+            | KeysUpload { id, .. }
+            | KeysClaim { id, .. }
+            | KeysCount { id }
+            | DevicesList { id }
+            | DeviceRevoke { id, .. }
+            | DeviceLinkCode { id }
+            | Lookup { id, .. }
+            | GroupCreate { id, .. }
+            | GroupAdd { id, .. }
+            | GroupRemove { id, .. }
+            | GroupPromote { id, .. }
+            | GroupLeave { id, .. }
+            | GroupRename { id, .. }
+            | GroupInfo { id, .. }
+            | PresenceSubscribe { id, .. }
+            | PresenceUnsubscribe { id, .. }
+            | Settings { id, .. } => *id,
+        }
+    }
+
+    /// The frame's type name, as on the wire (used for metrics labels).
+    pub fn type_name(&self) -> &'static str {
+        use ClientFrame::*;
+        match self {
+            Hello { .. } => "hello",
+            Ping { .. } => "ping",
+            Send { .. } => "send",
+            SendGroup { .. } => "send_group",
+            Ack { .. } => "ack",
+            Read { .. } => "read",
+            Typing { .. } => "typing",
+            KeysUpload { .. } => "keys_upload",
+            KeysClaim { .. } => "keys_claim",
+            KeysCount { .. } => "keys_count",
+            DevicesList { .. } => "devices_list",
+            DeviceRevoke { .. } => "device_revoke",
+            DeviceLinkCode { .. } => "device_link_code",
+            Lookup { .. } => "lookup",
+            GroupCreate { .. } => "group_create",
+            GroupAdd { .. } => "group_add",
+            GroupRemove { .. } => "group_remove",
+            GroupPromote { .. } => "group_promote",
+            GroupLeave { .. } => "group_leave",
+            GroupRename { .. } => "group_rename",
+            GroupInfo { .. } => "group_info",
+            PresenceSubscribe { .. } => "presence_subscribe",
+            PresenceUnsubscribe { .. } => "presence_unsubscribe",
+            Settings { .. } => "settings",
+        }
+    }
+
+    /// Checks the count and size bounds of every field. Decoding already bounded the frame as
+    /// a whole; this keeps any one list or string within what the server is built for.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        use ClientFrame::*;
+        use limits::*;
+        match self {
+            Hello { token, client, .. } => {
+                check_chars("token", token, MAX_TOKEN_CHARS)?;
+                if let Some(c) = client {
+                    check_chars("client", c, MAX_TOKEN_CHARS)?;
+                }
+            }
+            Send {
+                client_id,
+                envelopes,
+                ..
+            } => {
+                check_client_id(client_id)?;
+                check_count("envelopes", envelopes.len(), MAX_ENVELOPES)?;
+                if envelopes.is_empty() {
+                    return Err(ProtocolError::invalid("`envelopes` is empty"));
+                }
+                for e in envelopes {
+                    check_envelope(&e.body)?;
+                }
+                let mut devices: Vec<u64> = envelopes.iter().map(|e| e.device.0).collect();
+                devices.sort_unstable();
+                if devices.windows(2).any(|w| w[0] == w[1]) {
+                    return Err(ProtocolError::invalid("two envelopes name the same device"));
+                }
+            }
+            SendGroup {
+                client_id, body, ..
+            } => {
+                check_client_id(client_id)?;
+                check_envelope(body)?;
+            }
+            Ack { qseqs, .. } => check_count("qseqs", qseqs.len(), MAX_ACKS)?,
+            Read { seqs, .. } => {
+                check_count("seqs", seqs.len(), MAX_ACKS)?;
+                if seqs.is_empty() {
+                    return Err(ProtocolError::invalid("`seqs` is empty"));
+                }
+            }
+            KeysUpload {
+                identity_key,
+                signed_prekey,
+                one_time,
+                last_resort,
+                ..
+            } => {
+                if let Some(k) = identity_key {
+                    check_key("identity_key", k)?;
+                }
+                if let Some(s) = signed_prekey {
+                    check_key("signed_prekey.key", &s.key)?;
+                    check_key("signed_prekey.signature", &s.signature)?;
+                }
+                check_count("one_time", one_time.len(), MAX_ONE_TIME_PREKEYS)?;
+                for k in one_time {
+                    check_key("one_time.key", &k.key)?;
+                }
+                let mut ids: Vec<u32> = one_time.iter().map(|k| k.key_id).collect();
+                ids.sort_unstable();
+                if ids.windows(2).any(|w| w[0] == w[1]) {
+                    return Err(ProtocolError::invalid(
+                        "two one-time prekeys share a key_id",
+                    ));
+                }
+                if let Some(k) = last_resort {
+                    check_key("last_resort.key", &k.key)?;
+                }
+            }
+            Lookup { phones, .. } => {
+                check_count("phones", phones.len(), MAX_LOOKUP)?;
+                for p in phones {
+                    check_chars("phone", p, 32)?;
+                }
+            }
+            GroupCreate { name, members, .. } => {
+                check_name(name)?;
+                check_count("members", members.len(), MAX_USERS_PER_REQUEST)?;
+            }
+            GroupAdd { users, .. }
+            | GroupRemove { users, .. }
+            | PresenceSubscribe { users, .. }
+            | PresenceUnsubscribe { users, .. } => {
+                check_count("users", users.len(), MAX_USERS_PER_REQUEST)?;
+                if users.is_empty() {
+                    return Err(ProtocolError::invalid("`users` is empty"));
+                }
+            }
+            GroupRename { name, .. } => check_name(name)?,
+            Ping { .. }
+            | Typing { .. }
+            | KeysClaim { .. }
+            | KeysCount { .. }
+            | DevicesList { .. }
+            | DeviceRevoke { .. }
+            | DeviceLinkCode { .. }
+            | GroupPromote { .. }
+            | GroupLeave { .. }
+            | GroupInfo { .. }
+            | Settings { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+fn check_count(field: &str, n: usize, max: usize) -> Result<(), ProtocolError> {
+    if n > max {
+        return Err(ProtocolError::new(
+            ErrorCode::TooLarge,
+            format!("`{field}` has {n} entries; at most {max} are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_chars(field: &str, s: &str, max: usize) -> Result<(), ProtocolError> {
+    let n = s.chars().count();
+    if n > max {
+        return Err(ProtocolError::new(
+            ErrorCode::TooLarge,
+            format!("`{field}` is {n} characters; at most {max} are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_client_id(client_id: &str) -> Result<(), ProtocolError> {
+    if client_id.is_empty() {
+        return Err(ProtocolError::invalid("`client_id` is empty"));
+    }
+    check_chars("client_id", client_id, limits::MAX_CLIENT_ID_CHARS)
+}
+
+fn check_envelope(body: &OpaqueBytes) -> Result<(), ProtocolError> {
+    if body.len() > limits::MAX_ENVELOPE_BYTES {
+        return Err(ProtocolError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "an envelope is {} bytes; at most {} are allowed",
+                body.len(),
+                limits::MAX_ENVELOPE_BYTES
+            ),
+        ));
+    }
+    if body.is_empty() {
+        return Err(ProtocolError::invalid("an envelope is empty"));
+    }
+    Ok(())
+}
+
+fn check_key(field: &str, key: &OpaqueBytes) -> Result<(), ProtocolError> {
+    if key.is_empty() || key.len() > limits::MAX_KEY_BYTES {
+        return Err(ProtocolError::new(
+            if key.is_empty() {
+                ErrorCode::Invalid
+            } else {
+                ErrorCode::TooLarge
+            },
+            format!(
+                "`{field}` is {} bytes; 1 to {} are allowed",
+                key.len(),
+                limits::MAX_KEY_BYTES
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a group or device name: 1 to [`limits::MAX_NAME_CHARS`] characters, no control characters.
+pub fn check_name(name: &str) -> Result<(), ProtocolError> {
+    check_chars("name", name, limits::MAX_NAME_CHARS)?;
+    if name.trim().is_empty() || name.chars().any(char::is_control) {
+        return Err(ProtocolError::invalid(
+            "`name` must be non-blank and free of control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A device's public keys as handed to a user who wants to start sessions with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceBundle {
+    pub device: DeviceId,
+    /// `null` when the device has not published keys yet.
+    pub identity_key: Option<OpaqueBytes>,
+    pub signed_prekey: Option<SignedPrekey>,
+    /// The one-time prekey consumed by this claim, if any were left.
+    pub one_time: Option<Prekey>,
+    /// Set when no one-time key was left: the reusable last-resort key.
+    pub last_resort: Option<Prekey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub device: DeviceId,
+    pub name: String,
+    pub primary: bool,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserMatch {
+    pub phone: String,
+    pub user: UserId,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupMember {
+    pub user: UserId,
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    pub group: GroupId,
+    pub name: String,
+    pub members: Vec<GroupMember>,
+}
+
+/// A user's presence as the asking user may see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceInfo {
+    pub user: UserId,
+    /// The user hides presence (`nobody`): `online` is false and `last_seen_ms` absent.
+    pub hidden: bool,
+    pub online: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_ms: Option<u64>,
+}
+
+/// Delivered or read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptStatus {
+    Delivered,
+    Read,
+}
+
+/// What changed in a group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum GroupChange {
+    Created { name: String, members: Vec<UserId> },
+    Added { users: Vec<UserId> },
+    Removed { users: Vec<UserId> },
+    Promoted { users: Vec<UserId> },
+    Left { user: UserId },
+    Renamed { name: String },
+}
+
+/// One entry of a device's durable queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum QueueItem {
+    /// A message; `seq` is its position in `conv`, assigned by the server.
+    Message {
+        conv: Conv,
+        seq: u64,
+        from: UserId,
+        device: DeviceId,
+        ts_ms: u64,
+        body: OpaqueBytes,
+    },
+    /// Messages `seqs` of `conv` were delivered to, or read on, a device of user `by`.
+    Receipt {
+        conv: Conv,
+        status: ReceiptStatus,
+        by: UserId,
+        device: DeviceId,
+        seqs: Vec<u64>,
+        ts_ms: u64,
+    },
+    /// A membership or name change of a group; `seq` orders it among the group's messages.
+    GroupNotice {
+        group: GroupId,
+        seq: u64,
+        by: UserId,
+        change: GroupChange,
+        ts_ms: u64,
+    },
+}
+
+/// Details of an error frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The request this error answers; absent when the frame could not be read far enough.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// With `device_mismatch`: devices of the recipients that have no envelope.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<DeviceId>,
+    /// With `device_mismatch`: envelopes for devices that are not (or no longer) recipients.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<DeviceId>,
+}
+
+/// Frames the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Answer to `hello`.
+    Welcome {
+        id: u64,
+        user: UserId,
+        device: DeviceId,
+        primary: bool,
+        protocol: u32,
+        server_time_ms: u64,
+    },
+    /// Generic success for requests that return nothing else.
+    Ok {
+        id: u64,
+    },
+    Pong {
+        id: u64,
+        server_time_ms: u64,
+    },
+    Error(ErrorBody),
+    /// The message is durable in every recipient queue (one tick).
+    Sent {
+        id: u64,
+        client_id: String,
+        seq: u64,
+        ts_ms: u64,
+        /// True when this client id was seen before and nothing new was stored.
+        duplicate: bool,
+    },
+    /// A queue item for this device; acknowledge `qseq` with `ack` once stored.
+    Deliver {
+        qseq: u64,
+        item: Arc<QueueItem>,
+    },
+    /// Every item queued at connect time has been sent.
+    QueueEmpty {},
+    Bundle {
+        id: u64,
+        user: UserId,
+        devices: Vec<DeviceBundle>,
+    },
+    KeyCount {
+        id: u64,
+        one_time: u32,
+        last_resort: bool,
+        signed_prekey: bool,
+        identity_key: bool,
+    },
+    Devices {
+        id: u64,
+        devices: Vec<DeviceInfo>,
+    },
+    LinkCode {
+        id: u64,
+        code: String,
+        expires_ms: u64,
+    },
+    Users {
+        id: u64,
+        users: Vec<UserMatch>,
+    },
+    Group {
+        id: u64,
+        group: GroupInfo,
+    },
+    PresenceList {
+        id: u64,
+        users: Vec<PresenceInfo>,
+    },
+    /// A subscribed user's presence changed.
+    Presence(PresenceInfo),
+    /// Someone is (or stopped) typing in `conv`; treat it as stopped after `ttl_ms`.
+    Typing {
+        conv: Conv,
+        from: UserId,
+        device: DeviceId,
+        active: bool,
+        ttl_ms: u32,
+    },
+    Settings {
+        id: u64,
+        presence: PresenceVisibility,
+        read_receipts: bool,
+    },
+}
+
+impl ServerFrame {
+    /// An error frame answering request `id`.
+    pub fn error(id: Option<u64>, err: ProtocolError) -> ServerFrame {
+        ServerFrame::Error(ErrorBody {
+            id,
+            code: err.code,
+            message: err.message,
+            retry_after_ms: err.retry_after_ms,
+            missing: err.missing,
+            extra: err.extra,
+        })
+    }
+
+    /// The frame's type name, as on the wire (used for metrics labels).
+    pub fn type_name(&self) -> &'static str {
+        use ServerFrame::*;
+        match self {
+            Welcome { .. } => "welcome",
+            Ok { .. } => "ok",
+            Pong { .. } => "pong",
+            Error(_) => "error",
+            Sent { .. } => "sent",
+            Deliver { .. } => "deliver",
+            QueueEmpty {} => "queue_empty",
+            Bundle { .. } => "bundle",
+            KeyCount { .. } => "key_count",
+            Devices { .. } => "devices",
+            LinkCode { .. } => "link_code",
+            Users { .. } => "users",
+            Group { .. } => "group",
+            PresenceList { .. } => "presence_list",
+            Presence(_) => "presence",
+            Typing { .. } => "typing",
+            Settings { .. } => "settings",
+        }
+    }
+
+    /// The request id this frame answers, if it answers one.
+    pub fn request_id(&self) -> Option<u64> {
+        use ServerFrame::*;
+        match self {
+            Welcome { id, .. }
+            | Ok { id }
+            | Pong { id, .. }
+            | Sent { id, .. }
+            | Bundle { id, .. }
+            | KeyCount { id, .. }
+            | Devices { id, .. }
+            | LinkCode { id, .. }
+            | Users { id, .. }
+            | Group { id, .. }
+            | PresenceList { id, .. }
+            | Settings { id, .. } => Some(*id),
+            Error(e) => e.id,
+            Deliver { .. } | QueueEmpty {} | Presence(_) | Typing { .. } => None,
+        }
+    }
+}
+
+/// A refusal: a stable code, a human message and optional details.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ProtocolError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub retry_after_ms: Option<u64>,
+    pub missing: Vec<DeviceId>,
+    pub extra: Vec<DeviceId>,
+}
+
+impl ProtocolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ProtocolError {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+            missing: Vec::new(),
+            extra: Vec::new(),
+        }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Invalid, message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, message)
+    }
+    pub fn rate_limited(retry_after_ms: u64) -> Self {
+        ProtocolError {
+            retry_after_ms: Some(retry_after_ms.max(1)),
+            ..Self::new(
+                ErrorCode::RateLimited,
+                format!("rate limit reached; retry in {retry_after_ms} ms"),
+            )
+        }
+    }
+}
+
+impl From<ErrorBody> for ProtocolError {
+    fn from(e: ErrorBody) -> Self {
+        ProtocolError {
+            code: e.code,
+            message: e.message,
+            retry_after_ms: e.retry_after_ms,
+            missing: e.missing,
+            extra: e.extra,
+        }
+    }
+}

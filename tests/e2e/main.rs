@@ -1,0 +1,1 @@
+//! End-to-end tests: the real server binary on loopback with real WebSocket clients.
