@@ -1,1 +1,322 @@
-fn main() {}
+//! `natter`: the all-in-one server. Today it runs the messaging gateway; the SFU and TURN
+//! server join it here as they land.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use natter_messaging::MessagingConfig;
+use natter_messaging::config::{CodeDelivery, Rate, SyncMode};
+use serde::{Deserialize, Serialize};
+
+const ABOUT: &str =
+    "natter: self-hosted end-to-end-encrypted messaging and calls (all-in-one server)";
+
+const LONG_ABOUT: &str = "\
+natter: self-hosted end-to-end-encrypted messaging and calls (all-in-one server).
+
+Runs the messaging gateway (HTTP + WebSocket) with embedded storage (SQLite in WAL mode)
+under --data-dir. Every setting has a default that runs on localhost.
+
+Settings are read, later ones winning, from: built-in defaults; the TOML file given with
+--config (keys as in `natter --print-config`); NATTER_* environment variables; flags.
+Each flag below names its environment variable.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct LogConfig {
+    /// `text` (human-readable) or `json`.
+    format: LogFormat,
+    /// A tracing filter, e.g. `info` or `natter_messaging=debug,info`.
+    filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    log: LogConfig,
+    messaging: MessagingConfig,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "natter", version, about = ABOUT, long_about = LONG_ABOUT)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "NATTER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+
+    /// Log format [config: log.format; default: text]
+    #[arg(long, env = "NATTER_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+
+    /// Log filter, e.g. `debug` or `natter_messaging=debug,info` [config: log.filter; default: info]
+    #[arg(long, env = "NATTER_LOG", value_name = "FILTER")]
+    log: Option<String>,
+
+    /// Address of the HTTP + WebSocket gateway [config: messaging.listen; default: 127.0.0.1:8080]
+    #[arg(long, env = "NATTER_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+
+    /// Directory for the database and blobs [config: messaging.data_dir; default: ./natter-data]
+    #[arg(long, env = "NATTER_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// `full`: every acknowledged write is fsynced (survives power loss); `normal`: survives a
+    /// crash of natter but not of the machine [config: messaging.sync; default: full]
+    #[arg(long, env = "NATTER_SYNC", value_name = "full|normal")]
+    sync: Option<SyncMode>,
+
+    /// Days an undelivered message (or an uploaded blob) is kept [config: messaging.queue_ttl_days; default: 30]
+    #[arg(long, env = "NATTER_QUEUE_TTL_DAYS", value_name = "DAYS")]
+    queue_ttl_days: Option<u32>,
+
+    /// Queue items per batch when a device replays its backlog [config: messaging.replay_batch; default: 100]
+    #[arg(long, env = "NATTER_REPLAY_BATCH", value_name = "N")]
+    replay_batch: Option<u32>,
+
+    /// Hours a client message id is remembered to drop duplicate sends (at least 24)
+    /// [config: messaging.dedup_hours; default: 24]
+    #[arg(long, env = "NATTER_DEDUP_HOURS", value_name = "HOURS")]
+    dedup_hours: Option<u32>,
+
+    /// A typing indicator lapses this long after its last refresh [config: messaging.typing_ttl_ms; default: 6000]
+    #[arg(long, env = "NATTER_TYPING_TTL_MS", value_name = "MS")]
+    typing_ttl_ms: Option<u32>,
+
+    /// Most members of one group [config: messaging.max_group_members; default: 1024]
+    #[arg(long, env = "NATTER_MAX_GROUP_MEMBERS", value_name = "N")]
+    max_group_members: Option<u32>,
+
+    /// Largest blob that may be uploaded, in bytes [config: messaging.max_blob_bytes; default: 104857600]
+    #[arg(long, env = "NATTER_MAX_BLOB_BYTES", value_name = "BYTES")]
+    max_blob_bytes: Option<u64>,
+
+    /// A socket that sends no `hello` within this time is closed [config: messaging.hello_timeout_ms; default: 10000]
+    #[arg(long, env = "NATTER_HELLO_TIMEOUT_MS", value_name = "MS")]
+    hello_timeout_ms: Option<u64>,
+
+    /// On shutdown, sockets get this long to drain [config: messaging.shutdown_grace_ms; default: 10000]
+    #[arg(long, env = "NATTER_SHUTDOWN_GRACE_MS", value_name = "MS")]
+    shutdown_grace_ms: Option<u64>,
+
+    /// Where registration codes go: `log` (development: logged and returned in the response)
+    /// or `webhook` (POSTed as JSON {"phone","code"} to --code-webhook-url)
+    /// [config: messaging.code_delivery; default: log]
+    #[arg(long, env = "NATTER_CODE_DELIVERY", value_name = "log|webhook")]
+    code_delivery: Option<CodeDelivery>,
+
+    /// URL receiving registration codes with --code-delivery webhook [config: messaging.code_webhook_url]
+    #[arg(long, env = "NATTER_CODE_WEBHOOK_URL", value_name = "URL")]
+    code_webhook_url: Option<String>,
+
+    /// Seconds a registration or device-link code stays valid [config: messaging.code_ttl_s; default: 600]
+    #[arg(long, env = "NATTER_CODE_TTL_S", value_name = "SECONDS")]
+    code_ttl_s: Option<u32>,
+
+    /// Sends per device, as BURST:PER_SECOND [config: messaging.limits.send; default: 200:50]
+    #[arg(long, env = "NATTER_LIMIT_SEND", value_name = "BURST:RATE")]
+    limit_send: Option<Rate>,
+
+    /// Registration code requests per phone number [config: messaging.limits.register_phone; default: 3:0.0167]
+    #[arg(long, env = "NATTER_LIMIT_REGISTER_PHONE", value_name = "BURST:RATE")]
+    limit_register_phone: Option<Rate>,
+
+    /// Registration, verification and link requests per client IP [config: messaging.limits.register_ip; default: 20:1]
+    #[arg(long, env = "NATTER_LIMIT_REGISTER_IP", value_name = "BURST:RATE")]
+    limit_register_ip: Option<Rate>,
+
+    /// Prekey uploads per device [config: messaging.limits.prekeys; default: 10:0.2]
+    #[arg(long, env = "NATTER_LIMIT_PREKEYS", value_name = "BURST:RATE")]
+    limit_prekeys: Option<Rate>,
+
+    /// Key claims and phone lookups per device [config: messaging.limits.directory; default: 60:2]
+    #[arg(long, env = "NATTER_LIMIT_DIRECTORY", value_name = "BURST:RATE")]
+    limit_directory: Option<Rate>,
+
+    /// Uploaded blob bytes per device [config: messaging.limits.blob_bytes; default: 209715200:10485760]
+    #[arg(long, env = "NATTER_LIMIT_BLOB_BYTES", value_name = "BURST:RATE")]
+    limit_blob_bytes: Option<Rate>,
+
+    /// Typing frames per device [config: messaging.limits.typing; default: 10:2]
+    #[arg(long, env = "NATTER_LIMIT_TYPING", value_name = "BURST:RATE")]
+    limit_typing: Option<Rate>,
+}
+
+/// Copies every flag (or environment variable) that was given onto the configuration.
+fn apply(cli: Cli, cfg: &mut Config) {
+    macro_rules! set {
+        ($($flag:ident => $($field:ident).+;)*) => {
+            $(if let Some(v) = cli.$flag { cfg.$($field).+ = v; })*
+        };
+    }
+    set! {
+        log_format => log.format;
+        log => log.filter;
+        listen => messaging.listen;
+        data_dir => messaging.data_dir;
+        sync => messaging.sync;
+        queue_ttl_days => messaging.queue_ttl_days;
+        replay_batch => messaging.replay_batch;
+        dedup_hours => messaging.dedup_hours;
+        typing_ttl_ms => messaging.typing_ttl_ms;
+        max_group_members => messaging.max_group_members;
+        max_blob_bytes => messaging.max_blob_bytes;
+        hello_timeout_ms => messaging.hello_timeout_ms;
+        shutdown_grace_ms => messaging.shutdown_grace_ms;
+        code_delivery => messaging.code_delivery;
+        code_ttl_s => messaging.code_ttl_s;
+        limit_send => messaging.limits.send;
+        limit_register_phone => messaging.limits.register_phone;
+        limit_register_ip => messaging.limits.register_ip;
+        limit_prekeys => messaging.limits.prekeys;
+        limit_directory => messaging.limits.directory;
+        limit_blob_bytes => messaging.limits.blob_bytes;
+        limit_typing => messaging.limits.typing;
+    }
+    if let Some(url) = cli.code_webhook_url {
+        cfg.messaging.code_webhook_url = Some(url);
+    }
+}
+
+fn load_config(cli: Cli) -> Result<(Config, bool)> {
+    let mut cfg = match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            toml::from_str::<Config>(&text)
+                .with_context(|| format!("invalid config file {}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    let print = cli.print_config;
+    apply(cli, &mut cfg);
+    cfg.messaging
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    Ok((cfg, print))
+}
+
+fn init_logging(log: &LogConfig) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.filter)
+        .with_context(|| format!("invalid log filter {:?}", log.filter))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn main() -> Result<()> {
+    let (cfg, print) = load_config(Cli::parse())?;
+    if print {
+        print!("{}", toml::to_string_pretty(&cfg)?);
+        return Ok(());
+    }
+    init_logging(&cfg.log)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cfg))
+}
+
+async fn run(cfg: Config) -> Result<()> {
+    if cfg.messaging.code_delivery == CodeDelivery::Log {
+        tracing::warn!(
+            "development mode: registration codes are logged and returned in responses; \
+             set --code-delivery webhook for real users"
+        );
+    }
+    let data_dir = cfg.messaging.data_dir.clone();
+    let server = natter_messaging::Server::start(cfg.messaging)
+        .await
+        .context("cannot start the messaging gateway")?;
+    let addr = server.local_addr();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "natter {} is running", env!("CARGO_PKG_VERSION"))?;
+    writeln!(out, "  http       http://{addr}/")?;
+    writeln!(out, "  websocket  ws://{addr}/v1/ws")?;
+    writeln!(out, "  metrics    http://{addr}/metrics")?;
+    writeln!(out, "  health     http://{addr}/healthz")?;
+    writeln!(out, "  data       {} (SQLite, WAL)", data_dir.display())?;
+    writeln!(out, "press Ctrl-C to stop")?;
+    out.flush()?;
+    drop(out);
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining sockets");
+    server.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_file_parses_and_matches_defaults() {
+        let text = include_str!("../natter.example.toml");
+        let cfg: Config = toml::from_str(text).unwrap();
+        assert_eq!(cfg.messaging, MessagingConfig::default());
+    }
+
+    #[test]
+    fn flags_override_file_values() {
+        let cli = Cli::parse_from(["natter", "--listen", "127.0.0.1:9", "--limit-send", "5:1"]);
+        let mut cfg = Config::default();
+        apply(cli, &mut cfg);
+        assert_eq!(cfg.messaging.listen, "127.0.0.1:9".parse().unwrap());
+        assert_eq!(cfg.messaging.limits.send, Rate::new(5.0, 1.0));
+    }
+
+    #[test]
+    fn unknown_config_keys_are_refused() {
+        assert!(toml::from_str::<Config>("[messaging]\nlisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -330,6 +330,39 @@ pub enum ClientFrame {
     },
 }
 
+/// A reference to the `id` field of any client frame (shared or mutable, as `$frame` is).
+macro_rules! client_frame_id {
+    ($frame:expr) => {{
+        use ClientFrame::*;
+        match $frame {
+            Hello { id, .. }
+            | Ping { id }
+            | Send { id, .. }
+            | SendGroup { id, .. }
+            | Ack { id, .. }
+            | Read { id, .. }
+            | Typing { id, .. }
+            | KeysUpload { id, .. }
+            | KeysClaim { id, .. }
+            | KeysCount { id }
+            | DevicesList { id }
+            | DeviceRevoke { id, .. }
+            | DeviceLinkCode { id }
+            | Lookup { id, .. }
+            | GroupCreate { id, .. }
+            | GroupAdd { id, .. }
+            | GroupRemove { id, .. }
+            | GroupPromote { id, .. }
+            | GroupLeave { id, .. }
+            | GroupRename { id, .. }
+            | GroupInfo { id, .. }
+            | PresenceSubscribe { id, .. }
+            | PresenceUnsubscribe { id, .. }
+            | Settings { id, .. } => id,
+        }
+    }};
+}
+
 impl ClientFrame {
     /// Every client frame type name, as on the wire.
     pub const TYPES: &'static [&'static str] = &[
@@ -361,33 +394,12 @@ impl ClientFrame {
 
     /// The request id.
     pub fn id(&self) -> u64 {
-        use ClientFrame::*;
-        match self {
-            Hello { id, .. }
-            | Ping { id }
-            | Send { id, .. }
-            | SendGroup { id, .. }
-            | Ack { id, .. }
-            | Read { id, .. }
-            | Typing { id, .. }
-            | KeysUpload { id, .. }
-            | KeysClaim { id, .. }
-            | KeysCount { id }
-            | DevicesList { id }
-            | DeviceRevoke { id, .. }
-            | DeviceLinkCode { id }
-            | Lookup { id, .. }
-            | GroupCreate { id, .. }
-            | GroupAdd { id, .. }
-            | GroupRemove { id, .. }
-            | GroupPromote { id, .. }
-            | GroupLeave { id, .. }
-            | GroupRename { id, .. }
-            | GroupInfo { id, .. }
-            | PresenceSubscribe { id, .. }
-            | PresenceUnsubscribe { id, .. }
-            | Settings { id, .. } => *id,
-        }
+        *client_frame_id!(self)
+    }
+
+    /// Sets the request id (clients number their requests just before sending).
+    pub fn set_id(&mut self, new: u64) {
+        *client_frame_id!(self) = new;
     }
 
     /// The frame's type name, as on the wire (used for metrics labels).

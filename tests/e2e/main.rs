@@ -1,1 +1,8 @@
-//! End-to-end tests: the real server binary on loopback with real WebSocket clients.
+//! End-to-end tests: the real `natter` binary on loopback with real WebSocket clients.
+
+mod common;
+
+mod accounts;
+mod messages;
+mod offline;
+mod protocol;

@@ -1,0 +1,355 @@
+//! Who is connected right now: one live connection per device, presence subscriptions, and
+//! typing indicators. Everything here is in memory and ephemeral; durable state lives in the
+//! store, which calls [`Hub::push_item`] after each commit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use natter_signaling::{
+    DeviceId, PresenceInfo, PresenceVisibility, ProtocolError, QueueItem, ServerFrame, UserId,
+};
+use tokio::sync::mpsc;
+
+use crate::store::Fetched;
+use crate::typing::{TypingKey, TypingTracker, TypingUpdate};
+
+/// Live items queued to one connection before it is told to re-read from storage instead.
+pub const LIVE_QUEUE_LIMIT: usize = 1024;
+
+/// What other parts of the server hand to a connection's task.
+pub enum Outbound {
+    /// The answer to one of its requests (`None`: a request answered only on failure succeeded).
+    Reply(Option<Box<ServerFrame>>),
+    /// A queue item committed for this device.
+    Item(u64, Arc<QueueItem>),
+    /// A replay read finished.
+    Fetched(Result<Fetched, ProtocolError>),
+    /// A frame shared by many connections (presence, typing).
+    Event(Arc<ServerFrame>),
+    /// Live items were dropped because the connection fell behind: re-read from storage.
+    Lagged,
+    /// Send this error and close (revoked, or replaced by a newer connection of the device).
+    Kick(ProtocolError),
+}
+
+pub type OutboundTx = mpsc::UnboundedSender<Outbound>;
+
+struct Backlog {
+    queued: AtomicUsize,
+    lagged: AtomicBool,
+}
+
+/// The hub's handle on one connection.
+#[derive(Clone)]
+pub struct ConnHandle {
+    pub conn_id: u64,
+    pub user: UserId,
+    pub device: DeviceId,
+    tx: OutboundTx,
+    backlog: Arc<Backlog>,
+}
+
+impl ConnHandle {
+    pub fn new(conn_id: u64, user: UserId, device: DeviceId, tx: OutboundTx) -> ConnHandle {
+        ConnHandle {
+            conn_id,
+            user,
+            device,
+            tx,
+            backlog: Arc::new(Backlog {
+                queued: AtomicUsize::new(0),
+                lagged: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The connection took a live item off its channel.
+    pub fn item_taken(&self) {
+        self.backlog.queued.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The connection handled a lag notice; later overflows notify again.
+    pub fn lag_handled(&self) {
+        self.backlog.lagged.store(false, Ordering::Relaxed);
+    }
+}
+
+struct UserPresence {
+    /// Devices of this user with a live connection.
+    online: Vec<DeviceId>,
+    visibility: PresenceVisibility,
+    last_seen_ms: Option<u64>,
+    /// Connections subscribed to this user's presence.
+    subscribers: HashMap<u64, OutboundTx>,
+}
+
+impl UserPresence {
+    fn new(visibility: PresenceVisibility) -> UserPresence {
+        UserPresence {
+            online: Vec::new(),
+            visibility,
+            last_seen_ms: None,
+            subscribers: HashMap::new(),
+        }
+    }
+
+    fn info(&self, user: UserId) -> PresenceInfo {
+        match self.visibility {
+            PresenceVisibility::Nobody => PresenceInfo {
+                user,
+                hidden: true,
+                online: false,
+                last_seen_ms: None,
+            },
+            PresenceVisibility::Everyone => PresenceInfo {
+                user,
+                hidden: false,
+                online: !self.online.is_empty(),
+                last_seen_ms: if self.online.is_empty() {
+                    self.last_seen_ms
+                } else {
+                    None
+                },
+            },
+        }
+    }
+
+    fn notify(&self, user: UserId) {
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let frame = Arc::new(ServerFrame::Presence(self.info(user)));
+        for tx in self.subscribers.values() {
+            let _ = tx.send(Outbound::Event(frame.clone()));
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.online.is_empty() && self.subscribers.is_empty()
+    }
+}
+
+/// Recipients of a typing indicator: users whose online devices are told.
+pub type TypingRecipients = Arc<[UserId]>;
+
+pub struct Hub {
+    next_conn_id: AtomicU64,
+    conns: Mutex<HashMap<DeviceId, ConnHandle>>,
+    presence: Mutex<HashMap<UserId, UserPresence>>,
+    typing: Mutex<TypingTracker<TypingRecipients>>,
+}
+
+impl Hub {
+    pub fn new(typing_ttl: std::time::Duration) -> Hub {
+        Hub {
+            next_conn_id: AtomicU64::new(1),
+            conns: Mutex::new(HashMap::new()),
+            presence: Mutex::new(HashMap::new()),
+            typing: Mutex::new(TypingTracker::new(typing_ttl)),
+        }
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Makes `handle` the device's live connection. An older connection of the same device
+    /// is told to close.
+    pub fn register(&self, handle: ConnHandle, visibility: PresenceVisibility) {
+        let (user, device) = (handle.user, handle.device);
+        let old = self.conns.lock().unwrap().insert(device, handle);
+        if let Some(old) = old {
+            let _ = old.tx.send(Outbound::Kick(ProtocolError::new(
+                natter_signaling::ErrorCode::Conflict,
+                "replaced by a newer connection of this device",
+            )));
+        }
+        let mut presence = self.presence.lock().unwrap();
+        let entry = presence
+            .entry(user)
+            .or_insert_with(|| UserPresence::new(visibility));
+        entry.visibility = visibility;
+        if !entry.online.contains(&device) {
+            entry.online.push(device);
+            if entry.online.len() == 1 {
+                entry.notify(user);
+            }
+        }
+    }
+
+    /// Removes the connection if it is still the device's live one. Returns true when this
+    /// took the user offline (the caller records last-seen).
+    pub fn unregister(&self, device: DeviceId, conn_id: u64, user: UserId, now_ms: u64) -> bool {
+        {
+            let mut conns = self.conns.lock().unwrap();
+            match conns.get(&device) {
+                Some(h) if h.conn_id == conn_id => {
+                    conns.remove(&device);
+                }
+                _ => return false,
+            }
+        }
+        let mut presence = self.presence.lock().unwrap();
+        let Some(entry) = presence.get_mut(&user) else {
+            return false;
+        };
+        entry.online.retain(|d| *d != device);
+        let went_offline = entry.online.is_empty();
+        if went_offline {
+            entry.last_seen_ms = Some(now_ms);
+            entry.notify(user);
+        }
+        if entry.is_idle() {
+            presence.remove(&user);
+        }
+        went_offline
+    }
+
+    /// Hands a committed queue item to the device's live connection, if any.
+    pub fn push_item(&self, device: DeviceId, qseq: u64, item: Arc<QueueItem>) {
+        let conns = self.conns.lock().unwrap();
+        let Some(h) = conns.get(&device) else {
+            return;
+        };
+        if h.backlog.queued.load(Ordering::Relaxed) >= LIVE_QUEUE_LIMIT {
+            if !h.backlog.lagged.swap(true, Ordering::Relaxed) {
+                let _ = h.tx.send(Outbound::Lagged);
+            }
+            return;
+        }
+        h.backlog.queued.fetch_add(1, Ordering::Relaxed);
+        let _ = h.tx.send(Outbound::Item(qseq, item));
+    }
+
+    /// Tells the device's live connection to send `err` and close.
+    pub fn kick(&self, device: DeviceId, err: ProtocolError) {
+        if let Some(h) = self.conns.lock().unwrap().get(&device) {
+            let _ = h.tx.send(Outbound::Kick(err));
+        }
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.lock().unwrap().len()
+    }
+
+    /// Sends `frame` to every live connection of `users`, except `except`.
+    pub fn send_to_users(
+        &self,
+        users: &[UserId],
+        frame: Arc<ServerFrame>,
+        except: Option<DeviceId>,
+    ) {
+        let presence = self.presence.lock().unwrap();
+        let conns = self.conns.lock().unwrap();
+        for u in users {
+            let Some(p) = presence.get(u) else { continue };
+            for d in &p.online {
+                if Some(*d) == except {
+                    continue;
+                }
+                if let Some(h) = conns.get(d) {
+                    let _ = h.tx.send(Outbound::Event(frame.clone()));
+                }
+            }
+        }
+    }
+
+    /// Subscribes connection `conn_id` to `users` and returns their presence as it stands.
+    /// `stored` gives each user's visibility and last-seen time from storage.
+    pub fn subscribe(
+        &self,
+        conn_id: u64,
+        tx: &OutboundTx,
+        stored: &[(UserId, PresenceVisibility, Option<u64>)],
+    ) -> Vec<PresenceInfo> {
+        let mut presence = self.presence.lock().unwrap();
+        stored
+            .iter()
+            .map(|&(user, visibility, last_seen)| {
+                let entry = presence
+                    .entry(user)
+                    .or_insert_with(|| UserPresence::new(visibility));
+                if entry.online.is_empty() {
+                    // Offline users' entries exist only for subscribers: storage is current.
+                    entry.visibility = visibility;
+                    entry.last_seen_ms = last_seen;
+                }
+                entry.subscribers.insert(conn_id, tx.clone());
+                entry.info(user)
+            })
+            .collect()
+    }
+
+    pub fn unsubscribe(&self, conn_id: u64, users: &[UserId]) {
+        let mut presence = self.presence.lock().unwrap();
+        for u in users {
+            if let Some(entry) = presence.get_mut(u) {
+                entry.subscribers.remove(&conn_id);
+                if entry.is_idle() {
+                    presence.remove(u);
+                }
+            }
+        }
+    }
+
+    /// A user changed who may see their presence; subscribers learn the new view.
+    pub fn set_visibility(&self, user: UserId, visibility: PresenceVisibility) {
+        if let Some(entry) = self.presence.lock().unwrap().get_mut(&user)
+            && entry.visibility != visibility
+        {
+            entry.visibility = visibility;
+            entry.notify(user);
+        }
+    }
+
+    /// A typing frame from `key.device`; forwards it to the recipients' live devices.
+    pub fn typing(&self, key: TypingKey, active: bool, recipients: TypingRecipients) {
+        let update = {
+            let mut t = self.typing.lock().unwrap();
+            t.update(Instant::now(), key, active, recipients.clone())
+        };
+        match update {
+            TypingUpdate::Started => self.forward_typing(key, true, &recipients),
+            TypingUpdate::Stopped => self.forward_typing(key, false, &recipients),
+            TypingUpdate::Nothing => {}
+        }
+    }
+
+    fn forward_typing(&self, key: TypingKey, active: bool, recipients: &[UserId]) {
+        let ttl_ms = self.typing.lock().unwrap().ttl().as_millis() as u32;
+        let frame = Arc::new(ServerFrame::Typing {
+            conv: match key.conv {
+                // The recipient sees the direct conversation named after the typist.
+                natter_signaling::Conv::Direct(_) => natter_signaling::Conv::Direct(key.user),
+                g => g,
+            },
+            from: key.user,
+            device: key.device,
+            active,
+            ttl_ms,
+        });
+        self.send_to_users(recipients, frame, Some(key.device));
+    }
+
+    /// Ends indicators whose time is up, telling their recipients. Returns when to call again.
+    pub fn expire_typing(&self, now: Instant) -> Option<Instant> {
+        let (expired, next) = {
+            let mut t = self.typing.lock().unwrap();
+            (t.expire(now), t.next_deadline())
+        };
+        for (key, recipients) in expired {
+            self.forward_typing(key, false, &recipients);
+        }
+        next
+    }
+
+    /// The device disconnected: its typing indicators stop now.
+    pub fn forget_typing(&self, device: DeviceId) {
+        let gone = self.typing.lock().unwrap().forget_device(device);
+        for (key, recipients) in gone {
+            self.forward_typing(key, false, &recipients);
+        }
+    }
+}

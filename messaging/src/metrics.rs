@@ -1,0 +1,137 @@
+//! Prometheus metrics of the messaging gateway (`natter_messaging_*`), one registry per server.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Authenticated WebSocket connections.
+    pub connections: IntGauge,
+    /// Frames received, by type.
+    pub frames_in: IntCounterVec,
+    /// Frames sent, by type.
+    pub frames_out: IntCounterVec,
+    /// Items waiting in device queues.
+    pub queue_items: IntGauge,
+    /// From a message's commit to the recipient device's `ack`.
+    pub send_to_delivered: Histogram,
+    /// Error frames and error responses, by code.
+    pub errors: IntCounterVec,
+    /// Jobs per storage transaction.
+    pub store_batch_jobs: Histogram,
+    /// Time to commit one storage transaction (including fsync).
+    pub store_commit: Histogram,
+    /// HTTP requests, by route and status.
+    pub http_requests: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let connections = IntGauge::new(
+            "natter_messaging_connections",
+            "Authenticated WebSocket connections",
+        )
+        .unwrap();
+        let frames_in = IntCounterVec::new(
+            Opts::new(
+                "natter_messaging_frames_in_total",
+                "Frames received, by type",
+            ),
+            &["type"],
+        )
+        .unwrap();
+        let frames_out = IntCounterVec::new(
+            Opts::new("natter_messaging_frames_out_total", "Frames sent, by type"),
+            &["type"],
+        )
+        .unwrap();
+        let queue_items = IntGauge::new(
+            "natter_messaging_queue_items",
+            "Items waiting in device queues",
+        )
+        .unwrap();
+        let send_to_delivered = Histogram::with_opts(
+            HistogramOpts::new(
+                "natter_messaging_send_to_delivered_seconds",
+                "Time from a message being stored to the recipient device acknowledging it",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+                600.0, 3600.0, 86400.0,
+            ]),
+        )
+        .unwrap();
+        let errors = IntCounterVec::new(
+            Opts::new("natter_messaging_errors_total", "Errors returned, by code"),
+            &["code"],
+        )
+        .unwrap();
+        let store_batch_jobs = Histogram::with_opts(
+            HistogramOpts::new(
+                "natter_messaging_store_batch_jobs",
+                "Jobs committed together in one storage transaction",
+            )
+            .buckets(vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]),
+        )
+        .unwrap();
+        let store_commit = Histogram::with_opts(
+            HistogramOpts::new(
+                "natter_messaging_store_commit_seconds",
+                "Time to commit one storage transaction, fsync included",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+            ]),
+        )
+        .unwrap();
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "natter_messaging_http_requests_total",
+                "HTTP requests, by route and status",
+            ),
+            &["route", "status"],
+        )
+        .unwrap();
+        for c in [&frames_in, &frames_out, &errors, &http_requests] {
+            registry.register(Box::new(c.clone())).unwrap();
+        }
+        registry.register(Box::new(connections.clone())).unwrap();
+        registry.register(Box::new(queue_items.clone())).unwrap();
+        registry
+            .register(Box::new(send_to_delivered.clone()))
+            .unwrap();
+        registry
+            .register(Box::new(store_batch_jobs.clone()))
+            .unwrap();
+        registry.register(Box::new(store_commit.clone())).unwrap();
+        Metrics {
+            registry,
+            connections,
+            frames_in,
+            frames_out,
+            queue_items,
+            send_to_delivered,
+            errors,
+            store_batch_jobs,
+            store_commit,
+            http_requests,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,164 @@
+//! Expiry (queue TTL, codes, uploads, blobs), duplicate-table rotation, and the records
+//! behind blob uploads.
+
+use rusqlite::{OptionalExtension, params};
+
+use natter_signaling::{DeviceId, ProtocolError};
+
+use super::{Core, sql_err};
+
+/// Most queue items expired by one sweep; the rest wait for the next.
+const SWEEP_CHUNK: i64 = 20_000;
+
+/// What one sweep removed; the caller deletes the files named here.
+#[derive(Debug, Default, Clone)]
+pub struct SweepReport {
+    pub expired_items: usize,
+    pub expired_payloads: usize,
+    pub expired_uploads: Vec<String>,
+    pub expired_blobs: Vec<String>,
+    pub dedup_rotated: bool,
+}
+
+/// An upload in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadRecord {
+    pub device: DeviceId,
+    pub length: u64,
+}
+
+impl Core {
+    /// Removes everything whose time is up.
+    pub fn sweep(&mut self, now: u64) -> Result<SweepReport, ProtocolError> {
+        let mut report = SweepReport::default();
+        let payloads: Vec<Option<i64>> = self
+            .db()
+            .prepare_cached(
+                "DELETE FROM queue WHERE (device, qseq) IN
+                   (SELECT device, qseq FROM queue WHERE expires_ms <= ?1 LIMIT ?2)
+                 RETURNING payload",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![now as i64, SWEEP_CHUNK], |r| r.get(0))?
+                    .collect()
+            })
+            .map_err(sql_err)?;
+        report.expired_items = payloads.len();
+        self.pending.queue_delta -= payloads.len() as i64;
+        let payloads: Vec<i64> = payloads.into_iter().flatten().collect();
+        self.release_payloads(&payloads)?;
+        report.expired_payloads = self
+            .db()
+            .execute("DELETE FROM payloads WHERE expires_ms <= ?1", [now as i64])
+            .map_err(sql_err)?;
+        for table in ["codes", "link_codes"] {
+            self.db()
+                .execute(
+                    &format!("DELETE FROM {table} WHERE expires_ms <= ?1"),
+                    [now as i64],
+                )
+                .map_err(sql_err)?;
+        }
+        report.expired_uploads = self
+            .db()
+            .prepare_cached("DELETE FROM uploads WHERE expires_ms <= ?1 RETURNING id")
+            .and_then(|mut s| s.query_map([now as i64], |r| r.get(0))?.collect())
+            .map_err(sql_err)?;
+        report.expired_blobs = self
+            .db()
+            .prepare_cached("DELETE FROM blobs WHERE expires_ms <= ?1 RETURNING hash")
+            .and_then(|mut s| s.query_map([now as i64], |r| r.get(0))?.collect())
+            .map_err(sql_err)?;
+        report.dedup_rotated = self.rotate_dedup(now)?;
+        Ok(report)
+    }
+
+    /// Client ids are written to the current table; once it is `dedup_hours` old, the other
+    /// table is emptied and becomes current. So an id is remembered for at least that long.
+    fn rotate_dedup(&mut self, now: u64) -> Result<bool, ProtocolError> {
+        let period = u64::from(self.cfg.dedup_hours) * 3_600_000;
+        if now < self.dedup_since_ms + period {
+            return Ok(false);
+        }
+        let next = 1 - self.dedup_current;
+        self.db()
+            .execute_batch(&format!(
+                "DELETE FROM dedup_{next};
+                 UPDATE meta SET value = {next} WHERE key = 'dedup_current';
+                 UPDATE meta SET value = {now} WHERE key = 'dedup_since_ms';"
+            ))
+            .map_err(sql_err)?;
+        // In-memory state follows only once this job cannot fail any more.
+        self.dedup_current = next;
+        self.dedup_since_ms = now;
+        Ok(true)
+    }
+
+    pub fn create_upload(
+        &mut self,
+        id: &str,
+        device: DeviceId,
+        length: u64,
+        now: u64,
+    ) -> Result<(), ProtocolError> {
+        let expires = now + self.cfg.queue_ttl().as_millis() as u64;
+        self.db()
+            .execute(
+                "INSERT INTO uploads(id, device, length, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, device.0 as i64, length as i64, now as i64, expires as i64],
+            )
+            .map_err(sql_err)?;
+        Ok(())
+    }
+
+    pub fn upload(&mut self, id: &str) -> Result<Option<UploadRecord>, ProtocolError> {
+        self.db()
+            .query_row(
+                "SELECT device, length FROM uploads WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(UploadRecord {
+                        device: DeviceId(r.get::<_, i64>(0)? as u64),
+                        length: r.get::<_, i64>(1)? as u64,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql_err)
+    }
+
+    /// Records a finished upload as blob `hash`; an existing blob of that hash gets a fresh TTL.
+    pub fn finish_upload(
+        &mut self,
+        id: &str,
+        hash: &str,
+        size: u64,
+        now: u64,
+    ) -> Result<(), ProtocolError> {
+        let expires = now + self.cfg.queue_ttl().as_millis() as u64;
+        self.db()
+            .execute("DELETE FROM uploads WHERE id = ?1", [id])
+            .map_err(sql_err)?;
+        self.db()
+            .execute(
+                "INSERT INTO blobs(hash, size, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(hash) DO UPDATE SET expires_ms = ?4",
+                params![hash, size as i64, now as i64, expires as i64],
+            )
+            .map_err(sql_err)?;
+        Ok(())
+    }
+
+    /// The size of an unexpired blob.
+    pub fn blob_size(&mut self, hash: &str, now: u64) -> Result<Option<u64>, ProtocolError> {
+        self.db()
+            .query_row(
+                "SELECT size FROM blobs WHERE hash = ?1 AND expires_ms > ?2",
+                params![hash, now as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|o| o.map(|v| v as u64))
+            .map_err(sql_err)
+    }
+}

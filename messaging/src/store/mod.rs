@@ -1,0 +1,649 @@
+//! Durable storage: one SQLite database (WAL) owned by one writer thread.
+//!
+//! Every read and write is a *job* sent to that thread. The thread takes whatever jobs are
+//! waiting (up to [`MAX_BATCH`]), runs each inside its own savepoint in one transaction, commits
+//! once (one fsync for the whole batch: group commit), and only then pushes the new queue items
+//! to connected devices and answers the callers. So nothing is acknowledged before it is
+//! durable, and items reach live connections in commit order.
+//!
+//! A job that fails rolls back to its savepoint and changes nothing; the others in the batch
+//! are unaffected. If the commit itself fails, every job in the batch gets an `internal` error
+//! and the in-memory counters are reloaded from the database.
+
+mod accounts;
+mod groups;
+mod keys;
+mod maintenance;
+mod messages;
+mod schema;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use natter_signaling::{
+    DeviceId, ErrorCode, GroupId, GroupMember, ProtocolError, QueueItem, UserId,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+
+pub use accounts::{AuthInfo, MAX_LINKED_DEVICES, Registered, UserSettings, normalize_phone};
+pub use keys::KeyCount;
+pub use maintenance::{SweepReport, UploadRecord};
+pub use messages::{Fetched, Sent};
+
+use crate::config::{MessagingConfig, SyncMode};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// Most jobs in one transaction.
+pub const MAX_BATCH: usize = 512;
+
+type Completion = Box<dyn FnOnce(bool) + Send>;
+/// A job runs against the core, or (given `None`, when storage cannot run it) only
+/// prepares to report failure; either way its completion answers the caller.
+type Job = Box<dyn FnOnce(Option<&mut Core>) -> Completion + Send>;
+
+enum Msg {
+    Job(Job),
+    Stop,
+}
+
+/// A handle to the storage thread; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Msg>,
+}
+
+/// Joins the storage thread once every handle's work is done.
+pub struct StoreThread {
+    tx: mpsc::Sender<Msg>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl StoreThread {
+    /// Finishes the jobs already sent, closes the database and waits for the thread.
+    pub fn stop(mut self) {
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn unavailable() -> ProtocolError {
+    ProtocolError::new(ErrorCode::Unavailable, "storage is shutting down")
+}
+
+impl Store {
+    /// Opens (creating and migrating if needed) the database under `data_dir` and starts
+    /// the writer thread.
+    pub fn open(
+        cfg: &MessagingConfig,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Store, StoreThread), StoreError> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let db = open_db(&cfg.data_dir.join("natter.db"), cfg.sync)?;
+        let core = Core::new(db, cfg, hub, metrics.clone())?;
+        metrics.queue_items.set(core.queue_items);
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let handle = std::thread::Builder::new()
+            .name("natter-store".into())
+            .spawn(move || core.run(rx))?;
+        Ok((
+            Store { tx: tx.clone() },
+            StoreThread {
+                tx,
+                handle: Some(handle),
+            },
+        ))
+    }
+
+    /// Runs `f` on the storage thread inside the next transaction; after the commit,
+    /// `done` gets its result (on the storage thread: keep it short).
+    pub fn submit<R, F, C>(&self, f: F, done: C)
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Core) -> Result<R, ProtocolError> + Send + 'static,
+        C: FnOnce(Result<R, ProtocolError>) + Send + 'static,
+    {
+        let job: Job = Box::new(move |core: Option<&mut Core>| {
+            let result = match core {
+                Some(core) => core.in_savepoint(f),
+                None => Err(unavailable()),
+            };
+            Box::new(move |committed: bool| {
+                done(match result {
+                    Err(e) => Err(e),
+                    Ok(_) if !committed => Err(ProtocolError::internal("storage commit failed")),
+                    ok => ok,
+                })
+            })
+        });
+        if let Err(mpsc::SendError(Msg::Job(job))) = self.tx.send(Msg::Job(job)) {
+            // The thread is gone: answer the caller rather than dropping the request.
+            job(None)(false);
+        }
+    }
+
+    /// Like [`Store::submit`], awaiting the result.
+    pub async fn call<R, F>(&self, f: F) -> Result<R, ProtocolError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Core) -> Result<R, ProtocolError> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(f, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.await.unwrap_or_else(|_| Err(unavailable()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+fn open_db(path: &Path, sync: SyncMode) -> Result<Connection, StoreError> {
+    let mut db = Connection::open(path)?;
+    db.busy_timeout(Duration::from_secs(5))?;
+    db.pragma_update(None, "journal_mode", "WAL")?;
+    db.pragma_update(
+        None,
+        "synchronous",
+        match sync {
+            SyncMode::Full => "FULL",
+            SyncMode::Normal => "NORMAL",
+        },
+    )?;
+    db.pragma_update(None, "foreign_keys", "OFF")?;
+    db.pragma_update(None, "temp_store", "MEMORY")?;
+    db.pragma_update(None, "cache_size", -16_384i64)?; // 16 MiB
+    db.set_prepared_statement_cache_capacity(64);
+    schema::migrate(&mut db)?;
+    Ok(db)
+}
+
+/// A conversation's sequence counter key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum ConvKey {
+    /// Users ordered low, high.
+    Direct(UserId, UserId),
+    Group(GroupId),
+}
+
+impl ConvKey {
+    pub(crate) fn direct(a: UserId, b: UserId) -> ConvKey {
+        if a <= b {
+            ConvKey::Direct(a, b)
+        } else {
+            ConvKey::Direct(b, a)
+        }
+    }
+}
+
+/// How to undo an in-memory change when a job's savepoint rolls back.
+enum Undo {
+    Qseq(DeviceId, Option<u64>),
+    ConvSeq(ConvKey, Option<u64>),
+}
+
+/// Effects of the open transaction, applied only after it commits.
+#[derive(Default)]
+struct Pending {
+    pushes: Vec<(DeviceId, u64, Arc<QueueItem>)>,
+    queue_delta: i64,
+    kicks: Vec<DeviceId>,
+    dirty_qseq: HashSet<DeviceId>,
+    dirty_conv: HashSet<ConvKey>,
+    latencies_ms: Vec<u64>,
+}
+
+/// Lengths of [`Pending`]'s lists when a savepoint opened, to cut them back on rollback.
+struct Mark {
+    pushes: usize,
+    queue_delta: i64,
+    kicks: usize,
+    latencies: usize,
+    undo: usize,
+}
+
+/// State of the storage thread. Jobs get `&mut Core`.
+pub struct Core {
+    db: Connection,
+    pub(crate) cfg: MessagingConfig,
+    pub(crate) hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    pending: Pending,
+    undo: Vec<Undo>,
+    /// Next queue sequence per device (loaded on first use).
+    next_qseq: HashMap<DeviceId, u64>,
+    /// Next sequence per conversation (loaded on first use).
+    next_conv_seq: HashMap<ConvKey, u64>,
+    /// Active devices per user.
+    devices: HashMap<UserId, Arc<[DeviceId]>>,
+    /// Members per group.
+    group_members: HashMap<GroupId, Arc<[GroupMember]>>,
+    queue_items: i64,
+    /// Which dedup table is current, and since when.
+    dedup_current: u8,
+    dedup_since_ms: u64,
+}
+
+impl Core {
+    fn new(
+        db: Connection,
+        cfg: &MessagingConfig,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Core, StoreError> {
+        let queue_items: i64 = db.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))?;
+        let meta = |key: &str| -> rusqlite::Result<Option<i64>> {
+            db.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+        };
+        let dedup_current = meta("dedup_current")?.unwrap_or(0) as u8;
+        let dedup_since_ms = match meta("dedup_since_ms")? {
+            Some(v) => v as u64,
+            None => {
+                let now = now_ms();
+                db.execute(
+                    "INSERT INTO meta(key, value) VALUES ('dedup_since_ms', ?1), ('dedup_current', 0)",
+                    [now as i64],
+                )?;
+                now
+            }
+        };
+        Ok(Core {
+            db,
+            cfg: cfg.clone(),
+            hub,
+            metrics,
+            pending: Pending::default(),
+            undo: Vec::new(),
+            next_qseq: HashMap::new(),
+            next_conv_seq: HashMap::new(),
+            devices: HashMap::new(),
+            group_members: HashMap::new(),
+            queue_items,
+            dedup_current,
+            dedup_since_ms,
+        })
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        let mut stop = false;
+        while !stop {
+            let first = match rx.recv() {
+                Ok(Msg::Job(j)) => j,
+                Ok(Msg::Stop) | Err(_) => break,
+            };
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Msg::Job(j)) => jobs.push(j),
+                    Ok(Msg::Stop) => {
+                        stop = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(jobs);
+        }
+        // Jobs that arrived after the stop request are answered, not dropped.
+        while let Ok(msg) = rx.try_recv() {
+            if let Msg::Job(j) = msg {
+                j(None)(false);
+            }
+        }
+        // Checkpoint so the WAL is folded into the database on a clean stop.
+        if let Err(e) = self.db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            tracing::warn!("WAL checkpoint on shutdown failed: {e}");
+        }
+        tracing::debug!("storage thread stopped");
+    }
+
+    fn run_batch(&mut self, jobs: Vec<Job>) {
+        self.metrics.store_batch_jobs.observe(jobs.len() as f64);
+        if let Err(e) = self.db.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!("cannot begin a storage transaction: {e}");
+            for job in jobs {
+                job(None)(false);
+            }
+            return;
+        }
+        let completions: Vec<Completion> = jobs.into_iter().map(|job| job(Some(self))).collect();
+        let started = Instant::now();
+        let committed = self
+            .flush_counters()
+            .and_then(|()| self.db.execute_batch("COMMIT"));
+        self.metrics
+            .store_commit
+            .observe(started.elapsed().as_secs_f64());
+        let pending = std::mem::take(&mut self.pending);
+        self.undo.clear();
+        let ok = match committed {
+            Ok(()) => {
+                self.queue_items += pending.queue_delta;
+                self.metrics.queue_items.set(self.queue_items);
+                for ms in &pending.latencies_ms {
+                    self.metrics.send_to_delivered.observe(*ms as f64 / 1000.0);
+                }
+                for device in pending.kicks {
+                    self.hub.kick(
+                        device,
+                        ProtocolError::new(ErrorCode::DeviceRevoked, "this device was revoked"),
+                    );
+                }
+                for (device, qseq, item) in pending.pushes {
+                    self.hub.push_item(device, qseq, item);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!("storage commit failed: {e}");
+                let _ = self.db.execute_batch("ROLLBACK");
+                self.next_qseq.clear();
+                self.next_conv_seq.clear();
+                self.devices.clear();
+                self.group_members.clear();
+                false
+            }
+        };
+        for c in completions {
+            c(ok);
+        }
+    }
+
+    /// Runs one job inside a savepoint, rolling its writes and in-memory changes back on error.
+    fn in_savepoint<R>(
+        &mut self,
+        f: impl FnOnce(&mut Core) -> Result<R, ProtocolError>,
+    ) -> Result<R, ProtocolError> {
+        if let Err(e) = self.db.execute_batch("SAVEPOINT job") {
+            return Err(ProtocolError::internal(format!("storage: {e}")));
+        }
+        let mark = Mark {
+            pushes: self.pending.pushes.len(),
+            queue_delta: self.pending.queue_delta,
+            kicks: self.pending.kicks.len(),
+            latencies: self.pending.latencies_ms.len(),
+            undo: self.undo.len(),
+        };
+        let result = f(self);
+        match &result {
+            Ok(_) => {
+                if let Err(e) = self.db.execute_batch("RELEASE job") {
+                    return Err(ProtocolError::internal(format!("storage: {e}")));
+                }
+            }
+            Err(_) => {
+                let _ = self.db.execute_batch("ROLLBACK TO job; RELEASE job");
+                self.pending.pushes.truncate(mark.pushes);
+                self.pending.queue_delta = mark.queue_delta;
+                self.pending.kicks.truncate(mark.kicks);
+                self.pending.latencies_ms.truncate(mark.latencies);
+                while self.undo.len() > mark.undo {
+                    match self.undo.pop().unwrap() {
+                        Undo::Qseq(d, Some(v)) => {
+                            self.next_qseq.insert(d, v);
+                        }
+                        Undo::Qseq(d, None) => {
+                            self.next_qseq.remove(&d);
+                        }
+                        Undo::ConvSeq(c, Some(v)) => {
+                            self.next_conv_seq.insert(c, v);
+                        }
+                        Undo::ConvSeq(c, None) => {
+                            self.next_conv_seq.remove(&c);
+                        }
+                    }
+                }
+                // Cached lists may describe rolled-back rows.
+                self.devices.clear();
+                self.group_members.clear();
+            }
+        }
+        result
+    }
+
+    /// Writes the counters changed in this transaction.
+    fn flush_counters(&mut self) -> rusqlite::Result<()> {
+        if !self.pending.dirty_qseq.is_empty() {
+            let mut st = self
+                .db
+                .prepare_cached("UPDATE devices SET next_qseq = ?2 WHERE id = ?1")?;
+            for d in self.pending.dirty_qseq.drain() {
+                st.execute(params![d.0 as i64, self.next_qseq[&d] as i64])?;
+            }
+        }
+        for c in self.pending.dirty_conv.drain() {
+            let next = self.next_conv_seq[&c] as i64;
+            match c {
+                ConvKey::Direct(a, b) => {
+                    self.db
+                        .prepare_cached(
+                            "UPDATE direct_convs SET next_seq = ?3 WHERE a = ?1 AND b = ?2",
+                        )?
+                        .execute(params![a.0 as i64, b.0 as i64, next])?;
+                }
+                ConvKey::Group(g) => {
+                    self.db
+                        .prepare_cached("UPDATE groups SET next_seq = ?2 WHERE id = ?1")?
+                        .execute(params![g.0 as i64, next])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The database connection, for the job modules.
+    pub(crate) fn db(&self) -> &Connection {
+        &self.db
+    }
+
+    /// Takes the next queue sequence of `device`.
+    fn take_qseq(&mut self, device: DeviceId) -> Result<u64, ProtocolError> {
+        let current = match self.next_qseq.get(&device) {
+            Some(v) => *v,
+            None => self
+                .db
+                .prepare_cached("SELECT next_qseq FROM devices WHERE id = ?1")
+                .and_then(|mut s| s.query_row([device.0 as i64], |r| r.get::<_, i64>(0)))
+                .map_err(sql_err)? as u64,
+        };
+        self.undo
+            .push(Undo::Qseq(device, self.next_qseq.get(&device).copied()));
+        self.next_qseq.insert(device, current + 1);
+        self.pending.dirty_qseq.insert(device);
+        Ok(current)
+    }
+
+    /// The highest queue sequence assigned to `device` so far (0 if none).
+    pub(crate) fn last_qseq(&mut self, device: DeviceId) -> Result<u64, ProtocolError> {
+        if let Some(v) = self.next_qseq.get(&device) {
+            return Ok(v - 1);
+        }
+        let next: i64 = self
+            .db
+            .prepare_cached("SELECT next_qseq FROM devices WHERE id = ?1")
+            .and_then(|mut s| s.query_row([device.0 as i64], |r| r.get(0)))
+            .map_err(sql_err)?;
+        Ok(next as u64 - 1)
+    }
+
+    /// Takes the next sequence of a conversation.
+    fn take_conv_seq(&mut self, conv: ConvKey) -> Result<u64, ProtocolError> {
+        let current = match self.next_conv_seq.get(&conv) {
+            Some(v) => *v,
+            None => match conv {
+                ConvKey::Direct(a, b) => {
+                    let found: Option<i64> = self
+                        .db
+                        .prepare_cached("SELECT next_seq FROM direct_convs WHERE a = ?1 AND b = ?2")
+                        .and_then(|mut s| {
+                            s.query_row(params![a.0 as i64, b.0 as i64], |r| r.get(0))
+                                .optional()
+                        })
+                        .map_err(sql_err)?;
+                    match found {
+                        Some(v) => v as u64,
+                        None => {
+                            self.db
+                                .prepare_cached(
+                                    "INSERT INTO direct_convs(a, b, next_seq) VALUES (?1, ?2, 1)",
+                                )
+                                .and_then(|mut s| s.execute(params![a.0 as i64, b.0 as i64]))
+                                .map_err(sql_err)?;
+                            1
+                        }
+                    }
+                }
+                ConvKey::Group(g) => self
+                    .db
+                    .prepare_cached("SELECT next_seq FROM groups WHERE id = ?1")
+                    .and_then(|mut s| s.query_row([g.0 as i64], |r| r.get::<_, i64>(0)))
+                    .map_err(sql_err)? as u64,
+            },
+        };
+        self.undo
+            .push(Undo::ConvSeq(conv, self.next_conv_seq.get(&conv).copied()));
+        self.next_conv_seq.insert(conv, current + 1);
+        self.pending.dirty_conv.insert(conv);
+        Ok(current)
+    }
+
+    /// Appends `item` to `device`'s queue and schedules its live push after commit.
+    /// `meta` describes message items for receipts; `payload` points at a shared body.
+    fn enqueue(
+        &mut self,
+        device: DeviceId,
+        item: Arc<QueueItem>,
+        stored: &[u8],
+        meta: ItemMeta,
+        now: u64,
+    ) -> Result<u64, ProtocolError> {
+        let qseq = self.take_qseq(device)?;
+        let expires = now + self.cfg.queue_ttl().as_millis() as u64;
+        self.db
+            .prepare_cached(
+                "INSERT INTO queue (device, qseq, created_ms, expires_ms, kind, from_user, grp, conv_seq, payload, item)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    device.0 as i64,
+                    qseq as i64,
+                    now as i64,
+                    expires as i64,
+                    meta.kind as i64,
+                    meta.from_user.map(|u| u.0 as i64),
+                    meta.group.map(|g| g.0 as i64),
+                    meta.conv_seq.map(|s| s as i64),
+                    meta.payload,
+                    stored,
+                ])
+            })
+            .map_err(sql_err)?;
+        self.pending.queue_delta += 1;
+        self.pending.pushes.push((device, qseq, item));
+        Ok(qseq)
+    }
+
+    /// Active devices of `user`, oldest first; empty if the user does not exist.
+    pub(crate) fn devices_of(&mut self, user: UserId) -> Result<Arc<[DeviceId]>, ProtocolError> {
+        if let Some(d) = self.devices.get(&user) {
+            return Ok(d.clone());
+        }
+        let list: Vec<DeviceId> = self
+            .db
+            .prepare_cached(
+                "SELECT id FROM devices WHERE user = ?1 AND revoked_ms IS NULL ORDER BY id",
+            )
+            .and_then(|mut s| {
+                s.query_map([user.0 as i64], |r| {
+                    Ok(DeviceId(r.get::<_, i64>(0)? as u64))
+                })?
+                .collect()
+            })
+            .map_err(sql_err)?;
+        let list: Arc<[DeviceId]> = list.into();
+        self.devices.insert(user, list.clone());
+        Ok(list)
+    }
+
+    fn forget_devices(&mut self, user: UserId) {
+        self.devices.remove(&user);
+    }
+
+    pub(crate) fn user_exists(&self, user: UserId) -> Result<bool, ProtocolError> {
+        self.db
+            .prepare_cached("SELECT 1 FROM users WHERE id = ?1")
+            .and_then(|mut s| s.exists([user.0 as i64]))
+            .map_err(sql_err)
+    }
+}
+
+/// What the queue row records about an item besides its encoding.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ItemMeta {
+    pub kind: ItemKind,
+    pub from_user: Option<UserId>,
+    pub group: Option<GroupId>,
+    pub conv_seq: Option<u64>,
+    pub payload: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub(crate) enum ItemKind {
+    #[default]
+    Message = 1,
+    Receipt = 2,
+    GroupNotice = 3,
+}
+
+/// Encodes a queue item for storage.
+pub(crate) fn encode_item(item: &QueueItem) -> Vec<u8> {
+    rmp_serde::to_vec_named(item).expect("queue item serializes")
+}
+
+/// Maps an SQLite failure to an `internal` protocol error (and logs it).
+pub(crate) fn sql_err(e: rusqlite::Error) -> ProtocolError {
+    tracing::error!("storage error: {e}");
+    ProtocolError::internal("storage error")
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// SHA-256 of `data`.
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// `n` bytes from the operating system's CSPRNG.
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    getrandom::fill(&mut buf).expect("the OS random source works");
+    buf
+}
+
+/// Constant-time equality of two byte strings.
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

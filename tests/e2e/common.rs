@@ -1,0 +1,323 @@
+//! Test harness: the real `natter` binary on loopback, real WebSocket clients.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use natter_client::protocol::codec::Encoding;
+use natter_client::protocol::{
+    ClientFrame, DeviceId, Envelope, OpaqueBytes, QueueItem, ServerFrame, UserId,
+};
+use natter_client::{ConnectOptions, Connection, Credentials, Event, HttpClient};
+
+/// Limits the tests run under unless a test sets its own: generous, so that only the
+/// rate-limit tests meet them.
+pub const TEST_LIMITS: &[&str] = &[
+    "--limit-register-ip",
+    "100000:100000",
+    "--limit-register-phone",
+    "100000:100000",
+    "--limit-send",
+    "100000:100000",
+    "--limit-prekeys",
+    "100000:100000",
+    "--limit-directory",
+    "100000:100000",
+    "--limit-typing",
+    "100000:100000",
+];
+
+pub struct TestServer {
+    child: Option<Child>,
+    pub base: String,
+    pub ws: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    log: PathBuf,
+}
+
+static PHONE: AtomicU64 = AtomicU64::new(0);
+
+/// A phone number no other test in this process uses.
+pub fn phone() -> String {
+    let n = PHONE.fetch_add(1, Ordering::Relaxed);
+    format!("+1555{:03}{:05}", std::process::id() % 1000, n)
+}
+
+impl TestServer {
+    /// A server on a fresh data directory with the test limits.
+    pub fn start() -> TestServer {
+        Self::start_with(&[])
+    }
+
+    /// A server on a fresh data directory; `args` come after (and override) the test limits.
+    pub fn start_with(args: &[&str]) -> TestServer {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("data");
+        let mut s = Self::start_in(&dir, args);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// A server on `data_dir` (kept by the caller, e.g. to restart on it).
+    pub fn start_in(data_dir: &Path, args: &[&str]) -> TestServer {
+        let log = data_dir.with_extension("log");
+        std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_natter"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(["--log", "info"])
+            .args(TEST_LIMITS)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("natter binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut base = None;
+        for line in lines.by_ref() {
+            let line = line.expect("stdout");
+            if let Some(url) = line.trim().strip_prefix("http ") {
+                base = Some(url.trim().trim_end_matches('/').to_owned());
+                break;
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let Some(base) = base else {
+            let _ = child.kill();
+            panic!(
+                "natter did not start; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        let ws = format!("{}/v1/ws", base.replacen("http://", "ws://", 1));
+        TestServer {
+            child: Some(child),
+            base,
+            ws,
+            data_dir: data_dir.to_owned(),
+            _tmp: None,
+            log,
+        }
+    }
+
+    pub fn http(&self) -> HttpClient {
+        HttpClient::new(&self.base)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("server running");
+        let pid = c.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        for _ in 0..200 {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        panic!("natter did not exit within 10 s of SIGTERM");
+    }
+
+    /// Registers a new user (development-mode code) and returns its primary device.
+    pub async fn register(&self) -> Credentials {
+        self.http()
+            .register_dev(&phone(), "test")
+            .await
+            .expect("registration")
+    }
+
+    pub async fn connect(&self, creds: &Credentials) -> Connection {
+        self.connect_with(creds, ConnectOptions::default()).await
+    }
+
+    pub async fn connect_json(&self, creds: &Credentials) -> Connection {
+        self.connect_with(
+            creds,
+            ConnectOptions {
+                encoding: Encoding::Json,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn connect_with(&self, creds: &Credentials, opts: ConnectOptions) -> Connection {
+        Connection::connect(&self.ws, &creds.token, opts)
+            .await
+            .expect("connect")
+    }
+
+    /// Registers a user and connects it; waits for its (empty) queue to drain.
+    pub async fn user(&self) -> (Credentials, Connection) {
+        let creds = self.register().await;
+        let mut conn = self.connect(&creds).await;
+        expect_queue_empty(&mut conn).await;
+        (creds, conn)
+    }
+
+    /// Links a new device to the account of the primary connection `primary`.
+    pub async fn link(&self, primary: &Connection) -> Credentials {
+        let ServerFrame::LinkCode { code, .. } = primary
+            .request(ClientFrame::DeviceLinkCode { id: 0 })
+            .await
+            .expect("link code")
+        else {
+            panic!("expected link_code");
+        };
+        self.http().link(&code, "linked").await.expect("link")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The next server-initiated frame; panics on close or after [`WAIT`].
+pub async fn recv(conn: &mut Connection) -> ServerFrame {
+    match tokio::time::timeout(WAIT, conn.next_event()).await {
+        Ok(Some(Event::Frame(f))) => f,
+        Ok(Some(Event::Closed(c))) => panic!("connection closed: {c:?}"),
+        Ok(None) => panic!("connection gone"),
+        Err(_) => panic!("no frame within {WAIT:?}"),
+    }
+}
+
+/// Skips frames until one matches.
+pub async fn recv_until(
+    conn: &mut Connection,
+    mut pred: impl FnMut(&ServerFrame) -> bool,
+) -> ServerFrame {
+    loop {
+        let f = recv(conn).await;
+        if pred(&f) {
+            return f;
+        }
+    }
+}
+
+/// Waits for the close event and returns its code and reason.
+pub async fn recv_close(conn: &mut Connection) -> Option<(u16, String)> {
+    loop {
+        match tokio::time::timeout(WAIT, conn.next_event()).await {
+            Ok(Some(Event::Closed(c))) => return c,
+            Ok(Some(Event::Frame(_))) => {}
+            Ok(None) => return None,
+            Err(_) => panic!("connection not closed within {WAIT:?}"),
+        }
+    }
+}
+
+/// Asserts that nothing arrives for `dur`.
+pub async fn expect_silence(conn: &mut Connection, dur: Duration) {
+    if let Ok(Some(ev)) = tokio::time::timeout(dur, conn.next_event()).await {
+        panic!("expected silence, got {ev:?}");
+    }
+}
+
+pub async fn expect_queue_empty(conn: &mut Connection) {
+    let f = recv(conn).await;
+    assert!(
+        matches!(f, ServerFrame::QueueEmpty {}),
+        "expected queue_empty, got {f:?}"
+    );
+}
+
+/// The next `deliver` frame (skipping `queue_empty`), acknowledged.
+pub async fn recv_item(conn: &mut Connection) -> (u64, QueueItem) {
+    let (qseq, item) = recv_item_unacked(conn).await;
+    conn.notify(ClientFrame::Ack {
+        id: 0,
+        qseqs: vec![qseq],
+    })
+    .unwrap();
+    (qseq, item)
+}
+
+/// The next `deliver` frame (skipping `queue_empty`), not acknowledged.
+pub async fn recv_item_unacked(conn: &mut Connection) -> (u64, QueueItem) {
+    match recv_until(conn, |f| !matches!(f, ServerFrame::QueueEmpty {})).await {
+        ServerFrame::Deliver { qseq, item } => (qseq, (*item).clone()),
+        other => panic!("expected deliver, got {other:?}"),
+    }
+}
+
+pub fn envelope(device: DeviceId, body: &[u8]) -> Envelope {
+    Envelope {
+        device,
+        body: OpaqueBytes(body.to_vec()),
+    }
+}
+
+/// A `send` of `body` to one device of `to`.
+pub fn send_frame(client_id: &str, to: UserId, device: DeviceId, body: &[u8]) -> ClientFrame {
+    ClientFrame::Send {
+        id: 0,
+        client_id: client_id.to_owned(),
+        to,
+        envelopes: vec![envelope(device, body)],
+    }
+}
+
+/// Sends and returns the assigned conversation sequence.
+pub async fn send(conn: &Connection, client_id: &str, to: &Credentials, body: &[u8]) -> u64 {
+    match conn
+        .request(send_frame(client_id, to.user, to.device, body))
+        .await
+        .expect("send")
+    {
+        ServerFrame::Sent { seq, duplicate, .. } => {
+            assert!(!duplicate);
+            seq
+        }
+        other => panic!("expected sent, got {other:?}"),
+    }
+}
+
+/// Opens the server's database read-only (for checks of what is stored).
+pub fn open_db(data_dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        data_dir.join("natter.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open database")
+}
+
+pub fn count(db: &rusqlite::Connection, sql: &str) -> i64 {
+    db.query_row(sql, [], |r| r.get(0)).expect("count query")
+}
