@@ -53,7 +53,9 @@ pub enum Event {
     Closed(Option<(u16, String)>),
 }
 
-type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerFrame>>>>;
+/// Requests waiting for answers; `None` once the connection is gone, so that a request made
+/// after that fails at once instead of waiting for its timeout.
+type Waiters = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<ServerFrame>>>>>;
 
 /// An authenticated connection.
 pub struct Connection {
@@ -141,7 +143,7 @@ impl Connection {
         let (mut sink, mut stream) = ws.split();
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
+        let waiters: Waiters = Arc::new(Mutex::new(Some(HashMap::new())));
         tokio::spawn(async move {
             while let Some(m) = out_rx.recv().await {
                 if sink.feed(m).await.is_err() {
@@ -181,7 +183,7 @@ impl Connection {
                 };
                 let waiter = frame
                     .request_id()
-                    .and_then(|id| w.lock().unwrap().remove(&id));
+                    .and_then(|id| w.lock().unwrap().as_mut().and_then(|m| m.remove(&id)));
                 match waiter {
                     Some(tx) => {
                         let _ = tx.send(frame);
@@ -192,7 +194,7 @@ impl Connection {
                 }
             }
             // Dropping the waiters tells every pending request the connection closed.
-            w.lock().unwrap().clear();
+            w.lock().unwrap().take();
             let _ = ev_tx.send(Event::Closed(close));
         });
         Ok(Connection {
@@ -218,16 +220,19 @@ impl Connection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         frame.set_id(id);
         let (tx, rx) = oneshot::channel();
-        self.waiters.lock().unwrap().insert(id, tx);
+        match self.waiters.lock().unwrap().as_mut() {
+            Some(m) => m.insert(id, tx),
+            None => return Err(ClientError::Closed),
+        };
         if self.send_frame(&frame).is_err() {
-            self.waiters.lock().unwrap().remove(&id);
+            self.forget(id);
             return Err(ClientError::Closed);
         }
         let answer = match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(f)) => f,
             Ok(Err(_)) => return Err(ClientError::Closed),
             Err(_) => {
-                self.waiters.lock().unwrap().remove(&id);
+                self.forget(id);
                 return Err(ClientError::Protocol(format!(
                     "no answer to {} within {:?}",
                     frame.type_name(),
@@ -238,6 +243,12 @@ impl Connection {
         match answer {
             ServerFrame::Error(e) => Err(ClientError::Server(ProtocolError::from(e))),
             f => Ok(f),
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        if let Some(m) = self.waiters.lock().unwrap().as_mut() {
+            m.remove(&id);
         }
     }
 

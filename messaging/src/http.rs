@@ -14,6 +14,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{
     ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Path as UrlPath, Request, State,
 };
+use axum::handler::Handler;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -179,7 +180,9 @@ pub fn router(st: SharedState) -> Router {
         .route("/v1/uploads", post(upload_create))
         .route(
             "/v1/uploads/{id}",
-            get(upload_status).head(upload_status).patch(upload_append),
+            get(upload_status)
+                .head(upload_status)
+                .patch(upload_append.layer(middleware::from_fn(close_on_refusal))),
         )
         .route("/v1/blobs/{hash}", get(blob_get))
         .route_layer(middleware::from_fn_with_state(st.clone(), track))
@@ -199,6 +202,17 @@ async fn track(State(st): State<SharedState>, req: Request, next: Next) -> Respo
         .inc();
     if let Some(code) = resp.extensions().get::<ErrorCode>() {
         st.metrics.errors.with_label_values(&[code.as_str()]).inc();
+    }
+    resp
+}
+
+/// A refused upload chunk leaves its body unread, so the connection cannot carry another
+/// request: say so, or the client's next request on it fails.
+async fn close_on_refusal(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    if !resp.status().is_success() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }

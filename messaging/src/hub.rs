@@ -116,11 +116,22 @@ impl UserPresence {
         }
     }
 
-    fn notify(&self, user: UserId) {
+    /// Applies `change` and tells subscribers if what they may see changed. (A hidden user's
+    /// comings and goings must not even produce a frame: its timing would give them away.)
+    fn change(&mut self, user: UserId, change: impl FnOnce(&mut Self)) {
+        let before = self.info(user);
+        change(self);
+        let after = self.info(user);
+        if before != after {
+            self.notify(after);
+        }
+    }
+
+    fn notify(&self, info: PresenceInfo) {
         if self.subscribers.is_empty() {
             return;
         }
-        let frame = Arc::new(ServerFrame::Presence(self.info(user)));
+        let frame = Arc::new(ServerFrame::Presence(info));
         for tx in self.subscribers.values() {
             let _ = tx.send(Outbound::Event(frame.clone()));
         }
@@ -170,13 +181,12 @@ impl Hub {
         let entry = presence
             .entry(user)
             .or_insert_with(|| UserPresence::new(visibility));
-        entry.visibility = visibility;
-        if !entry.online.contains(&device) {
-            entry.online.push(device);
-            if entry.online.len() == 1 {
-                entry.notify(user);
+        entry.change(user, |e| {
+            e.visibility = visibility;
+            if !e.online.contains(&device) {
+                e.online.push(device);
             }
-        }
+        });
     }
 
     /// Removes the connection if it is still the device's live one. Returns true when this
@@ -195,12 +205,14 @@ impl Hub {
         let Some(entry) = presence.get_mut(&user) else {
             return false;
         };
-        entry.online.retain(|d| *d != device);
-        let went_offline = entry.online.is_empty();
-        if went_offline {
-            entry.last_seen_ms = Some(now_ms);
-            entry.notify(user);
-        }
+        let mut went_offline = false;
+        entry.change(user, |e| {
+            e.online.retain(|d| *d != device);
+            if e.online.is_empty() {
+                went_offline = true;
+                e.last_seen_ms = Some(now_ms);
+            }
+        });
         if entry.is_idle() {
             presence.remove(&user);
         }
@@ -296,11 +308,8 @@ impl Hub {
 
     /// A user changed who may see their presence; subscribers learn the new view.
     pub fn set_visibility(&self, user: UserId, visibility: PresenceVisibility) {
-        if let Some(entry) = self.presence.lock().unwrap().get_mut(&user)
-            && entry.visibility != visibility
-        {
-            entry.visibility = visibility;
-            entry.notify(user);
+        if let Some(entry) = self.presence.lock().unwrap().get_mut(&user) {
+            entry.change(user, |e| e.visibility = visibility);
         }
     }
 

@@ -31,6 +31,16 @@ pub const TEST_LIMITS: &[&str] = &[
     "100000:100000",
 ];
 
+/// The test limits minus those `args` sets itself (a flag may be given only once).
+fn test_limits_except(args: &[&str]) -> Vec<&'static str> {
+    TEST_LIMITS
+        .chunks(2)
+        .filter(|pair| !args.contains(&pair[0]))
+        .flatten()
+        .copied()
+        .collect()
+}
+
 pub struct TestServer {
     child: Option<Child>,
     pub base: String,
@@ -76,7 +86,7 @@ impl TestServer {
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(["--log", "info"])
-            .args(TEST_LIMITS)
+            .args(test_limits_except(args))
             .args(args)
             .stdout(Stdio::piped())
             .stderr(log_file)

@@ -3,6 +3,13 @@
 mod common;
 
 mod accounts;
+mod blobs;
+mod crash;
+mod groups;
 mod messages;
 mod offline;
+mod ops;
+mod prekeys;
+mod presence;
 mod protocol;
+mod ratelimit;

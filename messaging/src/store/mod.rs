@@ -93,7 +93,17 @@ impl Store {
         let (tx, rx) = mpsc::channel::<Msg>();
         let handle = std::thread::Builder::new()
             .name("natter-store".into())
-            .spawn(move || core.run(rx))?;
+            .spawn(move || {
+                // Crash-only: if storage fails in a way it cannot answer, stop the process
+                // rather than leave callers waiting. Everything acknowledged is on disk.
+                let run = std::panic::AssertUnwindSafe(move || core.run(rx));
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!(
+                        "storage thread panicked; aborting so that natter restarts clean"
+                    );
+                    std::process::abort();
+                }
+            })?;
         Ok((
             Store { tx: tx.clone() },
             StoreThread {
@@ -422,12 +432,19 @@ impl Core {
             let mut st = self
                 .db
                 .prepare_cached("UPDATE devices SET next_qseq = ?2 WHERE id = ?1")?;
+            // A counter missing from the cache was first loaded by a job that rolled back:
+            // it never changed, so there is nothing to write.
             for d in self.pending.dirty_qseq.drain() {
-                st.execute(params![d.0 as i64, self.next_qseq[&d] as i64])?;
+                if let Some(next) = self.next_qseq.get(&d) {
+                    st.execute(params![d.0 as i64, *next as i64])?;
+                }
             }
         }
         for c in self.pending.dirty_conv.drain() {
-            let next = self.next_conv_seq[&c] as i64;
+            let Some(&next) = self.next_conv_seq.get(&c) else {
+                continue;
+            };
+            let next = next as i64;
             match c {
                 ConvKey::Direct(a, b) => {
                     self.db
@@ -646,4 +663,136 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
 /// Constant-time equality of two byte strings.
 pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    //! The store against a real SQLite file, driven directly for what the end-to-end tests
+    //! cannot wait for (time-based expiry).
+
+    use super::*;
+    use natter_signaling::{Envelope, OpaqueBytes};
+
+    const DAY_MS: u64 = 86_400_000;
+
+    fn open(dir: &Path) -> Core {
+        let cfg = MessagingConfig {
+            data_dir: dir.to_owned(),
+            ..Default::default()
+        };
+        let db = open_db(&dir.join("natter.db"), SyncMode::Normal).unwrap();
+        let hub = Arc::new(Hub::new(Duration::from_secs(5)));
+        Core::new(db, &cfg, hub, Arc::new(Metrics::new())).unwrap()
+    }
+
+    /// Runs `f` in its own committed transaction, as the writer thread would.
+    fn tx<R>(core: &mut Core, f: impl FnOnce(&mut Core) -> Result<R, ProtocolError>) -> R {
+        core.db.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let r = core.in_savepoint(f).unwrap();
+        core.flush_counters().unwrap();
+        core.db.execute_batch("COMMIT").unwrap();
+        core.pending = Pending::default();
+        r
+    }
+
+    fn register(core: &mut Core, phone: &str, now: u64) -> Registered {
+        let code = tx(core, |c| c.request_code(phone, now));
+        tx(core, |c| c.verify_code(phone, &code, "d", now)).unwrap()
+    }
+
+    #[test]
+    fn queue_items_expire_after_the_ttl_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut core = open(dir.path());
+        let t0 = 1_000 * DAY_MS;
+        let a = register(&mut core, "+15550000001", t0);
+        let b = register(&mut core, "+15550000002", t0);
+        let env = vec![Envelope {
+            device: b.device,
+            body: OpaqueBytes(b"x".to_vec()),
+        }];
+        tx(&mut core, |c| {
+            c.send_direct(a.user, a.device, "m1", b.user, env, t0)
+        });
+        let day29 = t0 + 29 * DAY_MS;
+        let r = tx(&mut core, |c| c.sweep(day29));
+        assert_eq!(r.expired_items, 0);
+        assert_eq!(tx(&mut core, |c| c.fetch(b.device, 0, 10, day29)).len(), 1);
+        let day30 = t0 + 30 * DAY_MS;
+        // An expired item is not handed out even before the sweep removes it.
+        assert!(tx(&mut core, |c| c.fetch(b.device, 0, 10, day30)).is_empty());
+        let r = tx(&mut core, |c| c.sweep(day30));
+        assert_eq!(r.expired_items, 1);
+        let left: i64 = core
+            .db
+            .query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn client_ids_are_remembered_at_least_dedup_hours() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut core = open(dir.path());
+        let start = core.dedup_since_ms;
+        let a = register(&mut core, "+15550000001", start);
+        let b = register(&mut core, "+15550000002", start);
+        let send = |core: &mut Core, cid: &str, now: u64| {
+            let env = vec![Envelope {
+                device: b.device,
+                body: OpaqueBytes(b"x".to_vec()),
+            }];
+            tx(core, |c| {
+                c.send_direct(a.user, a.device, cid, b.user, env, now)
+            })
+        };
+        let hour = 3_600_000;
+        // Sent just before the first rotation, so it lives in the older table afterwards.
+        let first = send(&mut core, "late", start + 24 * hour - 1);
+        assert!(tx(&mut core, |c| c.sweep(start + 24 * hour)).dedup_rotated);
+        let again = send(&mut core, "late", start + 47 * hour);
+        assert!(again.duplicate, "remembered 47 h later");
+        assert_eq!(again.seq, first.seq);
+        // The next rotation drops it, more than 24 h after it was sent.
+        assert!(tx(&mut core, |c| c.sweep(start + 48 * hour)).dedup_rotated);
+        let third = send(&mut core, "late", start + 48 * hour);
+        assert!(!third.duplicate);
+        // State survives a restart.
+        drop(core);
+        let core = open(dir.path());
+        assert_eq!(core.dedup_since_ms, start + 48 * hour);
+        assert_eq!(core.dedup_current, 0);
+    }
+
+    #[test]
+    fn a_failed_job_leaves_no_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut core = open(dir.path());
+        let now = 1_000 * DAY_MS;
+        let a = register(&mut core, "+15550000001", now);
+        let b = register(&mut core, "+15550000002", now);
+        core.db.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let r: Result<(), ProtocolError> = core.in_savepoint(|c| {
+            let env = vec![Envelope {
+                device: b.device,
+                body: OpaqueBytes(b"x".to_vec()),
+            }];
+            c.send_direct(a.user, a.device, "m", b.user, env, now)?;
+            Err(ProtocolError::invalid("fail after writing"))
+        });
+        assert!(r.is_err());
+        assert!(core.pending.pushes.is_empty());
+        assert_eq!(core.pending.queue_delta, 0);
+        core.flush_counters().unwrap();
+        core.db.execute_batch("COMMIT").unwrap();
+        assert_eq!(
+            core.last_qseq(b.device).unwrap(),
+            0,
+            "qseq counter rolled back"
+        );
+        let seq = tx(&mut core, |c| {
+            c.take_conv_seq(ConvKey::direct(a.user, b.user))
+        });
+        assert_eq!(seq, 1, "conversation counter rolled back");
+    }
 }
