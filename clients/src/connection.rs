@@ -277,7 +277,8 @@ impl Connection {
         self.out.send(msg).map_err(|_| ClientError::Closed)
     }
 
-    /// The next server-initiated event; `None` once the connection is gone and drained.
+    /// The next server-initiated event; `None` once the connection is gone and drained
+    /// (or its events were taken with [`Connection::take_events`]).
     pub async fn next_event(&mut self) -> Option<Event> {
         self.events.recv().await
     }
@@ -287,9 +288,29 @@ impl Connection {
         self.events.try_recv().ok()
     }
 
+    /// Moves the event stream out, so one task can read events while the connection itself
+    /// is shared (e.g. in an `Arc`) for requests.
+    pub fn take_events(&mut self) -> Events {
+        let (_, empty) = mpsc::unbounded_channel();
+        Events(std::mem::replace(&mut self.events, empty))
+    }
+
     /// Closes the socket (the server sees a normal close).
     pub fn close(self) {
         let _ = self.out.send(Message::Close(None));
+    }
+}
+
+/// A connection's server-initiated events, taken out of it.
+pub struct Events(mpsc::UnboundedReceiver<Event>);
+
+impl Events {
+    pub async fn next(&mut self) -> Option<Event> {
+        self.0.recv().await
+    }
+
+    pub fn try_next(&mut self) -> Option<Event> {
+        self.0.try_recv().ok()
     }
 }
 

@@ -9,6 +9,6 @@ pub mod connection;
 mod error;
 
 pub use account::{Credentials, HttpClient};
-pub use connection::{ConnectOptions, Connection, Event};
+pub use connection::{ConnectOptions, Connection, Event, Events};
 pub use error::ClientError;
 pub use natter_signaling as protocol;

@@ -6,6 +6,7 @@
 //! are written out in batches.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -464,10 +465,16 @@ impl Conn {
                     )),
                 ),
                 Ok(next) => {
-                    self.submit(
-                        id,
-                        move |core| core.ack(user, device, &qseqs, now_ms()),
-                        |()| None,
+                    // Answered only on failure, so no reply slot is held for it.
+                    let tx = self.tx.clone();
+                    st.store.submit(
+                        move |core: &mut Core| core.ack(user, device, &qseqs, now_ms()),
+                        move |r| {
+                            if let Err(e) = r {
+                                let frame = Arc::new(ServerFrame::error(Some(id), e));
+                                let _ = tx.send(Outbound::Event(frame));
+                            }
+                        },
                     );
                     if let Some(f) = next {
                         self.start_fetch(f);

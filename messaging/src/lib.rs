@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,8 +32,9 @@ use metrics::Metrics;
 use state::{AppState, Limiters, SharedState};
 use store::{Core, Store, StoreThread, now_ms};
 
-/// How often expired queue items, blobs, uploads and codes are removed.
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How often a sweep runs. Each looks at a bounded chunk of the queue (see
+/// `store::maintenance`), so it costs the storage thread a few milliseconds.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -104,6 +106,12 @@ impl Server {
             upload_locks: http::UploadLocks::new(),
         });
         let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        // Frames are small and latency matters: no Nagle delay behind a delayed ACK.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("TCP_NODELAY: {e}");
+            }
+        });
         let stop = state.shutdown.clone();
         let serve = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -167,7 +175,7 @@ impl Server {
     }
 }
 
-/// Removes what has expired, once a minute (and once at start).
+/// Removes what has expired, every [`SWEEP_EVERY`] (and once at start).
 async fn sweeper(st: SharedState) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     loop {

@@ -7,7 +7,8 @@ use natter_signaling::{DeviceId, ProtocolError};
 
 use super::{Core, sql_err};
 
-/// Most queue items expired by one sweep; the rest wait for the next.
+/// Queue rows one sweep looks at. The sweep walks the queue in primary-key order from where
+/// the last one stopped, so each sweep is short and every row is visited in turn.
 const SWEEP_CHUNK: i64 = 20_000;
 
 /// What one sweep removed; the caller deletes the files named here.
@@ -31,20 +32,39 @@ impl Core {
     /// Removes everything whose time is up.
     pub fn sweep(&mut self, now: u64) -> Result<SweepReport, ProtocolError> {
         let mut report = SweepReport::default();
-        let payloads: Vec<Option<i64>> = self
+        let (from_device, from_qseq) = self.sweep_cursor;
+        let rows: Vec<(i64, i64, i64, Option<i64>)> = self
             .db()
             .prepare_cached(
-                "DELETE FROM queue WHERE (device, qseq) IN
-                   (SELECT device, qseq FROM queue WHERE expires_ms <= ?1 LIMIT ?2)
-                 RETURNING payload",
+                "SELECT device, qseq, expires_ms, payload FROM queue
+                 WHERE (device, qseq) > (?1, ?2) ORDER BY device, qseq LIMIT ?3",
             )
             .and_then(|mut s| {
-                s.query_map(params![now as i64, SWEEP_CHUNK], |r| r.get(0))?
-                    .collect()
+                s.query_map(params![from_device, from_qseq, SWEEP_CHUNK], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect()
             })
             .map_err(sql_err)?;
-        report.expired_items = payloads.len();
-        self.pending.queue_delta -= payloads.len() as i64;
+        self.sweep_cursor = match rows.last() {
+            Some(&(d, q, _, _)) if rows.len() as i64 == SWEEP_CHUNK => (d, q),
+            _ => (i64::MIN, i64::MIN),
+        };
+        let mut payloads = Vec::new();
+        {
+            let mut delete = self
+                .db()
+                .prepare_cached("DELETE FROM queue WHERE device = ?1 AND qseq = ?2")
+                .map_err(sql_err)?;
+            for (device, qseq, expires, payload) in rows {
+                if expires as u64 <= now {
+                    delete.execute(params![device, qseq]).map_err(sql_err)?;
+                    report.expired_items += 1;
+                    payloads.push(payload);
+                }
+            }
+        }
+        self.pending.queue_delta -= report.expired_items as i64;
         let payloads: Vec<i64> = payloads.into_iter().flatten().collect();
         self.release_payloads(&payloads)?;
         report.expired_payloads = self

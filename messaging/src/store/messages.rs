@@ -38,28 +38,24 @@ impl Core {
         device: DeviceId,
         client_id: &str,
     ) -> Result<Option<Sent>, ProtocolError> {
-        for table in ["dedup_0", "dedup_1"] {
-            let found = self
-                .db()
-                .prepare_cached(&format!(
-                    "SELECT seq, ts_ms FROM {table} WHERE device = ?1 AND client_id = ?2"
-                ))
-                .and_then(|mut s| {
-                    s.query_row(params![device.0 as i64, client_id], |r| {
-                        Ok(Sent {
-                            seq: r.get::<_, i64>(0)? as u64,
-                            ts_ms: r.get::<_, i64>(1)? as u64,
-                            duplicate: true,
-                        })
+        self.db()
+            .prepare_cached(
+                "SELECT seq, ts_ms FROM dedup_0 WHERE device = ?1 AND client_id = ?2
+                 UNION ALL
+                 SELECT seq, ts_ms FROM dedup_1 WHERE device = ?1 AND client_id = ?2
+                 LIMIT 1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![device.0 as i64, client_id], |r| {
+                    Ok(Sent {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        ts_ms: r.get::<_, i64>(1)? as u64,
+                        duplicate: true,
                     })
-                    .optional()
                 })
-                .map_err(sql_err)?;
-            if found.is_some() {
-                return Ok(found);
-            }
-        }
-        Ok(None)
+                .optional()
+            })
+            .map_err(sql_err)
     }
 
     fn dedup_put(
@@ -103,10 +99,11 @@ impl Core {
         if let Some(sent) = self.dedup_get(from_device, client_id)? {
             return Ok(sent);
         }
-        if !self.user_exists(to)? {
+        let recipients = self.devices_of(to)?;
+        // Every user has a device; only an empty list needs the (uncached) check.
+        if recipients.is_empty() && !self.user_exists(to)? {
             return Err(ProtocolError::not_found(format!("no user {to}")));
         }
-        let recipients = self.devices_of(to)?;
         let own = self.devices_of(from)?;
         let mut expected: Vec<DeviceId> = recipients
             .iter()

@@ -1,14 +1,17 @@
 //! Durable storage: one SQLite database (WAL) owned by one writer thread.
 //!
 //! Every read and write is a *job* sent to that thread. The thread takes whatever jobs are
-//! waiting (up to [`MAX_BATCH`]), runs each inside its own savepoint in one transaction, commits
-//! once (one fsync for the whole batch: group commit), and only then pushes the new queue items
-//! to connected devices and answers the callers. So nothing is acknowledged before it is
-//! durable, and items reach live connections in commit order.
+//! waiting (up to [`MAX_BATCH`]), runs them in one transaction, commits once (one fsync for
+//! the whole batch: group commit), and only then pushes the new queue items to connected
+//! devices and answers the callers. So nothing is acknowledged before it is durable, and items
+//! reach live connections in commit order.
 //!
-//! A job that fails rolls back to its savepoint and changes nothing; the others in the batch
-//! are unaffected. If the commit itself fails, every job in the batch gets an `internal` error
-//! and the in-memory counters are reloaded from the database.
+//! Jobs check everything before they write, so a refused request has written nothing and the
+//! rest of the batch goes ahead. (Savepoints per job would guarantee that too, but cost about
+//! as much as the jobs themselves.) Should a job fail after writing — only a storage error can
+//! do that — the whole batch is rolled back and every job in it gets an `internal` error: an
+//! error always means nothing was applied. The same happens when the commit fails; the
+//! in-memory counters are then reloaded from the database.
 
 mod accounts;
 mod groups;
@@ -121,20 +124,7 @@ impl Store {
         F: FnOnce(&mut Core) -> Result<R, ProtocolError> + Send + 'static,
         C: FnOnce(Result<R, ProtocolError>) + Send + 'static,
     {
-        let job: Job = Box::new(move |core: Option<&mut Core>| {
-            let result = match core {
-                Some(core) => core.in_savepoint(f),
-                None => Err(unavailable()),
-            };
-            Box::new(move |committed: bool| {
-                done(match result {
-                    Err(e) => Err(e),
-                    Ok(_) if !committed => Err(ProtocolError::internal("storage commit failed")),
-                    ok => ok,
-                })
-            })
-        });
-        if let Err(mpsc::SendError(Msg::Job(job))) = self.tx.send(Msg::Job(job)) {
+        if let Err(mpsc::SendError(Msg::Job(job))) = self.tx.send(Msg::Job(make_job(f, done))) {
             // The thread is gone: answer the caller rather than dropping the request.
             job(None)(false);
         }
@@ -152,6 +142,28 @@ impl Store {
         });
         rx.await.unwrap_or_else(|_| Err(unavailable()))
     }
+}
+
+fn make_job<R, F, C>(f: F, done: C) -> Job
+where
+    R: Send + 'static,
+    F: FnOnce(&mut Core) -> Result<R, ProtocolError> + Send + 'static,
+    C: FnOnce(Result<R, ProtocolError>) + Send + 'static,
+{
+    Box::new(move |core: Option<&mut Core>| {
+        let result = match core {
+            Some(core) => core.run_job(f),
+            None => Err(unavailable()),
+        };
+        Box::new(move |committed: bool| {
+            done(match result {
+                Ok(_) if !committed => Err(ProtocolError::internal(
+                    "storage failure; the request was not applied",
+                )),
+                r => r,
+            })
+        })
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +229,7 @@ struct Pending {
     latencies_ms: Vec<u64>,
 }
 
-/// Lengths of [`Pending`]'s lists when a savepoint opened, to cut them back on rollback.
+/// Lengths of [`Pending`]'s lists when a job started, to cut them back if it fails.
 struct Mark {
     pushes: usize,
     queue_delta: i64,
@@ -243,6 +255,10 @@ pub struct Core {
     /// Members per group.
     group_members: HashMap<GroupId, Arc<[GroupMember]>>,
     queue_items: i64,
+    /// A job of the open transaction failed after writing: roll it all back.
+    poisoned: bool,
+    /// Where the next expiry sweep continues (a queue primary key).
+    sweep_cursor: (i64, i64),
     /// Which dedup table is current, and since when.
     dedup_current: u8,
     dedup_since_ms: u64,
@@ -284,6 +300,8 @@ impl Core {
             devices: HashMap::new(),
             group_members: HashMap::new(),
             queue_items,
+            poisoned: false,
+            sweep_cursor: (i64::MIN, i64::MIN),
             dedup_current,
             dedup_since_ms,
         })
@@ -322,20 +340,29 @@ impl Core {
         tracing::debug!("storage thread stopped");
     }
 
+    fn exec_cached(&self, sql: &str) -> rusqlite::Result<()> {
+        self.db.prepare_cached(sql)?.execute([]).map(|_| ())
+    }
+
     fn run_batch(&mut self, jobs: Vec<Job>) {
         self.metrics.store_batch_jobs.observe(jobs.len() as f64);
-        if let Err(e) = self.db.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = self.exec_cached("BEGIN IMMEDIATE") {
             tracing::error!("cannot begin a storage transaction: {e}");
             for job in jobs {
                 job(None)(false);
             }
             return;
         }
+        self.poisoned = false;
         let completions: Vec<Completion> = jobs.into_iter().map(|job| job(Some(self))).collect();
         let started = Instant::now();
-        let committed = self
-            .flush_counters()
-            .and_then(|()| self.db.execute_batch("COMMIT"));
+        let committed = if self.poisoned {
+            Err("a job failed after writing".to_owned())
+        } else {
+            self.flush_counters()
+                .and_then(|()| self.exec_cached("COMMIT"))
+                .map_err(|e| e.to_string())
+        };
         self.metrics
             .store_commit
             .observe(started.elapsed().as_secs_f64());
@@ -360,8 +387,8 @@ impl Core {
                 true
             }
             Err(e) => {
-                tracing::error!("storage commit failed: {e}");
-                let _ = self.db.execute_batch("ROLLBACK");
+                tracing::error!("storage transaction rolled back: {e}");
+                let _ = self.exec_cached("ROLLBACK");
                 self.next_qseq.clear();
                 self.next_conv_seq.clear();
                 self.devices.clear();
@@ -374,14 +401,13 @@ impl Core {
         }
     }
 
-    /// Runs one job inside a savepoint, rolling its writes and in-memory changes back on error.
-    fn in_savepoint<R>(
+    /// Runs one job. If it fails, its in-memory effects are undone; if it also wrote to the
+    /// database, the batch is marked for rollback.
+    fn run_job<R>(
         &mut self,
         f: impl FnOnce(&mut Core) -> Result<R, ProtocolError>,
     ) -> Result<R, ProtocolError> {
-        if let Err(e) = self.db.execute_batch("SAVEPOINT job") {
-            return Err(ProtocolError::internal(format!("storage: {e}")));
-        }
+        let changes = self.db.total_changes();
         let mark = Mark {
             pushes: self.pending.pushes.len(),
             queue_delta: self.pending.queue_delta,
@@ -390,38 +416,33 @@ impl Core {
             undo: self.undo.len(),
         };
         let result = f(self);
-        match &result {
-            Ok(_) => {
-                if let Err(e) = self.db.execute_batch("RELEASE job") {
-                    return Err(ProtocolError::internal(format!("storage: {e}")));
-                }
+        if result.is_err() {
+            if self.db.total_changes() != changes {
+                self.poisoned = true;
             }
-            Err(_) => {
-                let _ = self.db.execute_batch("ROLLBACK TO job; RELEASE job");
-                self.pending.pushes.truncate(mark.pushes);
-                self.pending.queue_delta = mark.queue_delta;
-                self.pending.kicks.truncate(mark.kicks);
-                self.pending.latencies_ms.truncate(mark.latencies);
-                while self.undo.len() > mark.undo {
-                    match self.undo.pop().unwrap() {
-                        Undo::Qseq(d, Some(v)) => {
-                            self.next_qseq.insert(d, v);
-                        }
-                        Undo::Qseq(d, None) => {
-                            self.next_qseq.remove(&d);
-                        }
-                        Undo::ConvSeq(c, Some(v)) => {
-                            self.next_conv_seq.insert(c, v);
-                        }
-                        Undo::ConvSeq(c, None) => {
-                            self.next_conv_seq.remove(&c);
-                        }
+            self.pending.pushes.truncate(mark.pushes);
+            self.pending.queue_delta = mark.queue_delta;
+            self.pending.kicks.truncate(mark.kicks);
+            self.pending.latencies_ms.truncate(mark.latencies);
+            while self.undo.len() > mark.undo {
+                match self.undo.pop().unwrap() {
+                    Undo::Qseq(d, Some(v)) => {
+                        self.next_qseq.insert(d, v);
+                    }
+                    Undo::Qseq(d, None) => {
+                        self.next_qseq.remove(&d);
+                    }
+                    Undo::ConvSeq(c, Some(v)) => {
+                        self.next_conv_seq.insert(c, v);
+                    }
+                    Undo::ConvSeq(c, None) => {
+                        self.next_conv_seq.remove(&c);
                     }
                 }
-                // Cached lists may describe rolled-back rows.
-                self.devices.clear();
-                self.group_members.clear();
             }
+            // Cached lists may describe rows this job wrote.
+            self.devices.clear();
+            self.group_members.clear();
         }
         result
     }
@@ -685,19 +706,28 @@ mod tests {
         Core::new(db, &cfg, hub, Arc::new(Metrics::new())).unwrap()
     }
 
-    /// Runs `f` in its own committed transaction, as the writer thread would.
-    fn tx<R>(core: &mut Core, f: impl FnOnce(&mut Core) -> Result<R, ProtocolError>) -> R {
-        core.db.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let r = core.in_savepoint(f).unwrap();
-        core.flush_counters().unwrap();
-        core.db.execute_batch("COMMIT").unwrap();
-        core.pending = Pending::default();
-        r
+    /// Runs `f` as a batch of its own, as the writer thread would, and returns its result.
+    fn batch<R: Send + 'static>(
+        core: &mut Core,
+        f: impl FnOnce(&mut Core) -> Result<R, ProtocolError> + Send + 'static,
+    ) -> Result<R, ProtocolError> {
+        let out = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let o = out.clone();
+        core.run_batch(vec![make_job(f, move |r| *o.lock().unwrap() = Some(r))]);
+        out.lock().unwrap().take().expect("the job was answered")
+    }
+
+    fn tx<R: Send + 'static>(
+        core: &mut Core,
+        f: impl FnOnce(&mut Core) -> Result<R, ProtocolError> + Send + 'static,
+    ) -> R {
+        batch(core, f).unwrap()
     }
 
     fn register(core: &mut Core, phone: &str, now: u64) -> Registered {
-        let code = tx(core, |c| c.request_code(phone, now));
-        tx(core, |c| c.verify_code(phone, &code, "d", now)).unwrap()
+        let (p1, p2) = (phone.to_owned(), phone.to_owned());
+        let code = tx(core, move |c| c.request_code(&p1, now));
+        tx(core, move |c| c.verify_code(&p2, &code, "d", now)).unwrap()
     }
 
     #[test]
@@ -711,17 +741,20 @@ mod tests {
             device: b.device,
             body: OpaqueBytes(b"x".to_vec()),
         }];
-        tx(&mut core, |c| {
+        tx(&mut core, move |c| {
             c.send_direct(a.user, a.device, "m1", b.user, env, t0)
         });
         let day29 = t0 + 29 * DAY_MS;
-        let r = tx(&mut core, |c| c.sweep(day29));
+        let r = tx(&mut core, move |c| c.sweep(day29));
         assert_eq!(r.expired_items, 0);
-        assert_eq!(tx(&mut core, |c| c.fetch(b.device, 0, 10, day29)).len(), 1);
+        assert_eq!(
+            tx(&mut core, move |c| c.fetch(b.device, 0, 10, day29)).len(),
+            1
+        );
         let day30 = t0 + 30 * DAY_MS;
         // An expired item is not handed out even before the sweep removes it.
-        assert!(tx(&mut core, |c| c.fetch(b.device, 0, 10, day30)).is_empty());
-        let r = tx(&mut core, |c| c.sweep(day30));
+        assert!(tx(&mut core, move |c| c.fetch(b.device, 0, 10, day30)).is_empty());
+        let r = tx(&mut core, move |c| c.sweep(day30));
         assert_eq!(r.expired_items, 1);
         let left: i64 = core
             .db
@@ -742,19 +775,18 @@ mod tests {
                 device: b.device,
                 body: OpaqueBytes(b"x".to_vec()),
             }];
-            tx(core, |c| {
-                c.send_direct(a.user, a.device, cid, b.user, env, now)
-            })
+            let (cid, (au, ad), bu) = (cid.to_owned(), (a.user, a.device), b.user);
+            tx(core, move |c| c.send_direct(au, ad, &cid, bu, env, now))
         };
         let hour = 3_600_000;
         // Sent just before the first rotation, so it lives in the older table afterwards.
         let first = send(&mut core, "late", start + 24 * hour - 1);
-        assert!(tx(&mut core, |c| c.sweep(start + 24 * hour)).dedup_rotated);
+        assert!(tx(&mut core, move |c| c.sweep(start + 24 * hour)).dedup_rotated);
         let again = send(&mut core, "late", start + 47 * hour);
         assert!(again.duplicate, "remembered 47 h later");
         assert_eq!(again.seq, first.seq);
         // The next rotation drops it, more than 24 h after it was sent.
-        assert!(tx(&mut core, |c| c.sweep(start + 48 * hour)).dedup_rotated);
+        assert!(tx(&mut core, move |c| c.sweep(start + 48 * hour)).dedup_rotated);
         let third = send(&mut core, "late", start + 48 * hour);
         assert!(!third.duplicate);
         // State survives a restart.
@@ -765,34 +797,93 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_job_leaves_no_trace() {
+    fn a_refused_job_leaves_no_trace_and_the_batch_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let mut core = open(dir.path());
         let now = 1_000 * DAY_MS;
         let a = register(&mut core, "+15550000001", now);
         let b = register(&mut core, "+15550000002", now);
-        core.db.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let r: Result<(), ProtocolError> = core.in_savepoint(|c| {
-            let env = vec![Envelope {
-                device: b.device,
-                body: OpaqueBytes(b"x".to_vec()),
-            }];
-            c.send_direct(a.user, a.device, "m", b.user, env, now)?;
-            Err(ProtocolError::invalid("fail after writing"))
-        });
-        assert!(r.is_err());
-        assert!(core.pending.pushes.is_empty());
-        assert_eq!(core.pending.queue_delta, 0);
-        core.flush_counters().unwrap();
-        core.db.execute_batch("COMMIT").unwrap();
-        assert_eq!(
-            core.last_qseq(b.device).unwrap(),
-            0,
-            "qseq counter rolled back"
+        let (ra, rb) = (
+            std::sync::Arc::new(std::sync::Mutex::new(None)),
+            std::sync::Arc::new(std::sync::Mutex::new(None)),
         );
-        let seq = tx(&mut core, |c| {
-            c.take_conv_seq(ConvKey::direct(a.user, b.user))
+        let (oa, ob) = (ra.clone(), rb.clone());
+        let wrong = vec![Envelope {
+            device: a.device,
+            body: OpaqueBytes(b"x".to_vec()),
+        }];
+        let right = vec![Envelope {
+            device: b.device,
+            body: OpaqueBytes(b"x".to_vec()),
+        }];
+        core.run_batch(vec![
+            make_job(
+                move |c| c.send_direct(a.user, a.device, "bad", b.user, wrong, now),
+                move |r| *oa.lock().unwrap() = Some(r),
+            ),
+            make_job(
+                move |c| c.send_direct(a.user, a.device, "good", b.user, right, now),
+                move |r| *ob.lock().unwrap() = Some(r),
+            ),
+        ]);
+        assert_eq!(
+            ra.lock().unwrap().take().unwrap().unwrap_err().code,
+            ErrorCode::DeviceMismatch
+        );
+        let good = rb.lock().unwrap().take().unwrap().unwrap();
+        assert_eq!(good.seq, 1, "the refusal took no sequence number");
+        assert_eq!(core.last_qseq(b.device).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_job_failing_after_writing_rolls_back_its_whole_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut core = open(dir.path());
+        let now = 1_000 * DAY_MS;
+        let a = register(&mut core, "+15550000001", now);
+        let b = register(&mut core, "+15550000002", now);
+        let bd = b.device;
+        let env = move || {
+            vec![Envelope {
+                device: bd,
+                body: OpaqueBytes(b"x".to_vec()),
+            }]
+        };
+        let (ra, rb) = (
+            std::sync::Arc::new(std::sync::Mutex::new(None)),
+            std::sync::Arc::new(std::sync::Mutex::new(None)),
+        );
+        let (oa, ob) = (ra.clone(), rb.clone());
+        let (e1, e2) = (env(), env());
+        core.run_batch(vec![
+            make_job(
+                move |c| c.send_direct(a.user, a.device, "ok", b.user, e1, now),
+                move |r| *oa.lock().unwrap() = Some(r),
+            ),
+            make_job(
+                move |c| {
+                    c.send_direct(a.user, a.device, "m", b.user, e2, now)?;
+                    Err::<(), _>(ProtocolError::internal("fails after writing"))
+                },
+                move |r| *ob.lock().unwrap() = Some(r),
+            ),
+        ]);
+        assert_eq!(
+            ra.lock().unwrap().take().unwrap().unwrap_err().code,
+            ErrorCode::Internal,
+            "batch-mate rolled back too"
+        );
+        assert!(rb.lock().unwrap().take().unwrap().is_err());
+        let rows: i64 = core
+            .db
+            .query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0);
+        assert_eq!(core.last_qseq(b.device).unwrap(), 0, "counters reloaded");
+        // The client's retry of the rolled-back send is new, not a duplicate.
+        let sent = tx(&mut core, move |c| {
+            c.send_direct(a.user, a.device, "ok", b.user, env(), now)
         });
-        assert_eq!(seq, 1, "conversation counter rolled back");
+        assert_eq!((sent.seq, sent.duplicate), (1, false));
     }
 }

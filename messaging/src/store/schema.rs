@@ -88,7 +88,8 @@ CREATE TABLE queue (
     item        BLOB NOT NULL,
     PRIMARY KEY (device, qseq)
 ) WITHOUT ROWID;
-CREATE INDEX queue_by_expiry ON queue(expires_ms);
+-- No index on expires_ms: reads skip expired rows, and the sweeper walks the table by its
+-- primary key a chunk at a time, so queue writes pay for one B-tree, not two.
 -- Duplicate detection on (sender device, client id): two generations, the older dropped whole.
 CREATE TABLE dedup_0 (
     device     INTEGER NOT NULL,
