@@ -826,6 +826,27 @@ pub enum ServerFrame {
 }
 
 impl ServerFrame {
+    /// Every server frame type name, as on the wire.
+    pub const TYPES: &'static [&'static str] = &[
+        "welcome",
+        "ok",
+        "pong",
+        "error",
+        "sent",
+        "deliver",
+        "queue_empty",
+        "bundle",
+        "key_count",
+        "devices",
+        "link_code",
+        "users",
+        "group",
+        "presence_list",
+        "presence",
+        "typing",
+        "settings",
+    ];
+
     /// An error frame answering request `id`.
     pub fn error(id: Option<u64>, err: ProtocolError) -> ServerFrame {
         ServerFrame::Error(ErrorBody {
