@@ -222,6 +222,8 @@ struct ThroughputOpts {
 
 /// Shared by all tasks of a run.
 struct Run {
+    /// Which step this is: client ids are unique per step, as the server de-duplicates them.
+    step: usize,
     epoch: Instant,
     /// Messages sent at or after this (ns since epoch) are measured.
     measure_from_ns: AtomicU64,
@@ -313,8 +315,9 @@ async fn throughput(
     let (senders, recipients) = users.split_at(o.pairs);
     let mut best: Option<(u64, f64)> = None;
     let mut last_p99 = 0.0;
-    for &rate in rates {
+    for (step, &rate) in rates.iter().enumerate() {
         let run = Arc::new(Run {
+            step,
             epoch: Instant::now(),
             measure_from_ns: AtomicU64::new(u64::MAX),
             measure_until_ns: AtomicU64::new(u64::MAX),
@@ -445,11 +448,13 @@ async fn sender(
     let mut n = 0u64;
     let mut body = vec![0u8; size.max(8)];
     let record = |r: Result<ServerFrame, natter_client::ClientError>| match r {
-        Ok(ServerFrame::Sent { .. }) => {
+        Ok(ServerFrame::Sent {
+            duplicate: false, ..
+        }) => {
             run.sent_ok.fetch_add(1, Ordering::Relaxed);
         }
         Ok(other) => {
-            eprintln!("unexpected answer {}", other.type_name());
+            eprintln!("unexpected answer {other:?}");
             run.errors.fetch_add(1, Ordering::Relaxed);
         }
         Err(e) => {
@@ -467,7 +472,7 @@ async fn sender(
                 body[..8].copy_from_slice(&t.to_le_bytes());
                 let frame = ClientFrame::Send {
                     id: 0,
-                    client_id: n.to_string(),
+                    client_id: format!("{}-{n}", run.step),
                     to: to.user,
                     envelopes: vec![Envelope { device: to.device, body: OpaqueBytes(body.clone()) }],
                 };

@@ -7,8 +7,8 @@ use natter_signaling::{DeviceId, ProtocolError};
 
 use super::{Core, sql_err};
 
-/// Queue rows one sweep looks at. The sweep walks the queue in primary-key order from where
-/// the last one stopped, so each sweep is short and every row is visited in turn.
+/// Queue rows one sweep looks at. The sweep walks the queue in rowid order from where the
+/// last one stopped, so each sweep is short and every row is visited in turn.
 const SWEEP_CHUNK: i64 = 20_000;
 
 /// What one sweep removed; the caller deletes the files named here.
@@ -32,33 +32,32 @@ impl Core {
     /// Removes everything whose time is up.
     pub fn sweep(&mut self, now: u64) -> Result<SweepReport, ProtocolError> {
         let mut report = SweepReport::default();
-        let (from_device, from_qseq) = self.sweep_cursor;
-        let rows: Vec<(i64, i64, i64, Option<i64>)> = self
+        let from = self.sweep_cursor;
+        let rows: Vec<(i64, i64, Option<i64>)> = self
             .db()
             .prepare_cached(
-                "SELECT device, qseq, expires_ms, payload FROM queue
-                 WHERE (device, qseq) > (?1, ?2) ORDER BY device, qseq LIMIT ?3",
+                "SELECT id, expires_ms, payload FROM queue WHERE id > ?1 ORDER BY id LIMIT ?2",
             )
             .and_then(|mut s| {
-                s.query_map(params![from_device, from_qseq, SWEEP_CHUNK], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                s.query_map(params![from, SWEEP_CHUNK], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })?
                 .collect()
             })
             .map_err(sql_err)?;
         self.sweep_cursor = match rows.last() {
-            Some(&(d, q, _, _)) if rows.len() as i64 == SWEEP_CHUNK => (d, q),
-            _ => (i64::MIN, i64::MIN),
+            Some(&(id, _, _)) if rows.len() as i64 == SWEEP_CHUNK => id,
+            _ => 0,
         };
         let mut payloads = Vec::new();
         {
             let mut delete = self
                 .db()
-                .prepare_cached("DELETE FROM queue WHERE device = ?1 AND qseq = ?2")
+                .prepare_cached("DELETE FROM queue WHERE id = ?1")
                 .map_err(sql_err)?;
-            for (device, qseq, expires, payload) in rows {
+            for (id, expires, payload) in rows {
                 if expires as u64 <= now {
-                    delete.execute(params![device, qseq]).map_err(sql_err)?;
+                    delete.execute([id]).map_err(sql_err)?;
                     report.expired_items += 1;
                     payloads.push(payload);
                 }

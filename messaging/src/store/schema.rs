@@ -20,7 +20,7 @@ CREATE TABLE devices (
     token_hash        BLOB NOT NULL,
     created_ms        INTEGER NOT NULL,
     revoked_ms        INTEGER,
-    next_qseq         INTEGER NOT NULL DEFAULT 1,
+    qseq_reserved     INTEGER NOT NULL DEFAULT 1,   -- every queue sequence handed out is below this
     identity_key      BLOB,
     signed_prekey_id  INTEGER,
     signed_prekey     BLOB,
@@ -75,7 +75,11 @@ CREATE TABLE payloads (
 );
 -- One row per item waiting for one device. `item` is the MessagePack QueueItem; for group
 -- messages its body is empty and `payload` points at the shared body.
+-- Rows are laid out in arrival order (the rowid): items are mostly acknowledged moments after
+-- they arrive, so a batch of inserts and deletes dirties a few pages at the end of the table
+-- rather than one page per device. Reads by device go through the small index.
 CREATE TABLE queue (
+    id          INTEGER PRIMARY KEY,
     device      INTEGER NOT NULL,
     qseq        INTEGER NOT NULL,
     created_ms  INTEGER NOT NULL,
@@ -85,11 +89,11 @@ CREATE TABLE queue (
     grp         INTEGER,            -- group messages: the group
     conv_seq    INTEGER,            -- messages: the conversation sequence
     payload     INTEGER,
-    item        BLOB NOT NULL,
-    PRIMARY KEY (device, qseq)
-) WITHOUT ROWID;
--- No index on expires_ms: reads skip expired rows, and the sweeper walks the table by its
--- primary key a chunk at a time, so queue writes pay for one B-tree, not two.
+    item        BLOB NOT NULL
+);
+CREATE UNIQUE INDEX queue_by_device ON queue(device, qseq);
+-- No index on expires_ms: reads skip expired rows, and the sweeper walks the table in rowid
+-- order a chunk at a time.
 -- Duplicate detection on (sender device, client id): two generations, the older dropped whole.
 CREATE TABLE dedup_0 (
     device     INTEGER NOT NULL,
