@@ -338,7 +338,7 @@ impl Conn {
             }
             Outbound::Fetched(Err(e)) => {
                 tracing::error!(device = %self.auth.device, "queue read failed: {e}");
-                self.push(ServerFrame::error(None, e));
+                self.push(ServerFrame::error(None, *e));
                 self.close(close_codes::INTERNAL, "queue read failed; reconnect");
             }
             Outbound::Event(frame) => self.push((*frame).clone()),
@@ -358,7 +358,7 @@ impl Conn {
                 } else {
                     "replaced by a newer connection"
                 };
-                self.push(ServerFrame::error(None, err));
+                self.push(ServerFrame::error(None, *err));
                 self.close(code, reason);
             }
         }
@@ -370,7 +370,7 @@ impl Conn {
         self.st.store.submit(
             move |core: &mut Core| core.fetch(device, f.after, f.limit, now_ms()),
             move |r| {
-                let _ = tx.send(Outbound::Fetched(r));
+                let _ = tx.send(Outbound::Fetched(r.map_err(Box::new)));
             },
         );
     }

@@ -24,14 +24,15 @@ pub enum Outbound {
     Reply(Option<Box<ServerFrame>>),
     /// A queue item committed for this device.
     Item(u64, Arc<QueueItem>),
-    /// A replay read finished.
-    Fetched(Result<Fetched, ProtocolError>),
+    /// A replay read finished. (Errors are boxed to keep this enum small: every connection's
+    /// channel allocates room for a block of them.)
+    Fetched(Result<Fetched, Box<ProtocolError>>),
     /// A frame shared by many connections (presence, typing).
     Event(Arc<ServerFrame>),
     /// Live items were dropped because the connection fell behind: re-read from storage.
     Lagged,
     /// Send this error and close (revoked, or replaced by a newer connection of the device).
-    Kick(ProtocolError),
+    Kick(Box<ProtocolError>),
 }
 
 pub type OutboundTx = mpsc::UnboundedSender<Outbound>;
@@ -172,10 +173,10 @@ impl Hub {
         let (user, device) = (handle.user, handle.device);
         let old = self.conns.lock().unwrap().insert(device, handle);
         if let Some(old) = old {
-            let _ = old.tx.send(Outbound::Kick(ProtocolError::new(
+            let _ = old.tx.send(Outbound::Kick(Box::new(ProtocolError::new(
                 natter_signaling::ErrorCode::Conflict,
                 "replaced by a newer connection of this device",
-            )));
+            ))));
         }
         let mut presence = self.presence.lock().unwrap();
         let entry = presence
@@ -238,7 +239,7 @@ impl Hub {
     /// Tells the device's live connection to send `err` and close.
     pub fn kick(&self, device: DeviceId, err: ProtocolError) {
         if let Some(h) = self.conns.lock().unwrap().get(&device) {
-            let _ = h.tx.send(Outbound::Kick(err));
+            let _ = h.tx.send(Outbound::Kick(Box::new(err)));
         }
     }
 
@@ -360,5 +361,15 @@ impl Hub {
         for (key, recipients) in gone {
             self.forward_typing(key, false, &recipients);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every connection's outbound channel allocates a block of 32 of these up front, so
+    /// their size is memory per idle socket.
+    #[test]
+    fn outbound_stays_small() {
+        assert!(std::mem::size_of::<super::Outbound>() <= 32);
     }
 }
