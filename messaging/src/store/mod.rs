@@ -794,6 +794,33 @@ mod tests {
     }
 
     #[test]
+    fn blobs_expire_with_the_queue_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut core = open(dir.path());
+        let t0 = 1_000 * DAY_MS;
+        let hash = "ab".repeat(32);
+        let h = hash.clone();
+        tx(&mut core, move |c| c.finish_upload("u1", &h, 10, t0));
+        let h = hash.clone();
+        let day29 = t0 + 29 * DAY_MS;
+        assert_eq!(tx(&mut core, move |c| c.blob_size(&h, day29)), Some(10));
+        assert!(
+            tx(&mut core, move |c| c.sweep(day29))
+                .expired_blobs
+                .is_empty()
+        );
+        let day30 = t0 + 30 * DAY_MS;
+        let h = hash.clone();
+        assert_eq!(tx(&mut core, move |c| c.blob_size(&h, day30)), None);
+        let r = tx(&mut core, move |c| c.sweep(day30));
+        assert_eq!(
+            r.expired_blobs,
+            vec![hash],
+            "the sweeper deletes these files"
+        );
+    }
+
+    #[test]
     fn queue_sequences_only_increase_across_a_crash() {
         let dir = tempfile::tempdir().unwrap();
         let now = 1_000 * DAY_MS;
