@@ -5,6 +5,7 @@ mod common;
 mod accounts;
 mod blobs;
 mod crash;
+mod e2ee;
 mod groups;
 mod messages;
 mod offline;

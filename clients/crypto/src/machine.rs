@@ -105,6 +105,8 @@ pub struct Machine {
     /// The published last-resort key, and whether a session was started with it since.
     last_resort: Option<[u8; 32]>,
     last_resort_used: bool,
+    /// Inbound sessions started (each used up a published one-time key) since last asked.
+    new_inbound_sessions: usize,
 }
 
 fn key_id_of(id: vodozemac::KeyId) -> u32 {
@@ -148,6 +150,7 @@ impl Machine {
             inbound_groups: HashMap::new(),
             last_resort: None,
             last_resort_used: false,
+            new_inbound_sessions: 0,
         }
     }
 
@@ -255,6 +258,12 @@ impl Machine {
             self.last_resort_used = false;
         }
         self.account.mark_keys_as_published();
+    }
+
+    /// How many incoming sessions started since the last call (each consumed a published
+    /// prekey, so the client should check its count on the server).
+    pub fn take_new_inbound_sessions(&mut self) -> usize {
+        std::mem::take(&mut self.new_inbound_sessions)
     }
 
     /// Whether the last-resort key was used to start a session since it was published (it
@@ -426,6 +435,7 @@ impl Machine {
                         if self.last_resort == Some(used) {
                             self.last_resort_used = true;
                         }
+                        self.new_inbound_sessions += 1;
                         (
                             created.plaintext,
                             Some(identity.to_bytes()),
@@ -763,6 +773,7 @@ impl Machine {
                 .collect(),
             last_resort: p.last_resort,
             last_resort_used: p.last_resort_used,
+            new_inbound_sessions: 0,
         })
     }
 }

@@ -1,0 +1,1378 @@
+//! The end-to-end-encrypted client: one device of one user.
+//!
+//! A [`Client`] keeps a connection to the server alive in a background task (reconnecting
+//! with exponential backoff and full jitter), replays its offline backlog from its cursor,
+//! decrypts each delivery, stores it locally *before* acknowledging it, and reports what
+//! happened as [`ClientEvent`]s. Sending encrypts once per recipient device (Olm) or once per
+//! group (Megolm, with the session key shared to member devices over Olm first).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use natter_crypto::{Machine, media, safety};
+use natter_signaling::{
+    ClientFrame, Conv, DeviceId, DeviceInfo, Envelope, ErrorCode, GroupChange, GroupId, GroupInfo,
+    OpaqueBytes, PresenceInfo, QueueItem, ReceiptStatus, ServerFrame, UserId, UserMatch,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::connection::{ConnectOptions, Connection, Event};
+use crate::content::Content;
+use crate::store::{FileRef, HistoryItem, ItemKind, NewItem, Store};
+use crate::{ClientError, Credentials, HttpClient};
+
+/// One-time keys on the server below which the client uploads more.
+const PREKEY_LOW_WATER: u32 = 25;
+/// Reconnect backoff: the first retry waits up to this long, doubling to [`BACKOFF_MAX`].
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Upload chunk size for blobs.
+const UPLOAD_CHUNK: usize = 1 << 20;
+
+/// What the application hears from the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// Connected and authenticated.
+    Connected,
+    /// Every item queued while offline has been processed.
+    BacklogDone,
+    /// The connection dropped; the client reconnects on its own.
+    Disconnected {
+        reason: String,
+    },
+    /// A message arrived (or a copy of one this user sent from another device). Messages that
+    /// could not be decrypted arrive too, with `kind: Error` and the reason in `body`.
+    Message(HistoryItem),
+    /// Own messages `seqs` in `conv` were delivered to, or read by, a device of `by`.
+    Receipt {
+        conv: Conv,
+        seqs: Vec<u64>,
+        status: ReceiptStatus,
+        by: UserId,
+    },
+    GroupChanged {
+        group: GroupId,
+        by: UserId,
+        change: GroupChange,
+    },
+    Presence(PresenceInfo),
+    Typing {
+        conv: Conv,
+        from: UserId,
+        active: bool,
+    },
+    /// A contact's device showed a new identity key (`old` is `None` for a device seen for
+    /// the first time). A changed key means the safety number changed: verify it again.
+    IdentityChanged {
+        user: UserId,
+        device: DeviceId,
+        old: Option<[u8; 32]>,
+        new: [u8; 32],
+    },
+    /// This device was revoked (or its token no longer works); the client stopped.
+    Revoked {
+        reason: String,
+    },
+}
+
+/// A message the server accepted (one tick).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    /// Local history id.
+    pub id: i64,
+    pub seq: u64,
+    pub ts_ms: u64,
+}
+
+struct State {
+    store: Store,
+    machine: Machine,
+    key: [u8; 32],
+}
+
+impl State {
+    fn save_crypto(&self) -> Result<(), ClientError> {
+        self.store.set_crypto_state(&self.machine.pickle(&self.key))
+    }
+}
+
+struct Inner {
+    http: HttpClient,
+    creds: Credentials,
+    state: Mutex<State>,
+    conn: watch::Sender<Option<Arc<Connection>>>,
+    events: mpsc::UnboundedSender<ClientEvent>,
+    /// One send at a time: encryption advances ratchets, and a retry after a device change
+    /// must not interleave with another send.
+    send_lock: tokio::sync::Mutex<()>,
+    stop: watch::Sender<bool>,
+}
+
+/// A running client. Cheap to clone; dropping the last clone does not stop the background
+/// task: call [`Client::shutdown`].
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// The client's events.
+pub struct ClientEvents(mpsc::UnboundedReceiver<ClientEvent>);
+
+impl ClientEvents {
+    pub async fn next(&mut self) -> Option<ClientEvent> {
+        self.0.recv().await
+    }
+    pub fn try_next(&mut self) -> Option<ClientEvent> {
+        self.0.try_recv().ok()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn random_id() -> String {
+    natter_crypto::random_bytes::<12>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A uniformly random duration in [0, max] (full jitter).
+fn jitter(max: Duration) -> Duration {
+    let r = u64::from_le_bytes(natter_crypto::random_bytes::<8>());
+    let ms = max.as_millis().max(1) as u64;
+    Duration::from_millis(r % (ms + 1))
+}
+
+/// The wait before reconnect attempt `attempt` (0-based): full jitter over an exponentially
+/// growing cap, so that many clients dropped at once do not return in step.
+pub fn backoff(attempt: u32) -> Duration {
+    let cap = BACKOFF_BASE
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_MAX);
+    jitter(cap)
+}
+
+impl Client {
+    /// Registers `phone` as a new primary device and opens a client in `dir`. Without
+    /// `code`, uses the code the server returns in development mode.
+    pub async fn register(
+        dir: &Path,
+        server: &str,
+        phone: &str,
+        code: Option<&str>,
+        device_name: &str,
+    ) -> Result<(Client, ClientEvents), ClientError> {
+        let http = HttpClient::new(server);
+        let code = match code {
+            Some(c) => c.to_owned(),
+            None => http.request_code(phone).await?.dev_code.ok_or_else(|| {
+                ClientError::Protocol(
+                    "the server sent the code to the phone (not in development mode): \
+                     run again with the code"
+                        .into(),
+                )
+            })?,
+        };
+        let creds = http.verify(phone, &code, device_name).await?;
+        Self::create(dir, server, creds).await
+    }
+
+    /// Links this new device with a code from the primary device, and opens a client in `dir`.
+    pub async fn link(
+        dir: &Path,
+        server: &str,
+        code: &str,
+        device_name: &str,
+    ) -> Result<(Client, ClientEvents), ClientError> {
+        let creds = HttpClient::new(server).link(code, device_name).await?;
+        Self::create(dir, server, creds).await
+    }
+
+    async fn create(
+        dir: &Path,
+        server: &str,
+        creds: Credentials,
+    ) -> Result<(Client, ClientEvents), ClientError> {
+        let store = Store::open(dir)?;
+        if store.credentials()?.is_some() {
+            return Err(ClientError::Protocol(format!(
+                "{} already holds a device; use another directory",
+                dir.display()
+            )));
+        }
+        let key = store.pickle_key()?;
+        let machine = Machine::new(creds.user, creds.device);
+        store.set_crypto_state(&machine.pickle(&key))?;
+        store.set_credentials(server, &creds)?;
+        Ok(Self::start(
+            server,
+            creds,
+            State {
+                store,
+                machine,
+                key,
+            },
+        ))
+    }
+
+    /// Opens the device stored in `dir` and starts connecting.
+    pub async fn open(dir: &Path) -> Result<(Client, ClientEvents), ClientError> {
+        let store = Store::open(dir)?;
+        let (server, creds) = store.credentials()?.ok_or_else(|| {
+            ClientError::Protocol(format!(
+                "no device in {}: register or link first",
+                dir.display()
+            ))
+        })?;
+        let key = store.pickle_key()?;
+        let pickle = store
+            .crypto_state()?
+            .ok_or_else(|| ClientError::Protocol("the crypto state is missing".into()))?;
+        let machine =
+            Machine::unpickle(&pickle, &key).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(Self::start(
+            &server,
+            creds,
+            State {
+                store,
+                machine,
+                key,
+            },
+        ))
+    }
+
+    fn start(server: &str, creds: Credentials, state: State) -> (Client, ClientEvents) {
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            http: HttpClient::new(server),
+            creds,
+            state: Mutex::new(state),
+            conn: watch::channel(None).0,
+            events: ev_tx,
+            send_lock: tokio::sync::Mutex::new(()),
+            stop: watch::channel(false).0,
+        });
+        tokio::spawn(run(inner.clone()));
+        (Client { inner }, ClientEvents(ev_rx))
+    }
+
+    pub fn user(&self) -> UserId {
+        self.inner.creds.user
+    }
+
+    pub fn device(&self) -> DeviceId {
+        self.inner.creds.device
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.inner.creds
+    }
+
+    pub fn http(&self) -> &HttpClient {
+        &self.inner.http
+    }
+
+    /// Stops the background task and closes the socket.
+    pub fn shutdown(&self) {
+        self.inner.stop.send_replace(true);
+    }
+
+    /// The current connection, waiting up to `timeout` for one.
+    pub async fn connection(&self, timeout: Duration) -> Result<Arc<Connection>, ClientError> {
+        let mut rx = self.inner.conn.subscribe();
+        let wait = rx.wait_for(|c| c.is_some());
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(c)) => Ok(c.clone().expect("waited for some")),
+            _ => Err(ClientError::Protocol(format!(
+                "not connected to the server within {timeout:?}"
+            ))),
+        }
+    }
+
+    async fn conn(&self) -> Result<Arc<Connection>, ClientError> {
+        self.connection(Duration::from_secs(10)).await
+    }
+
+    async fn request(&self, frame: ClientFrame) -> Result<ServerFrame, ClientError> {
+        self.conn().await?.request(frame).await
+    }
+
+    /// Finds users by phone number and remembers them as contacts.
+    pub async fn lookup(&self, phones: &[String]) -> Result<Vec<UserMatch>, ClientError> {
+        let frame = ClientFrame::Lookup {
+            id: 0,
+            phones: phones.to_vec(),
+        };
+        match self.request(frame).await? {
+            ServerFrame::Users { users, .. } => {
+                let st = self.inner.state.lock().unwrap();
+                for u in &users {
+                    st.store.add_contact(u.user, &u.phone, None)?;
+                }
+                Ok(users)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub fn contacts(&self) -> Result<Vec<(UserId, String, Option<String>)>, ClientError> {
+        self.inner.state.lock().unwrap().store.contacts()
+    }
+
+    /// Sends a text message to `to` (every device of theirs, and this user's other devices).
+    pub async fn send_text(&self, to: UserId, text: &str) -> Result<Sent, ClientError> {
+        let content = Content::Text {
+            text: text.to_owned(),
+        };
+        self.send_direct_item(to, &content, ItemKind::Text, text, None)
+            .await
+    }
+
+    /// Encrypts a file, uploads it (resumably), and sends its key to `to`.
+    pub async fn send_file(
+        &self,
+        to: UserId,
+        path: &Path,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<Sent, ClientError> {
+        let file = self.upload_file(path, progress).await?;
+        let content = Content::File {
+            name: file.name.clone(),
+            size: file.size,
+            media: file.media.clone(),
+        };
+        let name = file.name.clone();
+        self.send_direct_item(to, &content, ItemKind::File, &name, Some(&file))
+            .await
+    }
+
+    async fn upload_file(
+        &self,
+        path: &Path,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<FileRef, ClientError> {
+        let data = tokio::fs::read(path).await?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".into());
+        let size = data.len() as u64;
+        let (ciphertext, key) = tokio::task::spawn_blocking(move || media::encrypt(&data))
+            .await
+            .map_err(|e| ClientError::Protocol(format!("encryption task: {e}")))?;
+        let blob = self
+            .inner
+            .http
+            .upload(&self.inner.creds.token, &ciphertext, UPLOAD_CHUNK, progress)
+            .await?;
+        if blob != key.blob_id() {
+            return Err(ClientError::Protocol(format!(
+                "the server stored the upload as {blob}, expected {}",
+                key.blob_id()
+            )));
+        }
+        Ok(FileRef {
+            name,
+            size,
+            media: key,
+        })
+    }
+
+    /// Downloads and decrypts the file of history item `id` into `dest`, checking its digest.
+    pub async fn download(
+        &self,
+        id: i64,
+        dest: &Path,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<PathBuf, ClientError> {
+        let item = self
+            .inner
+            .state
+            .lock()
+            .unwrap()
+            .store
+            .item(id)?
+            .ok_or_else(|| ClientError::Protocol(format!("no message {id}")))?;
+        let file = item
+            .file
+            .ok_or_else(|| ClientError::Protocol(format!("message {id} is not a file")))?;
+        let total = file.media.size;
+        let mut data = Vec::with_capacity(total as usize);
+        // Resume after a dropped transfer from the bytes already received.
+        let mut tries = 0;
+        while (data.len() as u64) < total {
+            match self
+                .inner
+                .http
+                .download(
+                    &self.inner.creds.token,
+                    &file.media.blob_id(),
+                    data.len() as u64,
+                )
+                .await
+            {
+                Ok(chunk) if !chunk.is_empty() => {
+                    data.extend_from_slice(&chunk);
+                    progress(data.len() as u64, total);
+                }
+                Ok(_) => break,
+                Err(e) if tries < 3 && !matches!(e, ClientError::Server(_)) => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        let key = file.media.clone();
+        let plain = tokio::task::spawn_blocking(move || media::decrypt(&data, &key))
+            .await
+            .map_err(|e| ClientError::Protocol(format!("decryption task: {e}")))?
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let target = if dest.is_dir() {
+            dest.join(sanitize_name(&file.name))
+        } else {
+            dest.to_owned()
+        };
+        tokio::fs::write(&target, plain).await?;
+        Ok(target)
+    }
+
+    async fn send_direct_item(
+        &self,
+        to: UserId,
+        content: &Content,
+        kind: ItemKind,
+        body: &str,
+        file: Option<&FileRef>,
+    ) -> Result<Sent, ClientError> {
+        let _guard = self.inner.send_lock.lock().await;
+        let client_id = random_id();
+        let local = {
+            let st = self.inner.state.lock().unwrap();
+            st.store.add_item(NewItem {
+                conv: Conv::Direct(to),
+                seq: None,
+                sender: self.user(),
+                sender_device: self.device(),
+                ts_ms: now_ms(),
+                outgoing: true,
+                kind,
+                body,
+                file,
+                status: "sending",
+                client_id: Some(&client_id),
+            })?
+        };
+        match self.send_direct(to, content, &client_id).await {
+            Ok((seq, ts_ms)) => {
+                self.inner
+                    .state
+                    .lock()
+                    .unwrap()
+                    .store
+                    .mark_sent(local, seq, ts_ms)?;
+                Ok(Sent {
+                    id: local,
+                    seq,
+                    ts_ms,
+                })
+            }
+            Err(e) => {
+                let st = self.inner.state.lock().unwrap();
+                let _ = st.store.mark_failed(local);
+                Err(e)
+            }
+        }
+    }
+
+    /// Encrypts `content` for every device of `to` and this user's other devices and sends
+    /// it, learning the device lists from the server's `device_mismatch` answers. Call with
+    /// the send lock held.
+    async fn send_direct(
+        &self,
+        to: UserId,
+        content: &Content,
+        client_id: &str,
+    ) -> Result<(u64, u64), ClientError> {
+        let me = self.user();
+        let plaintext = content.encode();
+        if self
+            .inner
+            .state
+            .lock()
+            .unwrap()
+            .machine
+            .peers_of(to)
+            .is_empty()
+            && to != me
+        {
+            self.claim(to, None).await?;
+        }
+        for _attempt in 0..4 {
+            let envelopes = {
+                let mut st = self.inner.state.lock().unwrap();
+                let mut devices: Vec<DeviceId> = st
+                    .machine
+                    .peers_of(to)
+                    .iter()
+                    .chain(st.machine.peers_of(me).iter())
+                    .map(|p| p.device)
+                    .filter(|d| *d != self.device())
+                    .collect();
+                devices.sort_unstable();
+                devices.dedup();
+                let mut envelopes = Vec::with_capacity(devices.len());
+                for d in devices {
+                    if !st.machine.has_session(d) {
+                        continue;
+                    }
+                    let body = st
+                        .machine
+                        .encrypt(d, &plaintext)
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    envelopes.push(Envelope {
+                        device: d,
+                        body: OpaqueBytes(body),
+                    });
+                }
+                // The ratchets moved: keep that before anything leaves this device.
+                st.save_crypto()?;
+                envelopes
+            };
+            let frame = ClientFrame::Send {
+                id: 0,
+                client_id: client_id.to_owned(),
+                to,
+                envelopes,
+            };
+            match self.request(frame).await {
+                Ok(ServerFrame::Sent { seq, ts_ms, .. }) => return Ok((seq, ts_ms)),
+                Ok(other) => return Err(unexpected(&other)),
+                Err(ClientError::Server(e)) if e.code == ErrorCode::DeviceMismatch => {
+                    {
+                        let mut st = self.inner.state.lock().unwrap();
+                        for d in &e.extra {
+                            st.machine.forget_device(*d);
+                        }
+                        st.save_crypto()?;
+                    }
+                    if !e.missing.is_empty() {
+                        let missing: Vec<DeviceId> = e.missing.clone();
+                        let found = self.claim(to, Some(&missing)).await?;
+                        if found < missing.len() && to != me {
+                            self.claim(me, Some(&missing)).await?;
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Protocol(
+            "the recipient's devices kept changing; try again".into(),
+        ))
+    }
+
+    /// Claims `user`'s prekey bundles and starts sessions with the devices in `only` (all if
+    /// `None`). Returns how many sessions were started.
+    async fn claim(&self, user: UserId, only: Option<&[DeviceId]>) -> Result<usize, ClientError> {
+        let devices = match self.request(ClientFrame::KeysClaim { id: 0, user }).await? {
+            ServerFrame::Bundle { devices, .. } => devices,
+            other => return Err(unexpected(&other)),
+        };
+        let mut started = 0;
+        let mut events = Vec::new();
+        {
+            let mut st = self.inner.state.lock().unwrap();
+            for b in &devices {
+                if b.device == self.device() || only.is_some_and(|o| !o.contains(&b.device)) {
+                    continue;
+                }
+                if b.identity_key.is_none() {
+                    return Err(ClientError::Protocol(format!(
+                        "device {} of {user} has not published its keys yet; try again shortly",
+                        b.device
+                    )));
+                }
+                match st.machine.start_session(user, b) {
+                    Ok(change) => {
+                        started += 1;
+                        if let Some(c) = change.filter(|c| c.old.is_some()) {
+                            events.push(ClientEvent::IdentityChanged {
+                                user: c.user,
+                                device: c.device,
+                                old: c.old,
+                                new: c.new,
+                            });
+                        }
+                    }
+                    Err(e) => return Err(ClientError::Protocol(e.to_string())),
+                }
+            }
+            st.save_crypto()?;
+        }
+        for e in events {
+            let _ = self.inner.events.send(e);
+        }
+        Ok(started)
+    }
+
+    /// Sends a text message to a group.
+    pub async fn send_group_text(&self, group: GroupId, text: &str) -> Result<Sent, ClientError> {
+        let content = Content::Text {
+            text: text.to_owned(),
+        };
+        self.send_group_item(group, &content, ItemKind::Text, text, None)
+            .await
+    }
+
+    /// Encrypts and uploads a file, and sends its key to a group.
+    pub async fn send_group_file(
+        &self,
+        group: GroupId,
+        path: &Path,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<Sent, ClientError> {
+        let file = self.upload_file(path, progress).await?;
+        let content = Content::File {
+            name: file.name.clone(),
+            size: file.size,
+            media: file.media.clone(),
+        };
+        let name = file.name.clone();
+        self.send_group_item(group, &content, ItemKind::File, &name, Some(&file))
+            .await
+    }
+
+    async fn send_group_item(
+        &self,
+        group: GroupId,
+        content: &Content,
+        kind: ItemKind,
+        body: &str,
+        file: Option<&FileRef>,
+    ) -> Result<Sent, ClientError> {
+        let info = self.group_info(group).await?;
+        let _guard = self.inner.send_lock.lock().await;
+        let me = self.user();
+        // Every member's devices must be known to share the session key with them.
+        for m in &info.members {
+            let unknown = self
+                .inner
+                .state
+                .lock()
+                .unwrap()
+                .machine
+                .peers_of(m.user)
+                .is_empty();
+            if m.user != me && unknown {
+                self.claim(m.user, None).await?;
+            }
+        }
+        let share = {
+            let mut st = self.inner.state.lock().unwrap();
+            let mut devices = Vec::new();
+            for m in &info.members {
+                devices.extend(st.machine.peers_of(m.user).iter().map(|p| p.device));
+            }
+            let share = st.machine.prepare_group(group, &devices, now_ms());
+            st.save_crypto()?;
+            share
+        };
+        if let Some(share) = share {
+            let key = Content::GroupKey {
+                group,
+                session_key: OpaqueBytes(share.session_key.clone()),
+            };
+            // One 1:1 message per member user carries the key to all their devices (and to
+            // this user's other devices).
+            let mut users: Vec<UserId> = info.members.iter().map(|m| m.user).collect();
+            users.retain(|u| *u != me);
+            if users.is_empty() {
+                users.push(me);
+            }
+            for u in users {
+                if let Err(e) = self.send_direct(u, &key, &random_id()).await {
+                    // Someone may lack the key: start over with a new session next time.
+                    self.inner.state.lock().unwrap().machine.rotate_group(group);
+                    return Err(e);
+                }
+            }
+        }
+        let client_id = random_id();
+        let (local, body_bytes) = {
+            let mut st = self.inner.state.lock().unwrap();
+            let bytes = st
+                .machine
+                .encrypt_group(group, &content.encode())
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            st.save_crypto()?;
+            let local = st.store.add_item(NewItem {
+                conv: Conv::Group(group),
+                seq: None,
+                sender: me,
+                sender_device: self.device(),
+                ts_ms: now_ms(),
+                outgoing: true,
+                kind,
+                body,
+                file,
+                status: "sending",
+                client_id: Some(&client_id),
+            })?;
+            (local, bytes)
+        };
+        let frame = ClientFrame::SendGroup {
+            id: 0,
+            client_id,
+            group,
+            body: OpaqueBytes(body_bytes),
+        };
+        match self.request(frame).await {
+            Ok(ServerFrame::Sent { seq, ts_ms, .. }) => {
+                self.inner
+                    .state
+                    .lock()
+                    .unwrap()
+                    .store
+                    .mark_sent(local, seq, ts_ms)?;
+                Ok(Sent {
+                    id: local,
+                    seq,
+                    ts_ms,
+                })
+            }
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) => {
+                let _ = self.inner.state.lock().unwrap().store.mark_failed(local);
+                Err(e)
+            }
+        }
+    }
+
+    async fn group_request(&self, frame: ClientFrame) -> Result<GroupInfo, ClientError> {
+        match self.request(frame).await? {
+            ServerFrame::Group { group, .. } => {
+                let members: Vec<UserId> = group.members.iter().map(|m| m.user).collect();
+                self.inner.state.lock().unwrap().store.set_group(
+                    group.group,
+                    &group.name,
+                    &members,
+                )?;
+                Ok(group)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn create_group(
+        &self,
+        name: &str,
+        members: &[UserId],
+    ) -> Result<GroupInfo, ClientError> {
+        self.group_request(ClientFrame::GroupCreate {
+            id: 0,
+            name: name.to_owned(),
+            members: members.to_vec(),
+        })
+        .await
+    }
+
+    pub async fn group_info(&self, group: GroupId) -> Result<GroupInfo, ClientError> {
+        self.group_request(ClientFrame::GroupInfo { id: 0, group })
+            .await
+    }
+
+    pub async fn add_members(
+        &self,
+        group: GroupId,
+        users: &[UserId],
+    ) -> Result<GroupInfo, ClientError> {
+        self.group_request(ClientFrame::GroupAdd {
+            id: 0,
+            group,
+            users: users.to_vec(),
+        })
+        .await
+    }
+
+    /// Removes members; this device's group session is replaced so they cannot read what
+    /// follows.
+    pub async fn remove_members(
+        &self,
+        group: GroupId,
+        users: &[UserId],
+    ) -> Result<GroupInfo, ClientError> {
+        let info = self
+            .group_request(ClientFrame::GroupRemove {
+                id: 0,
+                group,
+                users: users.to_vec(),
+            })
+            .await?;
+        self.inner.state.lock().unwrap().machine.rotate_group(group);
+        Ok(info)
+    }
+
+    pub async fn leave_group(&self, group: GroupId) -> Result<(), ClientError> {
+        match self
+            .request(ClientFrame::GroupLeave { id: 0, group })
+            .await?
+        {
+            ServerFrame::Ok { .. } => {
+                let mut st = self.inner.state.lock().unwrap();
+                st.machine.rotate_group(group);
+                st.store.remove_group(group)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub fn groups(&self) -> Result<Vec<(GroupId, String, Vec<UserId>)>, ClientError> {
+        self.inner.state.lock().unwrap().store.groups()
+    }
+
+    /// Sends read receipts for messages `seqs` of `conv` written by `author`.
+    pub async fn mark_read(
+        &self,
+        conv: Conv,
+        author: UserId,
+        seqs: &[u64],
+    ) -> Result<(), ClientError> {
+        match self
+            .request(ClientFrame::Read {
+                id: 0,
+                conv,
+                to: author,
+                seqs: seqs.to_vec(),
+            })
+            .await?
+        {
+            ServerFrame::Ok { .. } => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub fn history(&self, conv: Conv, limit: usize) -> Result<Vec<HistoryItem>, ClientError> {
+        self.inner.state.lock().unwrap().store.history(conv, limit)
+    }
+
+    pub fn search(&self, needle: &str, limit: usize) -> Result<Vec<HistoryItem>, ClientError> {
+        self.inner.state.lock().unwrap().store.search(needle, limit)
+    }
+
+    /// The safety number with `contact`, from the identity keys of every device of both users
+    /// as this device knows them (fetching the contact's keys if none are known yet).
+    pub async fn safety_number(&self, contact: UserId) -> Result<String, ClientError> {
+        if self
+            .inner
+            .state
+            .lock()
+            .unwrap()
+            .machine
+            .peers_of(contact)
+            .is_empty()
+        {
+            self.claim(contact, None).await?;
+        }
+        let st = self.inner.state.lock().unwrap();
+        let mine: Vec<[u8; 32]> = std::iter::once(st.machine.keys().ed25519)
+            .chain(
+                st.machine
+                    .peers_of(self.user())
+                    .iter()
+                    .map(|p| p.keys.ed25519),
+            )
+            .collect();
+        let theirs: Vec<[u8; 32]> = st
+            .machine
+            .peers_of(contact)
+            .iter()
+            .map(|p| p.keys.ed25519)
+            .collect();
+        Ok(safety::safety_number(
+            (self.user(), &mine),
+            (contact, &theirs),
+        ))
+    }
+
+    pub async fn devices(&self) -> Result<Vec<DeviceInfo>, ClientError> {
+        match self.request(ClientFrame::DevicesList { id: 0 }).await? {
+            ServerFrame::Devices { devices, .. } => Ok(devices),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn revoke_device(&self, device: DeviceId) -> Result<(), ClientError> {
+        match self
+            .request(ClientFrame::DeviceRevoke { id: 0, device })
+            .await?
+        {
+            ServerFrame::Ok { .. } => {
+                let mut st = self.inner.state.lock().unwrap();
+                st.machine.forget_device(device);
+                st.save_crypto()
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A one-time code for linking a new device (primary device only), with its expiry.
+    pub async fn link_code(&self) -> Result<(String, u64), ClientError> {
+        match self.request(ClientFrame::DeviceLinkCode { id: 0 }).await? {
+            ServerFrame::LinkCode {
+                code, expires_ms, ..
+            } => Ok((code, expires_ms)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn subscribe_presence(
+        &self,
+        users: &[UserId],
+    ) -> Result<Vec<PresenceInfo>, ClientError> {
+        match self
+            .request(ClientFrame::PresenceSubscribe {
+                id: 0,
+                users: users.to_vec(),
+            })
+            .await?
+        {
+            ServerFrame::PresenceList { users, .. } => Ok(users),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub fn typing(&self, conv: Conv, active: bool) -> Result<(), ClientError> {
+        let conn = self
+            .inner
+            .conn
+            .borrow()
+            .clone()
+            .ok_or(ClientError::Closed)?;
+        conn.notify(ClientFrame::Typing {
+            id: 0,
+            conv,
+            active,
+        })?;
+        Ok(())
+    }
+}
+
+fn sanitize_name(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    match cleaned.as_str() {
+        "" | "." | ".." => "download".into(),
+        _ => cleaned,
+    }
+}
+
+fn unexpected(frame: &ServerFrame) -> ClientError {
+    ClientError::Protocol(format!("unexpected answer {}", frame.type_name()))
+}
+
+/// The connection loop: connect, serve, reconnect with backoff, until stopped or revoked.
+async fn run(inner: Arc<Inner>) {
+    let mut stop = inner.stop.subscribe();
+    let mut attempt: u32 = 0;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let cursor = inner.state.lock().unwrap().store.cursor().unwrap_or(0);
+        let opts = ConnectOptions {
+            cursor: Some(cursor),
+            ..Default::default()
+        };
+        let url = inner.http.ws_url();
+        let connected = tokio::select! {
+            r = Connection::connect(&url, &inner.creds.token, opts) => r,
+            _ = stop.changed() => break,
+        };
+        match connected {
+            Ok(mut conn) => {
+                attempt = 0;
+                let events = conn.take_events();
+                let conn = Arc::new(conn);
+                inner.conn.send_replace(Some(conn.clone()));
+                let _ = inner.events.send(ClientEvent::Connected);
+                let topup = tokio::spawn(top_up_keys(inner.clone(), conn.clone()));
+                let reason = tokio::select! {
+                    r = serve(&inner, &conn, events) => r,
+                    _ = stop.changed() => Ended::Stopped,
+                };
+                topup.abort();
+                inner.conn.send_replace(None);
+                match reason {
+                    Ended::Stopped => {
+                        if let Ok(c) = Arc::try_unwrap(conn) {
+                            c.close();
+                        }
+                        break;
+                    }
+                    Ended::Revoked(reason) => {
+                        let _ = inner.events.send(ClientEvent::Revoked { reason });
+                        break;
+                    }
+                    Ended::Dropped(reason) => {
+                        let _ = inner.events.send(ClientEvent::Disconnected { reason });
+                    }
+                }
+            }
+            Err(ClientError::Server(e))
+                if matches!(e.code, ErrorCode::Unauthorized | ErrorCode::DeviceRevoked) =>
+            {
+                let _ = inner
+                    .events
+                    .send(ClientEvent::Revoked { reason: e.message });
+                break;
+            }
+            Err(e) => {
+                let _ = inner.events.send(ClientEvent::Disconnected {
+                    reason: e.to_string(),
+                });
+            }
+        }
+        let wait = backoff(attempt);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    inner.conn.send_replace(None);
+}
+
+enum Ended {
+    Stopped,
+    Revoked(String),
+    Dropped(String),
+}
+
+/// Handles what the server sends until the socket closes.
+async fn serve(inner: &Arc<Inner>, conn: &Arc<Connection>, mut events: crate::Events) -> Ended {
+    while let Some(first) = events.next().await {
+        let mut batch = vec![first];
+        while batch.len() < 256 {
+            match events.try_next() {
+                Some(e) => batch.push(e),
+                None => break,
+            }
+        }
+        let mut deliveries = Vec::new();
+        let mut out = Vec::new();
+        let mut closed = None;
+        for ev in batch {
+            match ev {
+                Event::Frame(ServerFrame::Deliver { qseq, item }) => deliveries.push((qseq, item)),
+                Event::Frame(ServerFrame::QueueEmpty {}) => {
+                    // Whatever came before it in this batch is handled first.
+                    flush(inner, conn, &mut deliveries, &mut out);
+                    out.push(ClientEvent::BacklogDone);
+                }
+                Event::Frame(ServerFrame::Presence(p)) => out.push(ClientEvent::Presence(p)),
+                Event::Frame(ServerFrame::Typing {
+                    conv, from, active, ..
+                }) => out.push(ClientEvent::Typing { conv, from, active }),
+                Event::Frame(ServerFrame::Error(e)) => {
+                    if e.code == ErrorCode::DeviceRevoked {
+                        closed = Some(Ended::Revoked(e.message));
+                    }
+                }
+                Event::Frame(_) => {}
+                Event::Closed(c) => {
+                    closed = Some(match c {
+                        Some((4003, r)) | Some((4001, r)) => {
+                            closed.take().unwrap_or(Ended::Revoked(r))
+                        }
+                        Some((code, r)) => closed
+                            .take()
+                            .unwrap_or(Ended::Dropped(format!("closed {code}: {r}"))),
+                        None => closed
+                            .take()
+                            .unwrap_or(Ended::Dropped("connection lost".into())),
+                    });
+                }
+            }
+        }
+        flush(inner, conn, &mut deliveries, &mut out);
+        for e in out {
+            let _ = inner.events.send(e);
+        }
+        if let Some(c) = closed {
+            return c;
+        }
+        let refill = inner
+            .state
+            .lock()
+            .unwrap()
+            .machine
+            .take_new_inbound_sessions();
+        if refill > 0 {
+            tokio::spawn(top_up_keys(inner.clone(), conn.clone()));
+        }
+    }
+    Ended::Dropped("connection lost".into())
+}
+
+/// Processes deliveries in order, stores them with the crypto state and cursor in one
+/// transaction, and only then acknowledges them.
+fn flush(
+    inner: &Arc<Inner>,
+    conn: &Connection,
+    deliveries: &mut Vec<(u64, Arc<QueueItem>)>,
+    out: &mut Vec<ClientEvent>,
+) {
+    if deliveries.is_empty() {
+        return;
+    }
+    let items = std::mem::take(deliveries);
+    let mut guard = inner.state.lock().unwrap();
+    let st = &mut *guard;
+    let me = inner.creds.user;
+    let result = st.store.transaction(|store| {
+        let mut events = Vec::new();
+        let mut last = 0;
+        for (qseq, item) in &items {
+            handle_item(store, &mut st.machine, me, item, &mut events)?;
+            last = *qseq;
+        }
+        store.set_crypto_state(&st.machine.pickle(&st.key))?;
+        store.set_cursor(last)?;
+        Ok(events)
+    });
+    drop(guard);
+    match result {
+        Ok(events) => {
+            out.extend(events);
+            let qseqs = items.iter().map(|(q, _)| *q).collect();
+            let _ = conn.notify(ClientFrame::Ack { id: 0, qseqs });
+        }
+        Err(e) => {
+            // Not stored, so not acknowledged: the server will deliver them again.
+            tracing_free_warn(&format!("could not store deliveries: {e}"));
+            // The in-memory ratchets may have moved past what is stored: reload them.
+            let mut st = inner.state.lock().unwrap();
+            if let Ok(Some(p)) = st.store.crypto_state()
+                && let Ok(m) = Machine::unpickle(&p, &st.key)
+            {
+                st.machine = m;
+            }
+        }
+    }
+}
+
+fn tracing_free_warn(msg: &str) {
+    eprintln!("natter-client: {msg}");
+}
+
+/// Decrypts and stores one queue item.
+fn handle_item(
+    store: &Store,
+    machine: &mut Machine,
+    me: UserId,
+    item: &QueueItem,
+    events: &mut Vec<ClientEvent>,
+) -> Result<(), ClientError> {
+    match item {
+        QueueItem::Message {
+            conv,
+            seq,
+            from,
+            device,
+            ts_ms,
+            body,
+        } => {
+            let decrypted = match conv {
+                Conv::Direct(_) => machine.decrypt(*from, *device, &body.0),
+                Conv::Group(g) => machine.decrypt_group(*from, *device, *g, &body.0),
+            };
+            let outgoing = *from == me;
+            let status = if outgoing { "sent" } else { "received" };
+            let content = decrypted.map_err(|e| e.to_string()).and_then(|p| {
+                if let Some(c) = p.identity_change.filter(|c| c.old.is_some()) {
+                    events.push(ClientEvent::IdentityChanged {
+                        user: c.user,
+                        device: c.device,
+                        old: c.old,
+                        new: c.new,
+                    });
+                }
+                Content::decode(&p.content)
+            });
+            let (kind, text, file) = match content {
+                Ok(Content::GroupKey { group, session_key }) => {
+                    // A key, not a message: nothing to show.
+                    if let Err(e) = machine.receive_group_key(*device, group, &session_key.0) {
+                        tracing_free_warn(&format!("group key from {device}: {e}"));
+                    }
+                    return Ok(());
+                }
+                Ok(Content::Text { text }) => (ItemKind::Text, text, None),
+                Ok(Content::File { name, size, media }) => (
+                    ItemKind::File,
+                    name.clone(),
+                    Some(FileRef { name, size, media }),
+                ),
+                Err(reason) => (ItemKind::Error, reason, None),
+            };
+            let id = store.add_item(NewItem {
+                conv: *conv,
+                seq: Some(*seq),
+                sender: *from,
+                sender_device: *device,
+                ts_ms: *ts_ms,
+                outgoing,
+                kind,
+                body: &text,
+                file: file.as_ref(),
+                status,
+                client_id: None,
+            })?;
+            if let Some(h) = store.item(id)? {
+                events.push(ClientEvent::Message(h));
+            }
+        }
+        QueueItem::Receipt {
+            conv,
+            status,
+            by,
+            seqs,
+            ..
+        } => {
+            store.apply_receipt(*conv, seqs, *status == ReceiptStatus::Read)?;
+            events.push(ClientEvent::Receipt {
+                conv: *conv,
+                seqs: seqs.clone(),
+                status: *status,
+                by: *by,
+            });
+        }
+        QueueItem::GroupNotice {
+            group, by, change, ..
+        } => {
+            let (name, mut members) = store
+                .group(*group)?
+                .unwrap_or_else(|| (String::new(), Vec::new()));
+            let mut name = name;
+            let mut removed_me = false;
+            match change {
+                GroupChange::Created {
+                    name: n,
+                    members: m,
+                } => {
+                    name = n.clone();
+                    members = m.clone();
+                }
+                GroupChange::Added { users } => {
+                    for u in users {
+                        if !members.contains(u) {
+                            members.push(*u);
+                        }
+                    }
+                }
+                GroupChange::Removed { users } => {
+                    members.retain(|m| !users.contains(m));
+                    removed_me = users.contains(&me);
+                    machine.rotate_group(*group);
+                }
+                GroupChange::Left { user } => {
+                    members.retain(|m| m != user);
+                    removed_me = *user == me;
+                    machine.rotate_group(*group);
+                }
+                GroupChange::Renamed { name: n } => name = n.clone(),
+                GroupChange::Promoted { .. } => {}
+            }
+            if removed_me {
+                store.remove_group(*group)?;
+            } else {
+                store.set_group(*group, &name, &members)?;
+            }
+            events.push(ClientEvent::GroupChanged {
+                group: *group,
+                by: *by,
+                change: change.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Keeps enough one-time prekeys on the server, and a fresh last-resort key.
+async fn top_up_keys(inner: Arc<Inner>, conn: Arc<Connection>) {
+    let count = match conn.request(ClientFrame::KeysCount { id: 0 }).await {
+        Ok(ServerFrame::KeyCount {
+            one_time,
+            identity_key,
+            ..
+        }) => (one_time, identity_key),
+        _ => return,
+    };
+    let upload = {
+        let mut st = inner.state.lock().unwrap();
+        let force = !count.1 || st.machine.last_resort_used();
+        if count.0 >= PREKEY_LOW_WATER && !force {
+            return;
+        }
+        st.machine.keys_to_upload(count.0 as usize, force)
+    };
+    let Some(upload) = upload else { return };
+    let frame = ClientFrame::KeysUpload {
+        id: 0,
+        identity_key: Some(upload.identity_key.clone()),
+        signed_prekey: Some(upload.signed_prekey.clone()),
+        one_time: upload.one_time.clone(),
+        last_resort: upload.last_resort.clone(),
+    };
+    // Not published on failure: the same keys go out with the next attempt.
+    if let Ok(ServerFrame::KeyCount { .. }) = conn.request(frame).await {
+        let mut st = inner.state.lock().unwrap();
+        st.machine.keys_published(&upload);
+        if let Err(e) = st.save_crypto() {
+            tracing_free_warn(&format!("saving keys: {e}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        for attempt in 0..40 {
+            let cap = BACKOFF_BASE
+                .saturating_mul(1u32 << attempt.min(16))
+                .min(BACKOFF_MAX);
+            for _ in 0..50 {
+                assert!(backoff(attempt) <= cap);
+            }
+        }
+        // Full jitter: waits spread over the whole range rather than bunching at the cap.
+        let waits: Vec<u128> = (0..2000).map(|_| backoff(10).as_millis()).collect();
+        let below_half = waits.iter().filter(|w| **w < 15_000).count();
+        assert!(
+            (700..1300).contains(&below_half),
+            "{below_half} of 2000 below half"
+        );
+    }
+
+    #[test]
+    fn file_names_cannot_escape_the_download_directory() {
+        assert_eq!(sanitize_name("../../etc/passwd"), ".._.._etc_passwd");
+        assert_eq!(sanitize_name(".."), "download");
+        assert_eq!(sanitize_name("photo.jpg"), "photo.jpg");
+    }
+}
