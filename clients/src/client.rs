@@ -303,6 +303,25 @@ impl Client {
         self.conn().await?.request(frame).await
     }
 
+    /// Makes sure this device's keys are on the server (others can only start sessions with
+    /// it after that). The client does this by itself after connecting; a command that exits
+    /// right after registering should wait for it.
+    pub async fn publish_keys(&self) -> Result<(), ClientError> {
+        let conn = self.conn().await?;
+        top_up_keys(self.inner.clone(), conn.clone()).await;
+        match conn.request(ClientFrame::KeysCount { id: 0 }).await? {
+            ServerFrame::KeyCount {
+                one_time,
+                identity_key: true,
+                ..
+            } if one_time > 0 => Ok(()),
+            ServerFrame::KeyCount { .. } => Err(ClientError::Protocol(
+                "the server did not take this device's keys".into(),
+            )),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Finds users by phone number and remembers them as contacts.
     pub async fn lookup(&self, phones: &[String]) -> Result<Vec<UserMatch>, ClientError> {
         let frame = ClientFrame::Lookup {
@@ -319,6 +338,21 @@ impl Client {
             }
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Remembers a contact locally (with an optional name to address them by).
+    pub fn add_contact(
+        &self,
+        user: UserId,
+        phone: &str,
+        name: Option<&str>,
+    ) -> Result<(), ClientError> {
+        self.inner
+            .state
+            .lock()
+            .unwrap()
+            .store
+            .add_contact(user, phone, name)
     }
 
     pub fn contacts(&self) -> Result<Vec<(UserId, String, Option<String>)>, ClientError> {

@@ -75,6 +75,11 @@ impl TestServer {
 
     /// A server on `data_dir` (kept by the caller, e.g. to restart on it).
     pub fn start_in(data_dir: &Path, args: &[&str]) -> TestServer {
+        Self::start_at(data_dir, "127.0.0.1:0", args)
+    }
+
+    /// A server on `data_dir` listening on `listen` (to come back where clients expect it).
+    pub fn start_at(data_dir: &Path, listen: &str, args: &[&str]) -> TestServer {
         let log = data_dir.with_extension("log");
         std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
         let log_file = std::fs::OpenOptions::new()
@@ -83,7 +88,7 @@ impl TestServer {
             .open(&log)
             .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_natter"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(["--log", "info"])
             .args(test_limits_except(args))

@@ -261,6 +261,50 @@ async fn an_offline_recipient_gets_its_backlog_after_reconnecting() {
 }
 
 #[tokio::test]
+async fn clients_reconnect_by_themselves_after_the_server_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut server = TestServer::start_in(&data, &[]);
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut alice = device(&server).await;
+    let mut bob = device(&server).await;
+    keys_published(&bob).await;
+    alice
+        .client
+        .send_text(bob.client.user(), "before")
+        .await
+        .unwrap();
+    assert_eq!(bob.message().await.body, "before");
+
+    server.kill();
+    for d in [&mut alice, &mut bob] {
+        d.wait("disconnect", |e| {
+            matches!(e, ClientEvent::Disconnected { .. }).then_some(())
+        })
+        .await;
+    }
+    let _server = TestServer::start_at(&data, &addr, &[]);
+    for d in [&mut alice, &mut bob] {
+        d.wait("reconnect", |e| {
+            matches!(e, ClientEvent::Connected).then_some(())
+        })
+        .await;
+    }
+    alice
+        .client
+        .send_text(bob.client.user(), "after")
+        .await
+        .unwrap();
+    assert_eq!(bob.message().await.body, "after");
+    let h = bob
+        .client
+        .history(Conv::Direct(alice.client.user()), 10)
+        .unwrap();
+    let bodies: Vec<&str> = h.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["before", "after"], "nothing twice, nothing lost");
+}
+
+#[tokio::test]
 async fn a_second_device_gets_incoming_and_its_users_sent_messages() {
     let server = TestServer::start();
     let mut alice = device(&server).await;
