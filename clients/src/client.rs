@@ -62,8 +62,9 @@ pub enum ClientEvent {
         from: UserId,
         active: bool,
     },
-    /// A contact's device showed a new identity key (`old` is `None` for a device seen for
-    /// the first time). A changed key means the safety number changed: verify it again.
+    /// A known contact's identity changed: a device of theirs has a new key, or they have a
+    /// new device (`old` is `None`), e.g. after reinstalling. The safety number changed:
+    /// verify it again.
     IdentityChanged {
         user: UserId,
         device: DeviceId,
@@ -633,7 +634,7 @@ impl Client {
                 match st.machine.start_session(user, b) {
                     Ok(change) => {
                         started += 1;
-                        if let Some(c) = change.filter(|c| c.old.is_some()) {
+                        if let Some(c) = change.filter(|c| !c.first_for_user) {
                             events.push(ClientEvent::IdentityChanged {
                                 user: c.user,
                                 device: c.device,
@@ -1235,7 +1236,7 @@ fn handle_item(
             let outgoing = *from == me;
             let status = if outgoing { "sent" } else { "received" };
             let content = decrypted.map_err(|e| e.to_string()).and_then(|p| {
-                if let Some(c) = p.identity_change.filter(|c| c.old.is_some()) {
+                if let Some(c) = p.identity_change.filter(|c| !c.first_for_user) {
                     events.push(ClientEvent::IdentityChanged {
                         user: c.user,
                         device: c.device,

@@ -305,6 +305,67 @@ async fn clients_reconnect_by_themselves_after_the_server_dies() {
 }
 
 #[tokio::test]
+async fn a_contact_reinstalling_is_reported_and_changes_the_safety_number() {
+    let server = TestServer::start();
+    let mut alice = device(&server).await;
+    let bob_phone = phone();
+    let bob_dir = tempfile::tempdir().unwrap();
+    let (bob, bob_events) =
+        Client::register(bob_dir.path(), &server.base, &bob_phone, None, "phone")
+            .await
+            .unwrap();
+    let mut bob = Device {
+        client: bob,
+        events: bob_events,
+        _dir: bob_dir,
+    };
+    bob.ready().await;
+    keys_published(&bob).await;
+    alice
+        .client
+        .send_text(bob.client.user(), "first")
+        .await
+        .unwrap();
+    assert_eq!(bob.message().await.body, "first");
+    let before = alice.client.safety_number(bob.client.user()).await.unwrap();
+
+    // Bob registers his number again on a new phone: new device, new keys.
+    drop(bob);
+    let new_dir = tempfile::tempdir().unwrap();
+    let (bob, bob_events) =
+        Client::register(new_dir.path(), &server.base, &bob_phone, None, "new phone")
+            .await
+            .unwrap();
+    let mut bob = Device {
+        client: bob,
+        events: bob_events,
+        _dir: new_dir,
+    };
+    bob.ready().await;
+    keys_published(&bob).await;
+    alice
+        .client
+        .send_text(bob.client.user(), "still there?")
+        .await
+        .unwrap();
+    let (user, old) = alice
+        .wait("identity change", |e| match e {
+            ClientEvent::IdentityChanged { user, old, .. } => Some((*user, *old)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(user, bob.client.user());
+    assert_eq!(old, None, "a new device, not a new key on the old one");
+    assert_eq!(bob.message().await.body, "still there?");
+    let after = alice.client.safety_number(bob.client.user()).await.unwrap();
+    assert_ne!(before, after);
+    assert_eq!(
+        after,
+        bob.client.safety_number(alice.client.user()).await.unwrap()
+    );
+}
+
+#[tokio::test]
 async fn a_second_device_gets_incoming_and_its_users_sent_messages() {
     let server = TestServer::start();
     let mut alice = device(&server).await;

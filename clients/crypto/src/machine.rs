@@ -52,6 +52,9 @@ pub struct IdentityChange {
     pub device: DeviceId,
     pub old: Option<[u8; 32]>,
     pub new: [u8; 32],
+    /// The first device ever seen of this user. Anything else — a changed key, or a new
+    /// device of a user already known — changes the safety number and deserves a warning.
+    pub first_for_user: bool,
 }
 
 /// A key as published in the directory.
@@ -99,6 +102,8 @@ pub struct Machine {
     /// Per peer device, most recently working first.
     sessions: HashMap<DeviceId, Vec<Session>>,
     peers: HashMap<DeviceId, PeerDevice>,
+    /// Users any device of which was ever seen (a later new device is a change).
+    seen_users: BTreeSet<UserId>,
     outbound_groups: HashMap<GroupId, OutboundGroup>,
     /// By (sending device, session id).
     inbound_groups: HashMap<(DeviceId, String), InboundGroup>,
@@ -146,6 +151,7 @@ impl Machine {
             account: Account::new(),
             sessions: HashMap::new(),
             peers: HashMap::new(),
+            seen_users: BTreeSet::new(),
             outbound_groups: HashMap::new(),
             inbound_groups: HashMap::new(),
             last_resort: None,
@@ -324,6 +330,7 @@ impl Machine {
 
     /// Records a peer identity, reporting a new or changed one.
     fn learn_peer(&mut self, peer: PeerDevice) -> Option<IdentityChange> {
+        let first_for_user = self.seen_users.insert(peer.user);
         let old = self.peers.insert(peer.device, peer);
         match old {
             Some(o) if o.keys == peer.keys => None,
@@ -335,6 +342,7 @@ impl Machine {
                     device: peer.device,
                     old: Some(o.keys.ed25519),
                     new: peer.keys.ed25519,
+                    first_for_user,
                 })
             }
             None => Some(IdentityChange {
@@ -342,6 +350,7 @@ impl Machine {
                 device: peer.device,
                 old: None,
                 new: peer.keys.ed25519,
+                first_for_user,
             }),
         }
     }
@@ -692,6 +701,7 @@ impl Machine {
                 .map(|(d, l)| (*d, l.iter().map(Session::pickle).collect()))
                 .collect(),
             peers: self.peers.values().copied().collect(),
+            seen_users: self.seen_users.iter().copied().collect(),
             outbound: self
                 .outbound_groups
                 .iter()
@@ -748,6 +758,7 @@ impl Machine {
                 .map(|(d, l)| (d, l.into_iter().map(Session::from_pickle).collect()))
                 .collect(),
             peers: p.peers.into_iter().map(|x| (x.device, x)).collect(),
+            seen_users: p.seen_users.into_iter().collect(),
             outbound_groups: p
                 .outbound
                 .into_iter()
@@ -795,6 +806,7 @@ struct MachinePickle {
     account: AccountPickle,
     sessions: Vec<(DeviceId, Vec<SessionPickle>)>,
     peers: Vec<PeerDevice>,
+    seen_users: Vec<UserId>,
     outbound: Vec<OutboundPickle>,
     inbound: Vec<(DeviceId, GroupId, InboundGroupSessionPickle)>,
     last_resort: Option<[u8; 32]>,
