@@ -1,15 +1,17 @@
 //! natter-load: load generator for the messaging gateway.
 //!
-//! `throughput` measures durable 1:1 messaging: paced senders (open loop), recipients that
-//! store and acknowledge, and senders that acknowledge their delivered receipts, so every
-//! message costs the server its whole life cycle. Latency is from the moment a sender writes
-//! the `send` frame to the moment the recipient device reads the `deliver` frame.
+//! `throughput` measures durable messaging: paced senders (open loop), recipients that
+//! acknowledge, and senders that acknowledge their delivered receipts, so every message costs
+//! the server its whole life cycle. A share of the messages (`--group-pct`) can go to groups
+//! of `--group-size`. Latency is from the moment a sender writes the frame to the moment a
+//! recipient device has it (and, with `--e2ee`, has decrypted it), in an HDR histogram.
+//!
+//! By default envelopes are pre-built opaque bytes (the server cannot tell them from
+//! ciphertext), so the figures are the server's alone. With `--e2ee` every message is
+//! encrypted with Olm (1:1) or Megolm (groups) exactly as the client does.
 //!
 //! `idle` opens many authenticated sockets that then sit idle, and reports how much the
 //! server's resident memory grew per socket.
-//!
-//! Envelopes are pre-built opaque bytes (the server cannot tell them from ciphertext), so the
-//! figures are the server's, not a client's crypto.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -21,8 +23,12 @@ use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
+use natter_client::content::Content;
+use natter_client::crypto::Machine;
 use natter_client::protocol::codec::Encoding;
-use natter_client::protocol::{ClientFrame, Envelope, OpaqueBytes, QueueItem, ServerFrame};
+use natter_client::protocol::{
+    ClientFrame, Conv, DeviceId, Envelope, GroupId, OpaqueBytes, QueueItem, ServerFrame, UserId,
+};
 use natter_client::{ConnectOptions, Connection, Credentials, Event, Events, HttpClient};
 use tokio::sync::Mutex;
 
@@ -79,7 +85,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Sustained 1:1 messages per second at given offered rates (steps), with latency.
+    /// Sustained messages per second at given offered rates (steps), with latency: 1:1 and
+    /// (with --group-pct) group messages, pre-built or (with --e2ee) really encrypted.
     Throughput {
         /// Sender/recipient pairs (each a registered user with one device).
         #[arg(long, default_value_t = 500)]
@@ -102,6 +109,17 @@ enum Command {
         /// Stop after the first step that is not sustained.
         #[arg(long)]
         stop_on_failure: bool,
+        /// Encrypt for real: Olm per 1:1 message and Megolm per group message (vodozemac, as
+        /// the client does), decrypted by the recipients before their latency is taken.
+        /// Without it, envelopes are pre-built opaque bytes and the figures are the server's.
+        #[arg(long)]
+        e2ee: bool,
+        /// Percentage of messages sent to the sender's group instead of its 1:1 partner.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+        group_pct: u32,
+        /// Members per group (the sender, its partner and the next recipients).
+        #[arg(long, default_value_t = 8)]
+        group_size: usize,
     },
     /// Memory per idle authenticated socket: registers N users, connects them all, waits, and
     /// reads the server's resident memory before and after.
@@ -145,6 +163,9 @@ async fn run(cli: Cli) -> Result<()> {
             size,
             p99_limit_ms,
             stop_on_failure,
+            e2ee,
+            group_pct,
+            group_size,
         } => {
             let opts = ThroughputOpts {
                 pairs,
@@ -153,6 +174,9 @@ async fn run(cli: Cli) -> Result<()> {
                 size,
                 p99_limit_ms,
                 encoding: cli.encoding,
+                e2ee,
+                group_pct,
+                group_size,
             };
             throughput(&http, &opts, &rates, stop_on_failure).await
         }
@@ -218,6 +242,9 @@ struct ThroughputOpts {
     size: usize,
     p99_limit_ms: f64,
     encoding: Encoding,
+    e2ee: bool,
+    group_pct: u32,
+    group_size: usize,
 }
 
 /// Shared by all tasks of a run.
@@ -234,8 +261,11 @@ struct Run {
     latencies: Mutex<Histogram<u64>>,
     sent_ok: AtomicU64,
     errors: AtomicU64,
-    delivered_in_window: AtomicU64,
+    /// Messages sent in the window, and the deliveries they should make (1 per 1:1 message,
+    /// one per other member for a group message).
     sent_in_window: AtomicU64,
+    expected_in_window: AtomicU64,
+    delivered_in_window: AtomicU64,
 }
 
 impl Run {
@@ -248,8 +278,66 @@ impl Run {
     }
 }
 
+/// A recipient's state: its crypto (with `--e2ee`) outlives the steps.
+struct Recipient {
+    machine: Option<Machine>,
+}
+
+/// The send time a payload carries: its first 8 bytes (pre-built), or the first 20 digits of
+/// the decrypted text (E2EE).
+fn payload(t: u64, size: usize) -> Vec<u8> {
+    let mut body = vec![b'x'; size.max(20)];
+    body[..20].copy_from_slice(format!("{t:020}").as_bytes());
+    body
+}
+
+fn payload_time(bytes: &[u8]) -> Option<u64> {
+    std::str::from_utf8(bytes.get(..20)?).ok()?.parse().ok()
+}
+
+/// Opens a delivered item: the send time of a measured message, or `None` (a group key,
+/// a receipt, or a decrypt failure, which is counted as an error).
+fn open_item(r: &mut Recipient, item: &QueueItem, run: &Run) -> Option<u64> {
+    let QueueItem::Message {
+        conv,
+        from,
+        device,
+        body,
+        ..
+    } = item
+    else {
+        return None;
+    };
+    let Some(machine) = r.machine.as_mut() else {
+        return payload_time(&body.0);
+    };
+    let plain = match conv {
+        Conv::Direct(_) => machine.decrypt(*from, *device, &body.0),
+        Conv::Group(g) => machine.decrypt_group(*from, *device, *g, &body.0),
+    };
+    let plain = match plain {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("decrypt failed: {e}");
+            run.errors.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+    };
+    match Content::decode(&plain.content) {
+        Ok(Content::Text { text }) => payload_time(text.as_bytes()),
+        Ok(Content::GroupKey { group, session_key }) => {
+            if let Err(e) = machine.receive_group_key(*device, group, &session_key.0) {
+                eprintln!("group key: {e}");
+                run.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
 /// Receives deliveries: records latency of messages, acks everything in batches.
-async fn recipient(mut conn: Connection, run: Arc<Run>) {
+async fn recipient(mut conn: Connection, mut r: Recipient, run: Arc<Run>) -> Recipient {
     let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
     let mut acks = Vec::new();
     let mut finish = run.finish.subscribe();
@@ -268,20 +356,17 @@ async fn recipient(mut conn: Connection, run: Arc<Run>) {
                 break;
             }
         }
-        let now = run.now_ns();
         let mut closed = false;
         for ev in batch {
             match ev {
                 Event::Frame(ServerFrame::Deliver { qseq, item }) => {
                     acks.push(qseq);
-                    if let QueueItem::Message { body, .. } = &*item
-                        && body.0.len() >= 8
+                    if let Some(sent) = open_item(&mut r, &item, &run)
+                        && run.in_window(sent)
                     {
-                        let sent = u64::from_le_bytes(body.0[..8].try_into().unwrap());
-                        if run.in_window(sent) {
-                            local.saturating_record(((now.saturating_sub(sent)) / 1000).max(1));
-                            run.delivered_in_window.fetch_add(1, Ordering::Relaxed);
-                        }
+                        let now = run.now_ns();
+                        local.saturating_record(((now.saturating_sub(sent)) / 1000).max(1));
+                        run.delivered_in_window.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 Event::Frame(ServerFrame::Error(e)) => {
@@ -303,6 +388,146 @@ async fn recipient(mut conn: Connection, run: Arc<Run>) {
         }
     }
     run.latencies.lock().await.add(&local).unwrap();
+    r
+}
+
+/// What one sender sends to.
+struct SenderSetup {
+    creds: Credentials,
+    to: Credentials,
+    /// Its group (sender, its recipient and the next recipients), with the other members'
+    /// device count.
+    group: Option<(GroupId, u64)>,
+    machine: Option<Machine>,
+}
+
+async fn setup_connection(http: &HttpClient, c: &Credentials, enc: Encoding) -> Result<Connection> {
+    let opts = ConnectOptions {
+        encoding: enc,
+        ..Default::default()
+    };
+    Connection::connect(&http.ws_url(), &c.token, opts)
+        .await
+        .context("connect")
+}
+
+/// Publishes a machine's keys through `conn`.
+async fn publish(conn: &Connection, m: &mut Machine) -> Result<()> {
+    let up = m.keys_to_upload(0, true).context("keys to upload")?;
+    let frame = ClientFrame::KeysUpload {
+        id: 0,
+        identity_key: Some(up.identity_key.clone()),
+        signed_prekey: Some(up.signed_prekey.clone()),
+        one_time: up.one_time.clone(),
+        last_resort: up.last_resort.clone(),
+    };
+    conn.request(frame).await.context("keys_upload")?;
+    m.keys_published(&up);
+    Ok(())
+}
+
+/// Starts an Olm session from `m` to `user`'s (single) device.
+async fn claim(conn: &Connection, m: &mut Machine, user: UserId) -> Result<()> {
+    match conn.request(ClientFrame::KeysClaim { id: 0, user }).await? {
+        ServerFrame::Bundle { devices, .. } => {
+            for b in &devices {
+                m.start_session(user, b)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            Ok(())
+        }
+        other => bail!("unexpected answer to keys_claim: {other:?}"),
+    }
+}
+
+/// Registers users, makes groups, and (with E2EE) publishes keys, starts sessions and shares
+/// each sender's group key.
+async fn setup(
+    http: &HttpClient,
+    o: &ThroughputOpts,
+) -> Result<(Vec<SenderSetup>, Vec<(Credentials, Recipient)>)> {
+    let users = register_many(http, o.pairs * 2, 64, "load").await?;
+    let (senders, recipients) = users.split_at(o.pairs);
+    let members = o.group_size.clamp(2, o.pairs + 1);
+    let mut rec_out = Vec::new();
+    for r in recipients {
+        let mut machine = o.e2ee.then(|| Machine::new(r.user, r.device));
+        if let Some(m) = machine.as_mut() {
+            let conn = setup_connection(http, r, o.encoding).await?;
+            publish(&conn, m).await?;
+            conn.close();
+        }
+        rec_out.push((r.clone(), Recipient { machine }));
+    }
+    let mut out = Vec::new();
+    for (i, s) in senders.iter().enumerate() {
+        let to = recipients[i].clone();
+        let mut machine = o.e2ee.then(|| Machine::new(s.user, s.device));
+        let conn = setup_connection(http, s, o.encoding).await?;
+        if let Some(m) = machine.as_mut() {
+            publish(&conn, m).await?;
+            claim(&conn, m, to.user).await?;
+        }
+        let mut group = None;
+        if o.group_pct > 0 {
+            let others: Vec<&Credentials> = (0..members - 1)
+                .map(|k| &recipients[(i + k) % recipients.len()])
+                .collect();
+            let info = match conn
+                .request(ClientFrame::GroupCreate {
+                    id: 0,
+                    name: format!("load {i}"),
+                    members: others.iter().map(|c| c.user).collect(),
+                })
+                .await?
+            {
+                ServerFrame::Group { group, .. } => group,
+                other => bail!("unexpected answer to group_create: {other:?}"),
+            };
+            if let Some(m) = machine.as_mut() {
+                for c in others.iter().skip(1) {
+                    claim(&conn, m, c.user).await?;
+                }
+                let devices: Vec<DeviceId> = others.iter().map(|c| c.device).collect();
+                let share = m
+                    .prepare_group(info.group, &devices, 0)
+                    .context("a new group session")?;
+                let key = Content::GroupKey {
+                    group: info.group,
+                    session_key: OpaqueBytes(share.session_key.clone()),
+                }
+                .encode();
+                for c in &others {
+                    let body = m
+                        .encrypt(c.device, &key)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    conn.request(ClientFrame::Send {
+                        id: 0,
+                        client_id: format!("key-{}", c.user),
+                        to: c.user,
+                        envelopes: vec![Envelope {
+                            device: c.device,
+                            body: OpaqueBytes(body),
+                        }],
+                    })
+                    .await
+                    .context("sharing a group key")?;
+                }
+            }
+            group = Some((info.group, others.len() as u64));
+        }
+        conn.close();
+        out.push(SenderSetup {
+            creds: s.clone(),
+            to,
+            group,
+            machine,
+        });
+        if (i + 1) % 100 == 0 {
+            eprintln!("set up {} / {} senders", i + 1, o.pairs);
+        }
+    }
+    Ok((out, rec_out))
 }
 
 async fn throughput(
@@ -311,8 +536,7 @@ async fn throughput(
     rates: &[u64],
     stop_on_failure: bool,
 ) -> Result<()> {
-    let users = register_many(http, o.pairs * 2, 64, "load").await?;
-    let (senders, recipients) = users.split_at(o.pairs);
+    let (mut senders, mut recipients) = setup(http, o).await?;
     let mut best: Option<(u64, f64)> = None;
     let mut last_p99 = 0.0;
     for (step, &rate) in rates.iter().enumerate() {
@@ -326,35 +550,36 @@ async fn throughput(
             latencies: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()),
             sent_ok: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            delivered_in_window: AtomicU64::new(0),
             sent_in_window: AtomicU64::new(0),
+            expected_in_window: AtomicU64::new(0),
+            delivered_in_window: AtomicU64::new(0),
         });
         let opts = ConnectOptions {
             encoding: o.encoding,
             ..Default::default()
         };
-        let mut tasks = Vec::new();
         let mut receivers = Vec::new();
-        for r in recipients {
-            let conn = Connection::connect(&http.ws_url(), &r.token, opts.clone())
+        for (c, r) in recipients.drain(..) {
+            let conn = Connection::connect(&http.ws_url(), &c.token, opts.clone())
                 .await
                 .context("connect recipient")?;
-            receivers.push(tokio::spawn(recipient(conn, run.clone())));
+            let run = run.clone();
+            receivers.push((c, tokio::spawn(recipient(conn, r, run))));
         }
         let per_sender = rate as f64 / o.pairs as f64;
-        for (i, (s, r)) in senders.iter().zip(recipients).enumerate() {
-            let conn = Connection::connect(&http.ws_url(), &s.token, opts.clone())
+        let mut tasks = Vec::new();
+        for (i, s) in senders.drain(..).enumerate() {
+            let conn = Connection::connect(&http.ws_url(), &s.creds.token, opts.clone())
                 .await
                 .context("connect sender")?;
             let phase = Duration::from_secs_f64(i as f64 / o.pairs as f64 / per_sender.max(0.001));
-            tasks.push(tokio::spawn(sender(
-                conn,
-                r.clone(),
-                per_sender,
-                o.size,
-                run.clone(),
+            let cfg = SenderCfg {
+                rate: per_sender,
+                size: o.size,
+                group_pct: o.group_pct,
                 phase,
-            )));
+            };
+            tasks.push(tokio::spawn(sender(conn, s, cfg, run.clone())));
         }
         let start = run.now_ns();
         let warm = o.warmup.as_nanos() as u64;
@@ -364,29 +589,37 @@ async fn throughput(
         tokio::time::sleep(o.step).await;
         run.stop.store(true, Ordering::Relaxed);
         for t in tasks {
-            t.await?;
+            senders.push(t.await?);
         }
         // Give deliveries of the measured window time to arrive (they count against latency).
         tokio::time::sleep(Duration::from_secs(2)).await;
         run.finish.send_replace(true);
-        for r in receivers {
-            r.await?;
+        for (c, r) in receivers {
+            recipients.push((c, r.await?));
         }
         let h = run.latencies.lock().await.clone();
         let window_s = (len - warm) as f64 / 1e9;
         let sent = run.sent_in_window.load(Ordering::Relaxed);
+        let expected = run.expected_in_window.load(Ordering::Relaxed);
         let delivered = run.delivered_in_window.load(Ordering::Relaxed);
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         let errors = run.errors.load(Ordering::Relaxed);
-        let achieved = delivered as f64 / window_s;
+        let complete = if expected == 0 {
+            0.0
+        } else {
+            delivered as f64 / expected as f64
+        };
+        let achieved = sent as f64 / window_s * complete.min(1.0);
         let sustained = errors == 0
-            && delivered as f64 >= 0.99 * sent as f64
+            && complete >= 0.99
             && achieved >= 0.95 * rate as f64
             && ms(0.99) < o.p99_limit_ms;
         println!(
-            "step rate={rate} offered={:.0} delivered_per_s={achieved:.0} sent={sent} delivered={delivered} \
-             p50_ms={:.2} p99_ms={:.2} p999_ms={:.2} max_ms={:.2} errors={errors} sustained={sustained}",
+            "step rate={rate} offered={:.0} msgs_per_s={achieved:.0} deliveries_per_s={:.0} \
+             sent={sent} expected={expected} delivered={delivered} p50_ms={:.2} p99_ms={:.2} \
+             p999_ms={:.2} max_ms={:.2} errors={errors} sustained={sustained}",
             sent as f64 / window_s,
+            delivered as f64 / window_s,
             ms(0.5),
             ms(0.99),
             ms(0.999),
@@ -428,25 +661,85 @@ async fn ack_all(conn: Arc<Connection>, mut events: Events) {
     }
 }
 
-/// Sends to `to` at `rate` messages per second (open loop: a slow server does not slow the
+struct SenderCfg {
+    rate: f64,
+    size: usize,
+    group_pct: u32,
+    phase: Duration,
+}
+
+/// Builds the frame for message `n` sent at `t`, and how many deliveries it should make.
+fn next_frame(
+    s: &mut SenderSetup,
+    cfg: &SenderCfg,
+    step: usize,
+    n: u64,
+    t: u64,
+) -> Result<(ClientFrame, u64)> {
+    let client_id = format!("{step}-{n}");
+    let body = payload(t, cfg.size);
+    // Spread evenly: message n goes to the group when the running share crosses a whole one.
+    let pct = u64::from(cfg.group_pct);
+    let to_group = s.group.filter(|_| (n + 1) * pct / 100 > n * pct / 100);
+    let content = || {
+        Content::Text {
+            text: String::from_utf8(body.clone()).expect("ascii payload"),
+        }
+        .encode()
+    };
+    Ok(match to_group {
+        Some((group, others)) => {
+            let body = match s.machine.as_mut() {
+                Some(m) => m
+                    .encrypt_group(group, &content())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+                None => body,
+            };
+            let frame = ClientFrame::SendGroup {
+                id: 0,
+                client_id,
+                group,
+                body: OpaqueBytes(body),
+            };
+            (frame, others)
+        }
+        None => {
+            let body = match s.machine.as_mut() {
+                Some(m) => m
+                    .encrypt(s.to.device, &content())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+                None => body,
+            };
+            let frame = ClientFrame::Send {
+                id: 0,
+                client_id,
+                to: s.to.user,
+                envelopes: vec![Envelope {
+                    device: s.to.device,
+                    body: OpaqueBytes(body),
+                }],
+            };
+            (frame, 1)
+        }
+    })
+}
+
+/// Sends at `cfg.rate` messages per second (open loop: a slow server does not slow the
 /// pacing) until the run stops, and acks the receipts that come back.
 async fn sender(
     mut conn: Connection,
-    to: Credentials,
-    rate: f64,
-    size: usize,
+    mut s: SenderSetup,
+    cfg: SenderCfg,
     run: Arc<Run>,
-    phase: Duration,
-) {
+) -> SenderSetup {
     let events = conn.take_events();
     let conn = Arc::new(conn);
     let acker = tokio::spawn(ack_all(conn.clone(), events));
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, interval);
+    let interval = Duration::from_secs_f64(1.0 / cfg.rate);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.phase, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut inflight = FuturesUnordered::new();
     let mut n = 0u64;
-    let mut body = vec![0u8; size.max(8)];
     let record = |r: Result<ServerFrame, natter_client::ClientError>| match r {
         Ok(ServerFrame::Sent {
             duplicate: false, ..
@@ -469,16 +762,18 @@ async fn sender(
                     break;
                 }
                 let t = run.now_ns();
-                body[..8].copy_from_slice(&t.to_le_bytes());
-                let frame = ClientFrame::Send {
-                    id: 0,
-                    client_id: format!("{}-{n}", run.step),
-                    to: to.user,
-                    envelopes: vec![Envelope { device: to.device, body: OpaqueBytes(body.clone()) }],
+                let (frame, deliveries) = match next_frame(&mut s, &cfg, run.step, n, t) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        eprintln!("cannot build message: {e}");
+                        run.errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
                 };
                 n += 1;
                 if run.in_window(t) {
                     run.sent_in_window.fetch_add(1, Ordering::Relaxed);
+                    run.expected_in_window.fetch_add(deliveries, Ordering::Relaxed);
                 }
                 let c = conn.clone();
                 inflight.push(async move { c.request(frame).await });
@@ -492,6 +787,7 @@ async fn sender(
     // Receipts of the last sends still arrive; the acker ends when the socket closes.
     tokio::time::sleep(Duration::from_secs(1)).await;
     acker.abort();
+    s
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
