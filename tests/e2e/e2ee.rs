@@ -499,6 +499,72 @@ async fn a_tampered_ciphertext_becomes_a_decrypt_error_item() {
     assert_eq!(kinds, [ItemKind::Error, ItemKind::Error, ItemKind::Text]);
 }
 
+async fn one_time_keys_left(conn: &natter_client::Connection) -> u32 {
+    match conn
+        .request(ClientFrame::KeysCount { id: 0 })
+        .await
+        .unwrap()
+    {
+        ServerFrame::KeyCount { one_time, .. } => one_time,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn used_up_prekeys_are_topped_up() {
+    let server = TestServer::start();
+    let mut bob = device(&server).await;
+    keys_published(&bob).await;
+    let bob_conn = bob.client.connection(WAIT).await.unwrap();
+    let full = one_time_keys_left(&bob_conn).await;
+    assert!(full >= 40, "{full}");
+    // Thirty strangers each claim a bundle (a one-time key apiece).
+    let (creds, conn) = server.user().await;
+    let mut machines = Vec::new();
+    for i in 0..30 {
+        let mut m = Machine::new(creds.user, creds.device);
+        let bundle = match conn
+            .request(ClientFrame::KeysClaim {
+                id: 0,
+                user: bob.client.user(),
+            })
+            .await
+            .unwrap()
+        {
+            ServerFrame::Bundle { devices, .. } => devices,
+            other => panic!("{other:?}"),
+        };
+        assert!(bundle[0].one_time.is_some(), "claim {i} got a one-time key");
+        m.start_session(bob.client.user(), &bundle[0]).unwrap();
+        machines.push(m);
+    }
+    assert_eq!(one_time_keys_left(&bob_conn).await, full - 30);
+    // The first message on one of those sessions makes bob check and top up.
+    let content = natter_client::content::Content::Text { text: "hi".into() }.encode();
+    let body = machines[0].encrypt(bob.client.device(), &content).unwrap();
+    conn.request(ClientFrame::Send {
+        id: 0,
+        client_id: "c".into(),
+        to: bob.client.user(),
+        envelopes: vec![Envelope {
+            device: bob.client.device(),
+            body: OpaqueBytes(body),
+        }],
+    })
+    .await
+    .unwrap();
+    assert_eq!(bob.message().await.body, "hi");
+    let mut left = 0;
+    for _ in 0..100 {
+        left = one_time_keys_left(&bob_conn).await;
+        if left >= full {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(left >= full, "topped up to {left}");
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
