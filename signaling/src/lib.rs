@@ -5,9 +5,11 @@
 //!   native clients), chosen per connection with `Sec-WebSocket-Protocol`, and bounded decoding.
 //! * [`error`]: stable machine-readable error codes.
 
+pub mod call;
 pub mod codec;
 pub mod error;
 pub mod protocol;
+pub mod turn;
 
 pub use codec::{DecodeError, Encoding};
 pub use error::ErrorCode;
