@@ -163,6 +163,43 @@ struct Cli {
     /// Typing frames per device [config: messaging.limits.typing; default: 10:2]
     #[arg(long, env = "NATTER_LIMIT_TYPING", value_name = "BURST:RATE")]
     limit_typing: Option<Rate>,
+
+    /// A call rings this long before it counts as missed [config: messaging.calls.ring_timeout_ms; default: 45000]
+    #[arg(long, env = "NATTER_RING_TIMEOUT_MS", value_name = "MS")]
+    ring_timeout_ms: Option<u64>,
+
+    /// STUN server URLs handed to clients, comma-separated [config: messaging.calls.stun_urls]
+    #[arg(
+        long,
+        env = "NATTER_STUN_URLS",
+        value_name = "URLS",
+        value_delimiter = ','
+    )]
+    stun_urls: Option<Vec<String>>,
+
+    /// TURN server URLs handed to clients with short-lived credentials, comma-separated,
+    /// e.g. turn:turn.example.com:3478?transport=udp [config: messaging.calls.turn_urls]
+    #[arg(
+        long,
+        env = "NATTER_TURN_URLS",
+        value_name = "URLS",
+        value_delimiter = ','
+    )]
+    turn_urls: Option<Vec<String>>,
+
+    /// Secret shared with the TURN server for REST credentials (coturn's static-auth-secret)
+    /// [config: messaging.calls.turn_secret]
+    #[arg(
+        long,
+        env = "NATTER_TURN_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    turn_secret: Option<String>,
+
+    /// Lifetime of minted TURN credentials in seconds [config: messaging.calls.turn_ttl_s; default: 3600]
+    #[arg(long, env = "NATTER_TURN_TTL_S", value_name = "SECONDS")]
+    turn_ttl_s: Option<u64>,
 }
 
 /// Copies every flag (or environment variable) that was given onto the configuration.
@@ -195,6 +232,13 @@ fn apply(cli: Cli, cfg: &mut Config) {
         limit_directory => messaging.limits.directory;
         limit_blob_bytes => messaging.limits.blob_bytes;
         limit_typing => messaging.limits.typing;
+        ring_timeout_ms => messaging.calls.ring_timeout_ms;
+        stun_urls => messaging.calls.stun_urls;
+        turn_urls => messaging.calls.turn_urls;
+        turn_ttl_s => messaging.calls.turn_ttl_s;
+    }
+    if let Some(secret) = cli.turn_secret {
+        cfg.messaging.calls.turn_secret = Some(secret);
     }
     if let Some(url) = cli.code_webhook_url {
         cfg.messaging.code_webhook_url = Some(url);

@@ -71,6 +71,19 @@ pub enum ClientEvent {
         old: Option<[u8; 32]>,
         new: [u8; 32],
     },
+    /// Someone called while no device answered.
+    MissedCall {
+        call_id: String,
+        from: UserId,
+        media: natter_signaling::call::Media,
+        ts_ms: u64,
+    },
+    /// A call signal for this device (an incoming call, an answer, ICE, the end).
+    Call {
+        call_id: String,
+        event: natter_signaling::call::CallEvent,
+        ice_servers: Vec<natter_signaling::IceServer>,
+    },
     /// This device was revoked (or its token no longer works); the client stopped.
     Revoked {
         reason: String,
@@ -1117,6 +1130,15 @@ async fn serve(inner: &Arc<Inner>, conn: &Arc<Connection>, mut events: crate::Ev
                     out.push(ClientEvent::BacklogDone);
                 }
                 Event::Frame(ServerFrame::Presence(p)) => out.push(ClientEvent::Presence(p)),
+                Event::Frame(ServerFrame::Call {
+                    call_id,
+                    event,
+                    ice_servers,
+                }) => out.push(ClientEvent::Call {
+                    call_id,
+                    event,
+                    ice_servers,
+                }),
                 Event::Frame(ServerFrame::Typing {
                     conv, from, active, ..
                 }) => out.push(ClientEvent::Typing { conv, from, active }),
@@ -1294,6 +1316,17 @@ fn handle_item(
                 by: *by,
             });
         }
+        QueueItem::MissedCall {
+            call_id,
+            from,
+            media,
+            ts_ms,
+        } => events.push(ClientEvent::MissedCall {
+            call_id: call_id.clone(),
+            from: *from,
+            media: *media,
+            ts_ms: *ts_ms,
+        }),
         QueueItem::GroupNotice {
             group, by, change, ..
         } => {

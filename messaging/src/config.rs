@@ -43,6 +43,37 @@ pub struct MessagingConfig {
     pub code_ttl_s: u32,
     /// Token buckets.
     pub limits: Limits,
+    /// Calls and the ICE (STUN/TURN) servers handed to clients.
+    pub calls: CallsConfig,
+}
+
+/// Call signaling settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallsConfig {
+    /// A call rings this long before it counts as missed.
+    pub ring_timeout_ms: u64,
+    /// STUN servers for clients, e.g. `stun:stun.example.com:3478`.
+    pub stun_urls: Vec<String>,
+    /// TURN servers for clients, e.g. `turn:turn.example.com:3478?transport=udp`.
+    pub turn_urls: Vec<String>,
+    /// Secret shared with the TURN server for REST credentials (coturn's
+    /// `static-auth-secret`). Required with `turn_urls`.
+    pub turn_secret: Option<String>,
+    /// How long minted TURN credentials stay valid.
+    pub turn_ttl_s: u64,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig {
+            ring_timeout_ms: natter_signaling::call::RING_TIMEOUT_MS,
+            stun_urls: Vec::new(),
+            turn_urls: Vec::new(),
+            turn_secret: None,
+            turn_ttl_s: 3600,
+        }
+    }
 }
 
 impl Default for MessagingConfig {
@@ -63,6 +94,7 @@ impl Default for MessagingConfig {
             code_webhook_url: None,
             code_ttl_s: 600,
             limits: Limits::default(),
+            calls: CallsConfig::default(),
         }
     }
 }
@@ -105,6 +137,30 @@ impl MessagingConfig {
                     rate.per_s, rate.burst
                 ));
             }
+        }
+        let c = &self.calls;
+        if !(1_000..=600_000).contains(&c.ring_timeout_ms) {
+            return Err("calls.ring_timeout_ms must be between 1000 and 600000".into());
+        }
+        for u in &c.stun_urls {
+            if !u.starts_with("stun:") && !u.starts_with("stuns:") {
+                return Err(format!("calls.stun_urls: {u:?} is not a stun: URL"));
+            }
+        }
+        for u in &c.turn_urls {
+            if !u.starts_with("turn:") && !u.starts_with("turns:") {
+                return Err(format!(
+                    "calls.turn_urls: {u:?} is not a turn: or turns: URL"
+                ));
+            }
+        }
+        if !c.turn_urls.is_empty() && c.turn_secret.as_deref().is_none_or(str::is_empty) {
+            return Err(
+                "calls.turn_urls needs calls.turn_secret (the TURN server's REST secret)".into(),
+            );
+        }
+        if !(60..=7 * 86_400).contains(&c.turn_ttl_s) {
+            return Err("calls.turn_ttl_s must be between 60 and 604800".into());
         }
         if self.limits.blob_bytes.burst < 1024.0 * 1024.0 {
             return Err("limits.blob_bytes.burst must be at least 1 MiB (one upload chunk)".into());

@@ -405,6 +405,23 @@ impl Conn {
                 id,
                 ProtocolError::invalid("this connection is already authenticated"),
             ),
+            frame @ (ClientFrame::CallOffer { .. }
+            | ClientFrame::CallRinging { .. }
+            | ClientFrame::CallAccept { .. }
+            | ClientFrame::CallDecline { .. }
+            | ClientFrame::CallCancel { .. }
+            | ClientFrame::CallHangup { .. }
+            | ClientFrame::CallIce { .. }
+            | ClientFrame::CallUpdate { .. }
+            | ClientFrame::IceServers { .. }) => {
+                let id = frame.id();
+                let from = natter_signaling::call::Party { user, device };
+                match st.calls.request(&st, from, frame) {
+                    Ok(Some(answer)) => self.push(answer),
+                    Ok(None) => {}
+                    Err(e) => self.refuse(id, e),
+                }
+            }
             ClientFrame::Ping { id } => self.push(ServerFrame::Pong {
                 id,
                 server_time_ms: now_ms(),
@@ -711,9 +728,13 @@ impl Conn {
         let st = &self.st;
         let (user, device) = (self.auth.user, self.auth.device);
         let now = now_ms();
-        if st.hub.unregister(device, self.handle.conn_id, user, now) {
-            st.store
-                .submit(move |core: &mut Core| core.set_last_seen(user, now), |_| {});
+        if let Some(went_offline) = st.hub.unregister(device, self.handle.conn_id, user, now) {
+            // This was the device's live connection: its calls lose it.
+            st.calls.disconnected(st, device);
+            if went_offline {
+                st.store
+                    .submit(move |core: &mut Core| core.set_last_seen(user, now), |_| {});
+            }
         }
         let subs: Vec<UserId> = self.subscriptions.into_iter().collect();
         st.hub.unsubscribe(self.handle.conn_id, &subs);

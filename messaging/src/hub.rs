@@ -190,21 +190,28 @@ impl Hub {
         });
     }
 
-    /// Removes the connection if it is still the device's live one. Returns true when this
-    /// took the user offline (the caller records last-seen).
-    pub fn unregister(&self, device: DeviceId, conn_id: u64, user: UserId, now_ms: u64) -> bool {
+    /// Removes the connection if it is still the device's live one: `None` if it was not
+    /// (a newer connection replaced it), else whether this took the user offline (the caller
+    /// records last-seen).
+    pub fn unregister(
+        &self,
+        device: DeviceId,
+        conn_id: u64,
+        user: UserId,
+        now_ms: u64,
+    ) -> Option<bool> {
         {
             let mut conns = self.conns.lock().unwrap();
             match conns.get(&device) {
                 Some(h) if h.conn_id == conn_id => {
                     conns.remove(&device);
                 }
-                _ => return false,
+                _ => return None,
             }
         }
         let mut presence = self.presence.lock().unwrap();
         let Some(entry) = presence.get_mut(&user) else {
-            return false;
+            return Some(false);
         };
         let mut went_offline = false;
         entry.change(user, |e| {
@@ -217,7 +224,25 @@ impl Hub {
         if entry.is_idle() {
             presence.remove(&user);
         }
-        went_offline
+        Some(went_offline)
+    }
+
+    /// The devices of `user` connected right now.
+    pub fn online_devices(&self, user: UserId) -> Vec<DeviceId> {
+        self.presence
+            .lock()
+            .unwrap()
+            .get(&user)
+            .map(|p| p.online.clone())
+            .unwrap_or_default()
+    }
+
+    /// Sends `frame` to the device's live connection; false if it has none.
+    pub fn send_to_device(&self, device: DeviceId, frame: Arc<ServerFrame>) -> bool {
+        match self.conns.lock().unwrap().get(&device) {
+            Some(h) => h.tx.send(Outbound::Event(frame)).is_ok(),
+            None => false,
+        }
     }
 
     /// Hands a committed queue item to the device's live connection, if any.

@@ -4,6 +4,7 @@
 //!
 //! Start one with [`Server::start`]; the wire protocol lives in `natter-signaling`.
 
+pub mod calls;
 pub mod config;
 pub mod delivery;
 pub mod hub;
@@ -94,6 +95,7 @@ impl Server {
             })?;
         let state = Arc::new(AppState {
             limits: Limiters::new(&cfg),
+            calls: calls::Calls::new(&cfg.calls),
             cfg,
             store,
             hub,
@@ -121,6 +123,7 @@ impl Server {
         let background = vec![
             tokio::spawn(sweeper(state.clone())),
             tokio::spawn(typing_expiry(state.clone())),
+            tokio::spawn(calls::ticker(state.clone())),
         ];
         Ok(Server {
             addr,

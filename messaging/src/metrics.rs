@@ -1,7 +1,8 @@
 //! Prometheus metrics of the messaging gateway (`natter_messaging_*`), one registry per server.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -24,6 +25,14 @@ pub struct Metrics {
     pub store_commit: Histogram,
     /// HTTP requests, by route and status.
     pub http_requests: IntCounterVec,
+    /// Calls offered.
+    pub call_attempts: IntCounter,
+    /// Calls answered.
+    pub calls_answered: IntCounter,
+    /// Calls that ended without being answered, by reason (declined, busy, timeout, …).
+    pub calls_failed: IntCounterVec,
+    /// From `call_offer` to the answer reaching the server.
+    pub call_setup: Histogram,
 }
 
 impl Metrics {
@@ -94,7 +103,38 @@ impl Metrics {
             &["route", "status"],
         )
         .unwrap();
-        for c in [&frames_in, &frames_out, &errors, &http_requests] {
+        let call_attempts =
+            IntCounter::new("natter_messaging_call_attempts_total", "Calls offered").unwrap();
+        let calls_answered =
+            IntCounter::new("natter_messaging_calls_answered_total", "Calls answered").unwrap();
+        let calls_failed = IntCounterVec::new(
+            Opts::new(
+                "natter_messaging_calls_failed_total",
+                "Calls that ended unanswered, by reason",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        let call_setup = Histogram::with_opts(
+            HistogramOpts::new(
+                "natter_messaging_call_setup_seconds",
+                "Time from a call offer to its answer",
+            )
+            .buckets(vec![
+                0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 45.0, 120.0,
+            ]),
+        )
+        .unwrap();
+        registry.register(Box::new(call_attempts.clone())).unwrap();
+        registry.register(Box::new(calls_answered.clone())).unwrap();
+        registry.register(Box::new(call_setup.clone())).unwrap();
+        for c in [
+            &frames_in,
+            &frames_out,
+            &errors,
+            &http_requests,
+            &calls_failed,
+        ] {
             registry.register(Box::new(c.clone())).unwrap();
         }
         registry.register(Box::new(connections.clone())).unwrap();
@@ -117,6 +157,10 @@ impl Metrics {
             store_batch_jobs,
             store_commit,
             http_requests,
+            call_attempts,
+            calls_answered,
+            calls_failed,
+            call_setup,
         }
     }
 

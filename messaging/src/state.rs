@@ -77,6 +77,7 @@ pub struct AppState {
     pub blob_dir: PathBuf,
     pub upload_dir: PathBuf,
     pub upload_locks: crate::http::UploadLocks,
+    pub calls: crate::calls::Calls,
 }
 
 impl AppState {

@@ -163,6 +163,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::call::{IceCandidate, Media, SdpKind};
     use crate::protocol::*;
 
     fn sample_frames() -> Vec<ClientFrame> {
@@ -283,6 +284,50 @@ mod tests {
                 presence: Some(PresenceVisibility::Nobody),
                 read_receipts: Some(false),
             },
+            ClientFrame::CallOffer {
+                id: 25,
+                call_id: "c".into(),
+                to: UserId(2),
+                media: Media::Video,
+                sdp: "v=0".into(),
+            },
+            ClientFrame::CallRinging {
+                id: 26,
+                call_id: "c".into(),
+            },
+            ClientFrame::CallAccept {
+                id: 27,
+                call_id: "c".into(),
+                sdp: "v=0".into(),
+            },
+            ClientFrame::CallDecline {
+                id: 28,
+                call_id: "c".into(),
+            },
+            ClientFrame::CallCancel {
+                id: 29,
+                call_id: "c".into(),
+            },
+            ClientFrame::CallHangup {
+                id: 30,
+                call_id: "c".into(),
+            },
+            ClientFrame::CallIce {
+                id: 31,
+                call_id: "c".into(),
+                candidate: IceCandidate {
+                    candidate: "candidate:1 1 udp 1 127.0.0.1 9 typ host".into(),
+                    sdp_mid: None,
+                    sdp_mline_index: Some(0),
+                },
+            },
+            ClientFrame::CallUpdate {
+                id: 32,
+                call_id: "c".into(),
+                kind: SdpKind::Answer,
+                sdp: "v=0".into(),
+            },
+            ClientFrame::IceServers { id: 33 },
         ]
     }
 

@@ -18,6 +18,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::ErrorCode;
+use crate::call::{CallEvent, IceCandidate, Media, SdpKind};
 
 /// Protocol version spoken by this build.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -46,6 +47,12 @@ pub mod limits {
     pub const MAX_ONE_TIME_PREKEYS: usize = 100;
     /// Longest bearer token or client name.
     pub const MAX_TOKEN_CHARS: usize = 256;
+    /// Longest call id.
+    pub const MAX_CALL_ID_CHARS: usize = 64;
+    /// Largest SDP offer or answer.
+    pub const MAX_SDP_BYTES: usize = 32 * 1024;
+    /// Longest ICE candidate line (and its mid).
+    pub const MAX_CANDIDATE_BYTES: usize = 1024;
 }
 
 macro_rules! id_type {
@@ -328,6 +335,56 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         read_receipts: Option<bool>,
     },
+    /// Call `to` (every online device of theirs rings). `call_id` is chosen by the caller
+    /// (unique; glare keeps the call with the smaller id). Answered with `call_started`.
+    CallOffer {
+        id: u64,
+        call_id: String,
+        to: UserId,
+        media: Media,
+        sdp: String,
+    },
+    /// This (callee) device is ringing.
+    CallRinging {
+        id: u64,
+        call_id: String,
+    },
+    /// Answer the call on this device.
+    CallAccept {
+        id: u64,
+        call_id: String,
+        sdp: String,
+    },
+    CallDecline {
+        id: u64,
+        call_id: String,
+    },
+    /// The caller gives up before an answer.
+    CallCancel {
+        id: u64,
+        call_id: String,
+    },
+    CallHangup {
+        id: u64,
+        call_id: String,
+    },
+    /// A trickled ICE candidate. Answered only on error.
+    CallIce {
+        id: u64,
+        call_id: String,
+        candidate: IceCandidate,
+    },
+    /// A new offer or answer in an answered call (ICE restart on a network change).
+    CallUpdate {
+        id: u64,
+        call_id: String,
+        kind: SdpKind,
+        sdp: String,
+    },
+    /// STUN/TURN servers with fresh short-lived credentials.
+    IceServers {
+        id: u64,
+    },
 }
 
 /// A reference to the `id` field of any client frame (shared or mutable, as `$frame` is).
@@ -358,7 +415,16 @@ macro_rules! client_frame_id {
             | GroupInfo { id, .. }
             | PresenceSubscribe { id, .. }
             | PresenceUnsubscribe { id, .. }
-            | Settings { id, .. } => id,
+            | Settings { id, .. }
+            | CallOffer { id, .. }
+            | CallRinging { id, .. }
+            | CallAccept { id, .. }
+            | CallDecline { id, .. }
+            | CallCancel { id, .. }
+            | CallHangup { id, .. }
+            | CallIce { id, .. }
+            | CallUpdate { id, .. }
+            | IceServers { id } => id,
         }
     }};
 }
@@ -390,6 +456,15 @@ impl ClientFrame {
         "presence_subscribe",
         "presence_unsubscribe",
         "settings",
+        "call_offer",
+        "call_ringing",
+        "call_accept",
+        "call_decline",
+        "call_cancel",
+        "call_hangup",
+        "call_ice",
+        "call_update",
+        "ice_servers",
     ];
 
     /// The request id.
@@ -430,6 +505,31 @@ impl ClientFrame {
             PresenceSubscribe { .. } => "presence_subscribe",
             PresenceUnsubscribe { .. } => "presence_unsubscribe",
             Settings { .. } => "settings",
+            CallOffer { .. } => "call_offer",
+            CallRinging { .. } => "call_ringing",
+            CallAccept { .. } => "call_accept",
+            CallDecline { .. } => "call_decline",
+            CallCancel { .. } => "call_cancel",
+            CallHangup { .. } => "call_hangup",
+            CallIce { .. } => "call_ice",
+            CallUpdate { .. } => "call_update",
+            IceServers { .. } => "ice_servers",
+        }
+    }
+
+    /// The call a call frame is about.
+    pub fn call_id(&self) -> Option<&str> {
+        use ClientFrame::*;
+        match self {
+            CallOffer { call_id, .. }
+            | CallRinging { call_id, .. }
+            | CallAccept { call_id, .. }
+            | CallDecline { call_id, .. }
+            | CallCancel { call_id, .. }
+            | CallHangup { call_id, .. }
+            | CallIce { call_id, .. }
+            | CallUpdate { call_id, .. } => Some(call_id),
+            _ => None,
         }
     }
 
@@ -526,6 +626,29 @@ impl ClientFrame {
                 }
             }
             GroupRename { name, .. } => check_name(name)?,
+            CallOffer { call_id, sdp, .. }
+            | CallAccept { call_id, sdp, .. }
+            | CallUpdate { call_id, sdp, .. } => {
+                check_call_id(call_id)?;
+                check_sdp(sdp)?;
+            }
+            CallRinging { call_id, .. }
+            | CallDecline { call_id, .. }
+            | CallCancel { call_id, .. }
+            | CallHangup { call_id, .. } => check_call_id(call_id)?,
+            CallIce {
+                call_id, candidate, ..
+            } => {
+                check_call_id(call_id)?;
+                check_bytes(
+                    "candidate",
+                    &candidate.candidate,
+                    limits::MAX_CANDIDATE_BYTES,
+                )?;
+                if let Some(mid) = &candidate.sdp_mid {
+                    check_bytes("sdp_mid", mid, limits::MAX_CANDIDATE_BYTES)?;
+                }
+            }
             Ping { .. }
             | Typing { .. }
             | KeysClaim { .. }
@@ -536,10 +659,37 @@ impl ClientFrame {
             | GroupPromote { .. }
             | GroupLeave { .. }
             | GroupInfo { .. }
-            | Settings { .. } => {}
+            | Settings { .. }
+            | IceServers { .. } => {}
         }
         Ok(())
     }
+}
+
+fn check_call_id(call_id: &str) -> Result<(), ProtocolError> {
+    if call_id.is_empty() || call_id.chars().any(char::is_control) {
+        return Err(ProtocolError::invalid(
+            "`call_id` must be non-empty and free of control characters",
+        ));
+    }
+    check_chars("call_id", call_id, limits::MAX_CALL_ID_CHARS)
+}
+
+fn check_sdp(sdp: &str) -> Result<(), ProtocolError> {
+    if sdp.trim().is_empty() {
+        return Err(ProtocolError::invalid("`sdp` is empty"));
+    }
+    check_bytes("sdp", sdp, limits::MAX_SDP_BYTES)
+}
+
+fn check_bytes(field: &str, s: &str, max: usize) -> Result<(), ProtocolError> {
+    if s.len() > max {
+        return Err(ProtocolError::new(
+            ErrorCode::TooLarge,
+            format!("`{field}` is {} bytes; at most {max} are allowed", s.len()),
+        ));
+    }
+    Ok(())
 }
 
 fn check_count(field: &str, n: usize, max: usize) -> Result<(), ProtocolError> {
@@ -717,6 +867,23 @@ pub enum QueueItem {
         change: GroupChange,
         ts_ms: u64,
     },
+    /// `from` called and nobody answered (timeout, cancel, or no device online).
+    MissedCall {
+        call_id: String,
+        from: UserId,
+        media: Media,
+        ts_ms: u64,
+    },
+}
+
+/// A STUN or TURN server, shaped like the browser's `RTCIceServer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// Details of an error frame.
@@ -823,6 +990,27 @@ pub enum ServerFrame {
         presence: PresenceVisibility,
         read_receipts: bool,
     },
+    /// Answer to `call_offer`: the callee's devices are being rung (or the call already
+    /// ended, which a `call` frame says). Carries the ICE servers for the call.
+    CallStarted {
+        id: u64,
+        call_id: String,
+        ice_servers: Vec<IceServer>,
+    },
+    /// Something happened in a call this device is part of.
+    Call {
+        call_id: String,
+        event: CallEvent,
+        /// With `incoming`: the ICE servers this device should use.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServer>,
+    },
+    IceServers {
+        id: u64,
+        servers: Vec<IceServer>,
+        /// How long the credentials stay valid.
+        ttl_s: u64,
+    },
 }
 
 impl ServerFrame {
@@ -845,6 +1033,9 @@ impl ServerFrame {
         "presence",
         "typing",
         "settings",
+        "call_started",
+        "call",
+        "ice_servers",
     ];
 
     /// An error frame answering request `id`.
@@ -880,6 +1071,9 @@ impl ServerFrame {
             Presence(_) => "presence",
             Typing { .. } => "typing",
             Settings { .. } => "settings",
+            CallStarted { .. } => "call_started",
+            Call { .. } => "call",
+            IceServers { .. } => "ice_servers",
         }
     }
 
@@ -898,9 +1092,11 @@ impl ServerFrame {
             | Users { id, .. }
             | Group { id, .. }
             | PresenceList { id, .. }
-            | Settings { id, .. } => Some(*id),
+            | Settings { id, .. }
+            | CallStarted { id, .. }
+            | IceServers { id, .. } => Some(*id),
             Error(e) => e.id,
-            Deliver { .. } | QueueEmpty {} | Presence(_) | Typing { .. } => None,
+            Deliver { .. } | QueueEmpty {} | Presence(_) | Typing { .. } | Call { .. } => None,
         }
     }
 }

@@ -4,6 +4,7 @@ mod common;
 
 mod accounts;
 mod blobs;
+mod calls;
 mod crash;
 mod e2ee;
 mod groups;

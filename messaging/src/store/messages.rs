@@ -359,6 +359,7 @@ impl Core {
             QueueItem::Message { .. } => ItemKind::Message,
             QueueItem::Receipt { .. } => ItemKind::Receipt,
             QueueItem::GroupNotice { .. } => ItemKind::GroupNotice,
+            QueueItem::MissedCall { .. } => ItemKind::MissedCall,
         };
         let stored = encode_item(&item);
         let item = Arc::new(item);

@@ -678,6 +678,7 @@ pub(crate) enum ItemKind {
     Message = 1,
     Receipt = 2,
     GroupNotice = 3,
+    MissedCall = 4,
 }
 
 /// Encodes a queue item for storage.

@@ -84,7 +84,7 @@ CREATE TABLE queue (
     qseq        INTEGER NOT NULL,
     created_ms  INTEGER NOT NULL,
     expires_ms  INTEGER NOT NULL,
-    kind        INTEGER NOT NULL,   -- 1 message, 2 receipt, 3 group notice
+    kind        INTEGER NOT NULL,   -- 1 message, 2 receipt, 3 group notice, 4 missed call
     from_user   INTEGER,            -- messages: the author, who gets the delivered receipt
     grp         INTEGER,            -- group messages: the group
     conv_seq    INTEGER,            -- messages: the conversation sequence

@@ -1,0 +1,230 @@
+//! Call signaling: the thin shell around the sans-IO [`CallRouter`]. Call frames go through
+//! the router under a lock (no awaiting inside); the actions it returns become frames to
+//! online devices and, for unanswered calls, missed-call notices in the durable queue.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use natter_signaling::call::{Action, CallEvent, CallRouter, EndReason, Party};
+use natter_signaling::{ClientFrame, DeviceId, IceServer, ProtocolError, QueueItem, ServerFrame};
+
+use crate::config::CallsConfig;
+use crate::state::SharedState;
+use crate::store::{Core, now_ms};
+
+pub struct Calls {
+    router: Mutex<CallRouter>,
+    /// When each unanswered call was offered (for the setup-time histogram).
+    offered: Mutex<HashMap<String, Instant>>,
+}
+
+/// ICE servers for a client, with TURN credentials minted for `who`.
+pub fn ice_servers(cfg: &CallsConfig, who: &str) -> Vec<IceServer> {
+    let mut out = Vec::new();
+    if !cfg.stun_urls.is_empty() {
+        out.push(IceServer {
+            urls: cfg.stun_urls.clone(),
+            username: None,
+            credential: None,
+        });
+    }
+    if let (false, Some(secret)) = (cfg.turn_urls.is_empty(), &cfg.turn_secret) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let c = natter_signaling::turn::mint(secret.as_bytes(), who, now, cfg.turn_ttl_s);
+        out.push(IceServer {
+            urls: cfg.turn_urls.clone(),
+            username: Some(c.username),
+            credential: Some(c.password),
+        });
+    }
+    out
+}
+
+impl Calls {
+    pub fn new(cfg: &CallsConfig) -> Calls {
+        Calls {
+            router: Mutex::new(CallRouter::new(cfg.ring_timeout_ms)),
+            offered: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Handles one call frame from `from`. `Ok(Some)` is the answer to send back; `Ok(None)`
+    /// means nothing to answer (`call_ice`).
+    pub fn request(
+        &self,
+        st: &SharedState,
+        from: Party,
+        frame: ClientFrame,
+    ) -> Result<Option<ServerFrame>, ProtocolError> {
+        let now = now_ms();
+        let ok = |id| Some(ServerFrame::Ok { id });
+        let (actions, answer) = {
+            let mut r = self.router.lock().unwrap();
+            match frame {
+                ClientFrame::CallOffer {
+                    id,
+                    call_id,
+                    to,
+                    media,
+                    sdp,
+                } => {
+                    let online = st.hub.online_devices(to);
+                    let actions = r.offer(from, &call_id, to, media, &sdp, &online, now)?;
+                    st.metrics.call_attempts.inc();
+                    self.offered
+                        .lock()
+                        .unwrap()
+                        .insert(call_id.clone(), Instant::now());
+                    let answer = ServerFrame::CallStarted {
+                        id,
+                        ice_servers: ice_servers(&st.cfg.calls, &from.user.to_string()),
+                        call_id,
+                    };
+                    (actions, Some(answer))
+                }
+                ClientFrame::CallRinging { id, call_id } => (r.ringing(from, &call_id)?, ok(id)),
+                ClientFrame::CallAccept { id, call_id, sdp } => {
+                    (r.accept(from, &call_id, &sdp)?, ok(id))
+                }
+                ClientFrame::CallDecline { id, call_id } => {
+                    (r.decline(from, &call_id, now)?, ok(id))
+                }
+                ClientFrame::CallCancel { id, call_id } => (r.cancel(from, &call_id, now)?, ok(id)),
+                ClientFrame::CallHangup { id, call_id } => (r.hangup(from, &call_id, now)?, ok(id)),
+                ClientFrame::CallIce {
+                    call_id, candidate, ..
+                } => (r.ice(from, &call_id, candidate)?, None),
+                ClientFrame::CallUpdate {
+                    id,
+                    call_id,
+                    kind,
+                    sdp,
+                } => (r.update(from, &call_id, kind, &sdp)?, ok(id)),
+                ClientFrame::IceServers { id } => (
+                    Vec::new(),
+                    Some(ServerFrame::IceServers {
+                        id,
+                        servers: ice_servers(&st.cfg.calls, &from.user.to_string()),
+                        ttl_s: st.cfg.calls.turn_ttl_s,
+                    }),
+                ),
+                other => {
+                    return Err(ProtocolError::internal(format!(
+                        "{} is not a call frame",
+                        other.type_name()
+                    )));
+                }
+            }
+        };
+        self.apply(st, actions);
+        Ok(answer)
+    }
+
+    /// A device's connection ended.
+    pub fn disconnected(&self, st: &SharedState, device: DeviceId) {
+        let actions = self.router.lock().unwrap().disconnected(device, now_ms());
+        self.apply(st, actions);
+    }
+
+    /// Ends calls whose ring timeout passed.
+    pub fn tick(&self, st: &SharedState) {
+        let actions = self.router.lock().unwrap().tick(now_ms());
+        self.apply(st, actions);
+    }
+
+    fn apply(&self, st: &SharedState, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Send {
+                    device,
+                    call_id,
+                    event,
+                } => {
+                    self.count(st, &call_id, &event);
+                    let ice_servers = match event {
+                        CallEvent::Incoming { .. } => {
+                            ice_servers(&st.cfg.calls, &device.to_string())
+                        }
+                        _ => Vec::new(),
+                    };
+                    let frame = ServerFrame::Call {
+                        call_id,
+                        event,
+                        ice_servers,
+                    };
+                    st.hub.send_to_device(device, Arc::new(frame));
+                }
+                Action::Missed {
+                    user,
+                    call_id,
+                    from,
+                    media,
+                    at_ms,
+                } => {
+                    let item = QueueItem::MissedCall {
+                        call_id,
+                        from,
+                        media,
+                        ts_ms: at_ms,
+                    };
+                    st.store.submit(
+                        move |core: &mut Core| core.enqueue_to_user(user, None, item, now_ms()),
+                        |r| {
+                            if let Err(e) = r {
+                                tracing::warn!("storing a missed-call notice failed: {e}");
+                            }
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Metrics: an answer ends the setup clock; an end before any answer is a failure.
+    fn count(&self, st: &SharedState, call_id: &str, event: &CallEvent) {
+        match event {
+            CallEvent::Accepted { .. } => {
+                if let Some(t) = self.offered.lock().unwrap().remove(call_id) {
+                    st.metrics.calls_answered.inc();
+                    st.metrics.call_setup.observe(t.elapsed().as_secs_f64());
+                }
+            }
+            CallEvent::Ended { reason }
+                if self.offered.lock().unwrap().remove(call_id).is_some() =>
+            {
+                st.metrics
+                    .calls_failed
+                    .with_label_values(&[reason_name(*reason)])
+                    .inc();
+            }
+            _ => {}
+        }
+    }
+}
+
+fn reason_name(r: EndReason) -> &'static str {
+    match r {
+        EndReason::Declined => "declined",
+        EndReason::Busy => "busy",
+        EndReason::Cancelled => "cancelled",
+        EndReason::Timeout => "timeout",
+        EndReason::Hangup => "hangup",
+        EndReason::Glare => "glare",
+        EndReason::Unavailable => "unavailable",
+        EndReason::ConnectionLost => "connection_lost",
+    }
+}
+
+/// Runs ring timeouts.
+pub async fn ticker(st: SharedState) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        st.calls.tick(&st);
+    }
+}
