@@ -10,6 +10,7 @@
 //! * [`store`]: the local SQLite database (credentials, sealed crypto state, history).
 
 pub mod account;
+pub mod audio;
 pub mod client;
 pub mod connection;
 pub mod content;
