@@ -11,6 +11,7 @@
 
 pub mod account;
 pub mod audio;
+pub mod call_media;
 pub mod client;
 pub mod connection;
 pub mod content;
