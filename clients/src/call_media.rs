@@ -331,6 +331,12 @@ impl MediaSession {
         Ok(sdp)
     }
 
+    /// A new offer with fresh ICE credentials (ICE restart after a network change).
+    pub async fn restart_offer(&self) -> Result<String, ClientError> {
+        self.pc.restart_ice().await.map_err(rtc_err)?;
+        self.create_offer().await
+    }
+
     /// Takes the caller's offer and returns the answer (callee side).
     pub async fn accept_offer(&self, offer_sdp: &str) -> Result<String, ClientError> {
         let offer = RTCSessionDescription::offer(offer_sdp.to_owned()).map_err(rtc_err)?;

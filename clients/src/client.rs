@@ -111,7 +111,7 @@ impl State {
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     http: HttpClient,
     creds: Credentials,
     state: Mutex<State>,
@@ -121,13 +121,19 @@ struct Inner {
     /// must not interleave with another send.
     send_lock: tokio::sync::Mutex<()>,
     stop: watch::Sender<bool>,
+    /// Calls in progress on this device, by call id.
+    pub(crate) calls: Mutex<std::collections::HashMap<String, crate::calls::CallRoute>>,
+    /// Candidates of incoming calls not answered yet.
+    pub(crate) pending_ice:
+        Mutex<std::collections::HashMap<String, Vec<natter_signaling::call::IceCandidate>>>,
+    pub(crate) live_calls: std::sync::atomic::AtomicUsize,
 }
 
 /// A running client. Cheap to clone; dropping the last clone does not stop the background
 /// task: call [`Client::shutdown`].
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// The client's events.
@@ -271,6 +277,9 @@ impl Client {
             events: ev_tx,
             send_lock: tokio::sync::Mutex::new(()),
             stop: watch::channel(false).0,
+            calls: Mutex::new(std::collections::HashMap::new()),
+            pending_ice: Mutex::new(std::collections::HashMap::new()),
+            live_calls: std::sync::atomic::AtomicUsize::new(0),
         });
         tokio::spawn(run(inner.clone()));
         (Client { inner }, ClientEvents(ev_rx))
@@ -313,7 +322,7 @@ impl Client {
         self.connection(Duration::from_secs(10)).await
     }
 
-    async fn request(&self, frame: ClientFrame) -> Result<ServerFrame, ClientError> {
+    pub(crate) async fn request(&self, frame: ClientFrame) -> Result<ServerFrame, ClientError> {
         self.conn().await?.request(frame).await
     }
 
@@ -1134,11 +1143,14 @@ async fn serve(inner: &Arc<Inner>, conn: &Arc<Connection>, mut events: crate::Ev
                     call_id,
                     event,
                     ice_servers,
-                }) => out.push(ClientEvent::Call {
-                    call_id,
-                    event,
-                    ice_servers,
-                }),
+                }) => {
+                    route_call_event(inner, &call_id, &event);
+                    out.push(ClientEvent::Call {
+                        call_id,
+                        event,
+                        ice_servers,
+                    });
+                }
                 Event::Frame(ServerFrame::Typing {
                     conv, from, active, ..
                 }) => out.push(ClientEvent::Typing { conv, from, active }),
@@ -1181,6 +1193,33 @@ async fn serve(inner: &Arc<Inner>, conn: &Arc<Connection>, mut events: crate::Ev
         }
     }
     Ended::Dropped("connection lost".into())
+}
+
+/// Hands a call event to its call's task, or keeps an unanswered call's candidates.
+fn route_call_event(inner: &Inner, call_id: &str, event: &natter_signaling::call::CallEvent) {
+    use natter_signaling::call::CallEvent;
+    if let Some(route) = inner.calls.lock().unwrap().get(call_id) {
+        let _ = route.signals.send(event.clone());
+        return;
+    }
+    let mut pending = inner.pending_ice.lock().unwrap();
+    match event {
+        // Bounded: a device rings for few calls at once.
+        CallEvent::Incoming { .. } if pending.len() < 16 => {
+            pending.entry(call_id.to_owned()).or_default();
+        }
+        CallEvent::Ice { candidate, .. } => {
+            if let Some(v) = pending.get_mut(call_id)
+                && v.len() < 64
+            {
+                v.push(candidate.clone());
+            }
+        }
+        CallEvent::Ended { .. } | CallEvent::AnsweredElsewhere => {
+            pending.remove(call_id);
+        }
+        _ => {}
+    }
 }
 
 /// Processes deliveries in order, stores them with the crypto state and cursor in one

@@ -12,6 +12,7 @@
 pub mod account;
 pub mod audio;
 pub mod call_media;
+pub mod calls;
 pub mod client;
 pub mod connection;
 pub mod content;
@@ -19,6 +20,8 @@ mod error;
 pub mod store;
 
 pub use account::{Credentials, HttpClient};
+pub use call_media::{CallStats, MediaOptions};
+pub use calls::{ActiveCall, CallEnd, CallState};
 pub use client::{Client, ClientEvent, ClientEvents, Sent};
 pub use connection::{ConnectOptions, Connection, Event, Events};
 pub use error::ClientError;

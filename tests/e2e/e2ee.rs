@@ -13,10 +13,10 @@ use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-struct Device {
-    client: Client,
-    events: ClientEvents,
-    _dir: tempfile::TempDir,
+pub(crate) struct Device {
+    pub client: Client,
+    pub events: ClientEvents,
+    pub _dir: tempfile::TempDir,
 }
 
 impl Drop for Device {
@@ -27,7 +27,7 @@ impl Drop for Device {
 
 impl Device {
     /// Waits for an event `f` accepts, skipping others.
-    async fn wait<T>(&mut self, what: &str, mut f: impl FnMut(&ClientEvent) -> Option<T>) -> T {
+    pub async fn wait<T>(&mut self, what: &str, mut f: impl FnMut(&ClientEvent) -> Option<T>) -> T {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let ev = tokio::time::timeout_at(deadline, self.events.next())
@@ -40,7 +40,7 @@ impl Device {
         }
     }
 
-    async fn ready(&mut self) {
+    pub async fn ready(&mut self) {
         self.wait("backlog done", |e| {
             matches!(e, ClientEvent::BacklogDone).then_some(())
         })
@@ -66,7 +66,7 @@ impl Device {
     }
 }
 
-async fn device(server: &TestServer) -> Device {
+pub(crate) async fn device(server: &TestServer) -> Device {
     let dir = tempfile::tempdir().unwrap();
     let (client, events) = Client::register(dir.path(), &server.base, &phone(), None, "phone")
         .await
@@ -80,7 +80,7 @@ async fn device(server: &TestServer) -> Device {
     d
 }
 
-async fn linked(server: &TestServer, primary: &Device) -> Device {
+pub(crate) async fn linked(server: &TestServer, primary: &Device) -> Device {
     let (code, _) = primary.client.link_code().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (client, events) = Client::link(dir.path(), &server.base, &code, "laptop")
@@ -96,7 +96,7 @@ async fn linked(server: &TestServer, primary: &Device) -> Device {
 }
 
 /// Gives a device's key upload (which runs right after it connects) time to land.
-async fn keys_published(d: &Device) {
+pub(crate) async fn keys_published(d: &Device) {
     client_keys_published(&d.client).await
 }
 

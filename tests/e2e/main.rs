@@ -4,6 +4,7 @@ mod common;
 
 mod accounts;
 mod blobs;
+mod call_media;
 mod calls;
 mod crash;
 mod e2ee;
