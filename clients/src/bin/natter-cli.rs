@@ -133,6 +133,91 @@ enum Command {
     /// This account's devices.
     #[command(subcommand)]
     Devices(DevicesCmd),
+    /// Call a contact (audio, Opus over WebRTC) and show live call statistics. The audio is a
+    /// tone (or a WAV file); the other side's is checked frame by frame.
+    Call {
+        to: String,
+        /// How long each call lasts once connected.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Calls to place one after the other (a summary line ends the output).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[command(flatten)]
+        media: MediaArgs,
+    },
+    /// Wait for incoming calls and answer them; each lasts until the caller hangs up.
+    Answer {
+        /// Calls to answer before exiting.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Give up if no call comes within this long.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        wait: Duration,
+        #[command(flatten)]
+        media: MediaArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct MediaArgs {
+    /// Frequency of the tone to send (Hz).
+    #[arg(long)]
+    tone: Option<f32>,
+    /// Frequency of the tone expected from the other side (Hz).
+    #[arg(long)]
+    expect_tone: Option<f32>,
+    /// Send a speech-like signal instead of a steady tone.
+    #[arg(long)]
+    speech: bool,
+    /// Send this WAV file instead of a tone (any rate, converted to 48 kHz mono).
+    #[arg(long, value_name = "FILE")]
+    wav: Option<PathBuf>,
+    /// Write the received audio to this WAV file.
+    #[arg(long, value_name = "FILE")]
+    wav_out: Option<PathBuf>,
+    /// Connect only through TURN relays (ICE policy `relay`).
+    #[arg(long)]
+    relay: bool,
+}
+
+impl MediaArgs {
+    /// Caller and callee default to different tones, so each can tell the other's apart.
+    fn options(&self, caller: bool) -> Result<natter_client::MediaOptions> {
+        use natter_client::audio::AudioSource;
+        let (mine, theirs) = if caller { (440.0, 660.0) } else { (660.0, 440.0) };
+        let freq = self.tone.unwrap_or(mine);
+        let source = match (&self.wav, self.speech) {
+            (Some(p), _) => AudioSource::wav(p).map_err(|e| anyhow!(e))?,
+            (None, true) => AudioSource::Speech { freq },
+            (None, false) => AudioSource::Tone { freq },
+        };
+        Ok(natter_client::MediaOptions {
+            source,
+            expect_tone: Some(self.expect_tone.unwrap_or(theirs)),
+            relay_only: self.relay,
+            wav_out: self.wav_out.clone(),
+            ..Default::default()
+        })
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s or 500ms"))?;
+    let secs = match unit {
+        "" | "s" => v,
+        "ms" => v / 1000.0,
+        "m" => v * 60.0,
+        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
+    };
+    Ok(Duration::from_secs_f64(secs))
 }
 
 #[derive(Debug, Subcommand)]
@@ -520,6 +605,18 @@ async fn command(
                 );
             }
         }
+        Command::Call {
+            to,
+            duration,
+            count,
+            media,
+        } => {
+            let u = resolve_user(client, to).await?;
+            calls_out(client, out, u, *duration, *count, media).await?;
+        }
+        Command::Answer { count, wait, media } => {
+            calls_in(client, events, out, *count, *wait, media).await?;
+        }
         Command::Devices(DevicesCmd::Revoke { device }) => {
             client
                 .revoke_device(natter_client::protocol::DeviceId(*device))
@@ -653,4 +750,151 @@ async fn chat(
             },
         }
     }
+}
+
+fn stats_line(s: &natter_client::CallStats) -> String {
+    format!(
+        "sent {} · received {} · lost {} · concealed {} · decoded {:.1}% · tone {:.1}% · jitter {:.1} ms",
+        s.frames_sent,
+        s.received.frames_received,
+        s.received.frames_lost,
+        s.received.frames_concealed,
+        s.decoded_pct(),
+        s.tone_pct(),
+        s.received.jitter_ms
+    )
+}
+
+/// Shows live statistics once a second until `duration` passes or the call ends.
+async fn live(call: &natter_client::ActiveCall, out: &Out, duration: Duration) -> Result<()> {
+    use natter_client::CallState;
+    let end = tokio::time::Instant::now() + duration;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    while tokio::time::Instant::now() < end {
+        tokio::select! {
+            _ = tick.tick() => {
+                if !out.json {
+                    eprintln!("  {}", stats_line(&call.stats()));
+                }
+            }
+            s = call.wait_for(duration, |s| matches!(s, CallState::Ended(_))) => {
+                if let Ok(CallState::Ended(e)) = s {
+                    eprintln!("call ended: {e:?}");
+                }
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn calls_out(
+    client: &Client,
+    out: &Out,
+    to: UserId,
+    duration: Duration,
+    count: u32,
+    media: &MediaArgs,
+) -> Result<()> {
+    use natter_client::protocol::call::Media;
+    use natter_client::{CallEnd, CallState};
+    let mut setups_ms = Vec::new();
+    let (mut decoded, mut expected) = (0u64, 0u64);
+    for i in 0..count {
+        let call = client.place_call(to, Media::Audio, media.options(true)?).await?;
+        if !out.json {
+            eprintln!("calling {} (call {})…", name_of(client, to), call.call_id);
+        }
+        let state = call
+            .wait_for(Duration::from_secs(60), |s| {
+                matches!(s, CallState::Connected | CallState::Ended(_))
+            })
+            .await?;
+        if let CallState::Ended(e) = state {
+            let why = match e {
+                CallEnd::Remote(r) => format!("{r:?}").to_lowercase(),
+                other => format!("{other:?}"),
+            };
+            bail!("the call ended before it connected: {why}");
+        }
+        if !out.json {
+            eprintln!("connected");
+        }
+        live(&call, out, duration).await?;
+        call.hangup().await?;
+        let s = call.stats();
+        let setup = call
+            .first_audio()
+            .map(|t| t.duration_since(call.started).as_secs_f64() * 1000.0);
+        if let Some(ms) = setup {
+            setups_ms.push(ms);
+        }
+        decoded += s.received.frames_decoded;
+        expected += s.received.frames_received + s.received.frames_lost;
+        out.line(
+            format!(
+                "call {}: setup {} ms · {}",
+                i + 1,
+                setup.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into()),
+                stats_line(&s)
+            ),
+            json!({"call": i + 1, "setup_ms": setup, "stats": s}),
+        );
+        // Let the other side see the end before the next call.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    setups_ms.sort_by(|a, b| a.total_cmp(b));
+    let p95 = setups_ms
+        .get(((setups_ms.len() as f64 * 0.95).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or(0.0);
+    let pct = if expected == 0 { 0.0 } else { 100.0 * decoded as f64 / expected as f64 };
+    println!("calls={count} setup_ms_p95={p95:.0} decoded_pct={pct:.2}");
+    Ok(())
+}
+
+async fn calls_in(
+    client: &Client,
+    events: &mut ClientEvents,
+    out: &Out,
+    count: u32,
+    wait: Duration,
+    media: &MediaArgs,
+) -> Result<()> {
+    use natter_client::protocol::call::CallEvent;
+    for i in 0..count {
+        if !out.json {
+            eprintln!("waiting for a call…");
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let (call_id, from, sdp, ice) = loop {
+            let ev = tokio::time::timeout_at(deadline, events.next())
+                .await
+                .map_err(|_| anyhow!("no call came within {wait:?}"))?
+                .ok_or_else(|| anyhow!("the client stopped"))?;
+            if let ClientEvent::Call {
+                call_id,
+                event: CallEvent::Incoming { from, sdp, .. },
+                ice_servers,
+            } = ev
+            {
+                break (call_id, from, sdp, ice_servers);
+            }
+        };
+        client.ringing(&call_id).await?;
+        if !out.json {
+            eprintln!("answering {} (call {call_id})", name_of(client, from));
+        }
+        let call = client
+            .answer_call(&call_id, from, &sdp, &ice, media.options(false)?)
+            .await?;
+        live(&call, out, Duration::from_secs(24 * 3600)).await?;
+        let s = call.stats();
+        out.line(
+            format!("call {} from {}: {}", i + 1, name_of(client, from), stats_line(&s)),
+            json!({"call": i + 1, "from": from, "stats": s}),
+        );
+    }
+    Ok(())
 }
