@@ -185,7 +185,11 @@ impl MediaArgs {
     /// Caller and callee default to different tones, so each can tell the other's apart.
     fn options(&self, caller: bool) -> Result<natter_client::MediaOptions> {
         use natter_client::audio::AudioSource;
-        let (mine, theirs) = if caller { (440.0, 660.0) } else { (660.0, 440.0) };
+        let (mine, theirs) = if caller {
+            (440.0, 660.0)
+        } else {
+            (660.0, 440.0)
+        };
         let freq = self.tone.unwrap_or(mine);
         let source = match (&self.wav, self.speech) {
             (Some(p), _) => AudioSource::wav(p).map_err(|e| anyhow!(e))?,
@@ -802,7 +806,9 @@ async fn calls_out(
     let mut setups_ms = Vec::new();
     let (mut decoded, mut expected) = (0u64, 0u64);
     for i in 0..count {
-        let call = client.place_call(to, Media::Audio, media.options(true)?).await?;
+        let call = client
+            .place_call(to, Media::Audio, media.options(true)?)
+            .await?;
         if !out.json {
             eprintln!("calling {} (call {})…", name_of(client, to), call.call_id);
         }
@@ -836,7 +842,9 @@ async fn calls_out(
             format!(
                 "call {}: setup {} ms · {}",
                 i + 1,
-                setup.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into()),
+                setup
+                    .map(|v| format!("{v:.0}"))
+                    .unwrap_or_else(|| "-".into()),
                 stats_line(&s)
             ),
             json!({"call": i + 1, "setup_ms": setup, "stats": s}),
@@ -849,7 +857,11 @@ async fn calls_out(
         .get(((setups_ms.len() as f64 * 0.95).ceil() as usize).saturating_sub(1))
         .copied()
         .unwrap_or(0.0);
-    let pct = if expected == 0 { 0.0 } else { 100.0 * decoded as f64 / expected as f64 };
+    let pct = if expected == 0 {
+        0.0
+    } else {
+        100.0 * decoded as f64 / expected as f64
+    };
     println!("calls={count} setup_ms_p95={p95:.0} decoded_pct={pct:.2}");
     Ok(())
 }
@@ -892,7 +904,12 @@ async fn calls_in(
         live(&call, out, Duration::from_secs(24 * 3600)).await?;
         let s = call.stats();
         out.line(
-            format!("call {} from {}: {}", i + 1, name_of(client, from), stats_line(&s)),
+            format!(
+                "call {} from {}: {}",
+                i + 1,
+                name_of(client, from),
+                stats_line(&s)
+            ),
             json!({"call": i + 1, "from": from, "stats": s}),
         );
     }
