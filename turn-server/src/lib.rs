@@ -1,3 +1,5 @@
-//! STUN/TURN server (RFC 8489 / RFC 8656) for natter.
+//! natter's STUN/TURN server (RFC 8489 / RFC 8656).
 //!
-//! Reserved by the workspace layout in DESIGN.md; nothing is implemented here yet.
+//! * [`stun`]: the message and ChannelData codec, decoded in place and bounded.
+
+pub mod stun;
