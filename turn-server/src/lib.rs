@@ -1,5 +1,7 @@
 //! natter's STUN/TURN server (RFC 8489 / RFC 8656).
 //!
 //! * [`stun`]: the message and ChannelData codec, decoded in place and bounded.
+//! * [`server`]: the sans-IO TURN core: allocations, permissions, channels, auth, limits.
 
+pub mod server;
 pub mod stun;

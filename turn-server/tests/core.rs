@@ -1,0 +1,630 @@
+//! The TURN core driven directly, in virtual time: every request type, every refusal.
+
+use std::net::SocketAddr;
+
+use natter_turn::server::{Config, FiveTuple, IpNet, Output, Server, Transport};
+use natter_turn::stun::{self, Class, Message, MessageBuilder, attr, method};
+
+const T0: u64 = 1_800_000_000_000;
+
+fn five(port: u16) -> FiveTuple {
+    FiveTuple {
+        transport: Transport::Udp,
+        client: format!("198.51.100.7:{port}").parse().unwrap(),
+        server: "192.0.2.1:3478".parse().unwrap(),
+    }
+}
+
+fn server_with(f: impl FnOnce(&mut Config)) -> Server {
+    let mut cfg = Config {
+        realm: "natter.test".into(),
+        rest_secret: Some(b"rest-secret".to_vec()),
+        relay_ports: (50000, 50009),
+        ..Config::default()
+    };
+    cfg.users.insert("alice".into(), "wonderland".into());
+    f(&mut cfg);
+    Server::new(cfg, [9; 32])
+}
+
+fn server() -> Server {
+    server_with(|_| {})
+}
+
+/// A client that answers the 401 challenge like a real one.
+struct Client {
+    five: FiveTuple,
+    user: String,
+    pass: String,
+    nonce: String,
+    tid: u8,
+}
+
+impl Client {
+    fn new(five: FiveTuple, user: &str, pass: &str) -> Client {
+        Client {
+            five,
+            user: user.into(),
+            pass: pass.into(),
+            nonce: String::new(),
+            tid: 0,
+        }
+    }
+
+    fn next_tid(&mut self) -> [u8; 12] {
+        self.tid += 1;
+        [self.tid; 12]
+    }
+
+    fn request(&mut self, m: u16, add: impl Fn(&mut MessageBuilder)) -> Vec<u8> {
+        let tid = self.next_tid();
+        let mut b = MessageBuilder::new(m, Class::Request, tid);
+        add(&mut b);
+        let key = stun::long_term_key(&self.user, "natter.test", &self.pass);
+        b.add(attr::USERNAME, self.user.as_bytes())
+            .add(attr::REALM, b"natter.test")
+            .add(attr::NONCE, self.nonce.as_bytes())
+            .integrity(&key)
+            .fingerprint();
+        b.finish()
+    }
+
+    /// Sends a request, learning the nonce from a 401 first if needed; returns the outputs.
+    fn call(
+        &mut self,
+        s: &mut Server,
+        m: u16,
+        add: impl Fn(&mut MessageBuilder),
+        now: u64,
+    ) -> Vec<Output> {
+        for _ in 0..2 {
+            let out = s.handle(self.five, &self.request(m, &add), now);
+            if let Some(bytes) = client_bytes(&out) {
+                let r = Message::parse(&bytes).unwrap();
+                if r.class == Class::Error
+                    && matches!(code(&r), 401 | 438)
+                    && let Ok(Some(n)) = r.string(attr::NONCE, 763)
+                    && n != self.nonce
+                {
+                    self.nonce = n.to_owned();
+                    continue;
+                }
+            }
+            return out;
+        }
+        panic!("challenge loop")
+    }
+
+    fn allocate(&mut self, s: &mut Server, now: u64) -> SocketAddr {
+        let out = self.call(
+            s,
+            method::ALLOCATE,
+            |b| {
+                b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            },
+            now,
+        );
+        match &out[..] {
+            [
+                Output::Bind {
+                    relay, response, ..
+                },
+            ] => {
+                let r = Message::parse(response).unwrap();
+                assert_eq!(r.class, Class::Success);
+                assert_eq!(
+                    r.xor_address(attr::XOR_RELAYED_ADDRESS).unwrap(),
+                    Some(*relay)
+                );
+                assert_eq!(
+                    r.xor_address(attr::XOR_MAPPED_ADDRESS).unwrap(),
+                    Some(self.five.client)
+                );
+                *relay
+            }
+            other => panic!("allocate: {other:?}"),
+        }
+    }
+}
+
+fn client_bytes(out: &[Output]) -> Option<Vec<u8>> {
+    out.iter().find_map(|o| match o {
+        Output::ToClient { bytes, .. } => Some(bytes.clone()),
+        Output::Bind { response, .. } => Some(response.clone()),
+        _ => None,
+    })
+}
+
+fn code(m: &Message<'_>) -> u16 {
+    let v = m.get(attr::ERROR_CODE).expect("error code");
+    u16::from(v[2]) * 100 + u16::from(v[3])
+}
+
+fn error_code(out: &[Output]) -> u16 {
+    let b = client_bytes(out).expect("an answer");
+    let m = Message::parse(&b).unwrap();
+    assert_eq!(m.class, Class::Error, "{out:?}");
+    code(&m)
+}
+
+fn peer_perm(peer: SocketAddr) -> impl Fn(&mut MessageBuilder) {
+    move |b: &mut MessageBuilder| {
+        b.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+    }
+}
+
+#[test]
+fn binding_answers_with_the_mapped_address_and_a_fingerprint() {
+    let mut s = server();
+    let req = MessageBuilder::new(method::BINDING, Class::Request, [3; 12]).finish();
+    let out = s.handle(five(1000), &req, T0);
+    let b = client_bytes(&out).unwrap();
+    let m = Message::parse(&b).unwrap();
+    assert_eq!(m.class, Class::Success);
+    assert_eq!(
+        m.xor_address(attr::XOR_MAPPED_ADDRESS).unwrap(),
+        Some(five(1000).client)
+    );
+    assert_eq!(m.types().last(), Some(attr::FINGERPRINT));
+}
+
+#[test]
+fn allocate_challenges_then_succeeds_with_long_term_and_rest_credentials() {
+    let mut s = server();
+    let req = MessageBuilder::new(method::ALLOCATE, Class::Request, [1; 12])
+        .add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        .finish();
+    let out = s.handle(five(1), &req, T0);
+    assert_eq!(error_code(&out), 401);
+    let bytes = client_bytes(&out).unwrap();
+    let m = Message::parse(&bytes).unwrap();
+    assert!(m.get(attr::REALM).is_some() && m.get(attr::NONCE).is_some());
+
+    let relay = Client::new(five(1), "alice", "wonderland").allocate(&mut s, T0);
+    assert_eq!(relay.ip().to_string(), "127.0.0.1");
+
+    let cred = natter_signaling::turn::mint(b"rest-secret", "u7", T0 / 1000, 3600);
+    Client::new(five(2), &cred.username, &cred.password).allocate(&mut s, T0);
+    assert_eq!(s.allocation_count(), 2);
+}
+
+#[test]
+fn wrong_unknown_and_expired_credentials_are_refused() {
+    let mut s = server();
+    let alloc = |b: &mut MessageBuilder| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    };
+    assert_eq!(
+        error_code(&Client::new(five(1), "alice", "nope").call(
+            &mut s,
+            method::ALLOCATE,
+            alloc,
+            T0
+        )),
+        401
+    );
+    assert_eq!(
+        error_code(&Client::new(five(1), "mallory", "x").call(&mut s, method::ALLOCATE, alloc, T0)),
+        401
+    );
+    let old = natter_signaling::turn::mint(b"rest-secret", "u7", T0 / 1000 - 7200, 3600);
+    assert_eq!(
+        error_code(&Client::new(five(1), &old.username, &old.password).call(
+            &mut s,
+            method::ALLOCATE,
+            alloc,
+            T0
+        )),
+        401
+    );
+    let forged = natter_signaling::turn::mint(b"other-secret", "u7", T0 / 1000, 3600);
+    assert_eq!(
+        error_code(
+            &Client::new(five(1), &forged.username, &forged.password).call(
+                &mut s,
+                method::ALLOCATE,
+                alloc,
+                T0
+            )
+        ),
+        401
+    );
+    assert_eq!(s.allocation_count(), 0);
+    assert_eq!(s.stats.auth_failures.get("expired"), Some(&1));
+    assert!(
+        s.stats
+            .auth_failures
+            .get("bad_integrity")
+            .copied()
+            .unwrap_or(0)
+            >= 2
+    );
+}
+
+#[test]
+fn stale_and_forged_nonces_get_438_with_a_fresh_one() {
+    let mut s = server();
+    let mut c = Client::new(five(1), "alice", "wonderland");
+    c.allocate(&mut s, T0);
+    c.call(
+        &mut s,
+        method::REFRESH,
+        |b| {
+            b.add_u32(attr::LIFETIME, 3600);
+        },
+        T0 + 500_000,
+    );
+    // The nonce lasts 600 s; a refresh after that is told to retry with a new one.
+    let stale = s.handle(c.five, &c.request(method::REFRESH, |_| {}), T0 + 601_000);
+    assert_eq!(error_code(&stale), 438);
+    c.nonce = "0000000000000000aaaaaaaaaaaaaaaaaaaaaaaa".into();
+    let forged = s.handle(c.five, &c.request(method::REFRESH, |_| {}), T0);
+    assert_eq!(error_code(&forged), 438);
+    // The client retries with the nonce it was given, and it works.
+    let out = c.call(&mut s, method::REFRESH, |_| {}, T0 + 601_000);
+    assert_eq!(
+        Message::parse(&client_bytes(&out).unwrap()).unwrap().class,
+        Class::Success
+    );
+}
+
+#[test]
+fn allocate_is_idempotent_for_a_retransmission_and_refused_for_a_second_allocation() {
+    let mut s = server();
+    let mut c = Client::new(five(1), "alice", "wonderland");
+    c.allocate(&mut s, T0);
+    // Same transaction again: same answer, no new allocation.
+    let tid = c.tid;
+    c.tid = tid - 1;
+    let again = c.call(
+        &mut s,
+        method::ALLOCATE,
+        |b| {
+            b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        },
+        T0,
+    );
+    assert!(matches!(&again[..], [Output::ToClient { .. }]));
+    assert_eq!(
+        Message::parse(&client_bytes(&again).unwrap())
+            .unwrap()
+            .class,
+        Class::Success
+    );
+    let second = c.call(
+        &mut s,
+        method::ALLOCATE,
+        |b| {
+            b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        },
+        T0,
+    );
+    assert_eq!(error_code(&second), 437);
+    assert_eq!(s.allocation_count(), 1);
+}
+
+#[test]
+fn bad_allocate_requests_and_quotas() {
+    let mut s = server_with(|c| c.user_quota = 1);
+    let mut c = Client::new(five(1), "alice", "wonderland");
+    assert_eq!(
+        error_code(&c.call(&mut s, method::ALLOCATE, |_| {}, T0)),
+        400
+    );
+    assert_eq!(
+        error_code(&c.call(
+            &mut s,
+            method::ALLOCATE,
+            |b| {
+                b.add(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+            },
+            T0
+        )),
+        442
+    );
+    assert_eq!(
+        error_code(&c.call(
+            &mut s,
+            method::ALLOCATE,
+            |b| {
+                b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+                    .add(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+            },
+            T0
+        )),
+        440,
+        "no IPv6 relay configured"
+    );
+    c.allocate(&mut s, T0);
+    let mut c2 = Client::new(five(2), "alice", "wonderland");
+    assert_eq!(
+        error_code(&c2.call(
+            &mut s,
+            method::ALLOCATE,
+            |b| {
+                b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            },
+            T0
+        )),
+        486
+    );
+    // Unknown comprehension-required attribute.
+    let mut c3 = Client::new(five(3), "alice", "wonderland");
+    let out = c3.call(
+        &mut s,
+        method::ALLOCATE,
+        |b| {
+            b.add(0x7777, b"????");
+        },
+        T0,
+    );
+    assert_eq!(error_code(&out), 420);
+}
+
+#[test]
+fn permissions_refuse_denied_peers_unless_allow_listed() {
+    let mut s = server();
+    let mut c = Client::new(five(1), "alice", "wonderland");
+    c.allocate(&mut s, T0);
+    for denied in [
+        "127.0.0.1:9",
+        "10.1.2.3:9",
+        "192.168.0.1:9",
+        "172.16.0.1:9",
+        "169.254.1.1:9",
+        "224.0.0.1:9",
+        "0.0.0.0:9",
+        "255.255.255.255:9",
+    ] {
+        let out = c.call(
+            &mut s,
+            method::CREATE_PERMISSION,
+            peer_perm(denied.parse().unwrap()),
+            T0,
+        );
+        assert_eq!(error_code(&out), 403, "{denied}");
+    }
+    let v6: SocketAddr = "[2001:db8::1]:9".parse().unwrap();
+    assert_eq!(
+        error_code(&c.call(&mut s, method::CREATE_PERMISSION, peer_perm(v6), T0)),
+        443
+    );
+    let ok = c.call(
+        &mut s,
+        method::CREATE_PERMISSION,
+        peer_perm("203.0.113.5:9".parse().unwrap()),
+        T0,
+    );
+    assert_eq!(
+        Message::parse(&client_bytes(&ok).unwrap()).unwrap().class,
+        Class::Success
+    );
+    assert!(s.stats.refused_peers >= 8);
+
+    let mut s = server_with(|c| c.allowed_peers = vec!["127.0.0.0/8".parse::<IpNet>().unwrap()]);
+    let mut c = Client::new(five(1), "alice", "wonderland");
+    c.allocate(&mut s, T0);
+    let ok = c.call(
+        &mut s,
+        method::CREATE_PERMISSION,
+        peer_perm("127.0.0.1:9".parse().unwrap()),
+        T0,
+    );
+    assert_eq!(
+        Message::parse(&client_bytes(&ok).unwrap()).unwrap().class,
+        Class::Success
+    );
+    assert_eq!(
+        error_code(&c.call(
+            &mut s,
+            method::CREATE_PERMISSION,
+            peer_perm("10.0.0.1:9".parse().unwrap()),
+            T0
+        )),
+        403
+    );
+}
+
+#[test]
+fn data_flows_by_send_indication_and_by_channel_both_ways() {
+    let mut s = server();
+    let mut c = Client::new(five(1), "alice", "wonderland");
+    let relay = c.allocate(&mut s, T0);
+    let peer: SocketAddr = "203.0.113.5:7000".parse().unwrap();
+    let send = |data: &[u8]| {
+        MessageBuilder::new(method::SEND, Class::Indication, [5; 12])
+            .add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+            .add(attr::DATA, data)
+            .finish()
+    };
+    // No permission yet: dropped, both ways.
+    assert!(s.handle(c.five, &send(b"x"), T0).is_empty());
+    assert!(s.route_from_peer(relay, peer, 10, T0).is_none());
+    c.call(&mut s, method::CREATE_PERMISSION, peer_perm(peer), T0);
+    assert_eq!(
+        s.handle(c.five, &send(b"hi"), T0),
+        vec![Output::ToPeer {
+            relay,
+            peer,
+            data: b"hi".to_vec()
+        }]
+    );
+    let r = s.route_from_peer(relay, peer, 10, T0).unwrap();
+    assert_eq!((r.client, r.channel), (c.five, None));
+    let ind_bytes = Server::data_indication(peer, b"back");
+    let ind = Message::parse(&ind_bytes).unwrap();
+    assert_eq!((ind.method, ind.class), (method::DATA, Class::Indication));
+    assert_eq!(ind.get(attr::DATA), Some(&b"back"[..]));
+    // Another peer IP: no permission.
+    assert!(
+        s.route_from_peer(relay, "203.0.113.6:7000".parse().unwrap(), 10, T0)
+            .is_none()
+    );
+
+    // Channels.
+    assert!(s.route_from_client(c.five, 0x4001, 5, T0).is_none());
+    let bind = |ch: u16, p: SocketAddr| {
+        move |b: &mut MessageBuilder| {
+            b.add(attr::CHANNEL_NUMBER, &[(ch >> 8) as u8, ch as u8, 0, 0])
+                .add_xor_address(attr::XOR_PEER_ADDRESS, p);
+        }
+    };
+    let ok = c.call(&mut s, method::CHANNEL_BIND, bind(0x4001, peer), T0);
+    assert_eq!(
+        Message::parse(&client_bytes(&ok).unwrap()).unwrap().class,
+        Class::Success
+    );
+    assert_eq!(
+        s.route_from_client(c.five, 0x4001, 5, T0),
+        Some((relay, peer))
+    );
+    assert_eq!(
+        s.route_from_peer(relay, peer, 10, T0).unwrap().channel,
+        Some(0x4001)
+    );
+    // The same channel for another peer, or the same peer on another channel: 400.
+    assert_eq!(
+        error_code(&c.call(
+            &mut s,
+            method::CHANNEL_BIND,
+            bind(0x4001, "203.0.113.9:1".parse().unwrap()),
+            T0
+        )),
+        400
+    );
+    assert_eq!(
+        error_code(&c.call(&mut s, method::CHANNEL_BIND, bind(0x4002, peer), T0)),
+        400
+    );
+    assert_eq!(
+        error_code(&c.call(&mut s, method::CHANNEL_BIND, bind(0x3fff, peer), T0)),
+        400
+    );
+    // Another client cannot use this allocation's channel.
+    assert!(s.route_from_client(five(9), 0x4001, 5, T0).is_none());
+    assert_eq!(s.stats.packets_to_peers, 2);
+}
+
+#[test]
+fn refresh_and_expiry_release_relays() {
+    let mut s = server();
+    let mut c = Client::new(five(1), "alice", "wonderland");
+    let relay = c.allocate(&mut s, T0);
+    // Refresh extends; LIFETIME 0 deletes.
+    let out = c.call(
+        &mut s,
+        method::REFRESH,
+        |b| {
+            b.add_u32(attr::LIFETIME, 1200);
+        },
+        T0 + 500_000,
+    );
+    let bytes = client_bytes(&out).unwrap();
+    let m = Message::parse(&bytes).unwrap();
+    assert_eq!(m.u32(attr::LIFETIME).unwrap(), Some(1200));
+    assert!(
+        s.tick(T0 + 1_100_000).is_empty(),
+        "still alive after the refresh"
+    );
+    let out = c.call(
+        &mut s,
+        method::REFRESH,
+        |b| {
+            b.add_u32(attr::LIFETIME, 0);
+        },
+        T0 + 1_100_000,
+    );
+    assert!(out.contains(&Output::Release { relay }));
+    assert_eq!(s.allocation_count(), 0);
+    // Expiry without refresh.
+    let mut c2 = Client::new(five(2), "alice", "wonderland");
+    let relay2 = c2.allocate(&mut s, T0);
+    assert_eq!(
+        s.tick(T0 + 600_000),
+        vec![Output::Release { relay: relay2 }]
+    );
+    // Requests for a gone allocation: 437.
+    assert_eq!(
+        error_code(&c2.call(&mut s, method::REFRESH, |_| {}, T0 + 600_001)),
+        437
+    );
+    // Another user's credentials on an allocation: 441.
+    let mut c3 = Client::new(five(3), "alice", "wonderland");
+    c3.allocate(&mut s, T0);
+    let cred = natter_signaling::turn::mint(b"rest-secret", "bob", T0 / 1000, 3600);
+    let mut imposter = Client::new(five(3), &cred.username, &cred.password);
+    assert_eq!(
+        error_code(&imposter.call(&mut s, method::REFRESH, |_| {}, T0)),
+        441
+    );
+}
+
+#[test]
+fn bandwidth_cap_drops_what_exceeds_it() {
+    let mut s = server_with(|c| c.bandwidth_bytes_per_s = 10_000);
+    let mut c = Client::new(five(1), "alice", "wonderland");
+    let relay = c.allocate(&mut s, T0);
+    let peer: SocketAddr = "203.0.113.5:7000".parse().unwrap();
+    c.call(&mut s, method::CREATE_PERMISSION, peer_perm(peer), T0);
+    let passed = (0..20)
+        .filter(|_| s.route_from_peer(relay, peer, 1000, T0).is_some())
+        .count();
+    assert_eq!(passed, 10, "one second's worth");
+    assert_eq!(s.stats.dropped_over_bandwidth, 10);
+    assert!(
+        s.route_from_peer(relay, peer, 1000, T0 + 200).is_some(),
+        "refilled"
+    );
+}
+
+#[test]
+fn relay_ports_run_out_and_failed_binds_are_undone() {
+    let mut s = server_with(|c| {
+        c.relay_ports = (50000, 50001);
+        c.user_quota = 10;
+    });
+    let r1 = Client::new(five(1), "alice", "wonderland").allocate(&mut s, T0);
+    let r2 = Client::new(five(2), "alice", "wonderland").allocate(&mut s, T0);
+    assert_ne!(r1, r2);
+    let mut c3 = Client::new(five(3), "alice", "wonderland");
+    assert_eq!(
+        error_code(&c3.call(
+            &mut s,
+            method::ALLOCATE,
+            |b| {
+                b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            },
+            T0
+        )),
+        508
+    );
+    let out = s.bind_failed(r2);
+    assert_eq!(error_code(&out), 508);
+    assert_eq!(s.allocation_count(), 1);
+    c3.allocate(&mut s, T0);
+}
+
+#[test]
+fn garbage_never_panics_and_gets_no_answer() {
+    let mut s = server();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for len in 0..600 {
+        let bytes: Vec<u8> = (0..len % 120)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert!(s.handle(five(1), &bytes, T0).is_empty());
+    }
+    // Truncations of a valid request.
+    let mut c = Client::new(five(1), "alice", "wonderland");
+    let req = c.request(method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    for cut in 0..req.len() {
+        assert!(s.handle(five(1), &req[..cut], T0).is_empty());
+    }
+}
