@@ -770,7 +770,9 @@ impl Server {
                 ));
             }
         };
-        if !(0x4000..=0x4FFF).contains(&channel) {
+        // RFC 8656 narrowed channels to 0x4000-0x4FFF; RFC 5766 clients (coturn's among
+        // them) still use up to 0x7FFF, which cannot be mistaken for anything else.
+        if !(0x4000..=0x7FFF).contains(&channel) {
             return reply(signed_error(
                 m,
                 400,

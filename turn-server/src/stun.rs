@@ -465,7 +465,7 @@ impl<'a> ChannelData<'a> {
             return Err(Error::Short);
         }
         let channel = be16(b, 0);
-        if !(0x4000..=0x4FFF).contains(&channel) {
+        if !(0x4000..=0x7FFF).contains(&channel) {
             return Err(Error::BadAttribute);
         }
         let len = usize::from(be16(b, 2));

@@ -1,0 +1,422 @@
+//! The async shell around the TURN core: UDP and TCP (and TLS) listeners, one UDP socket
+//! per relay, a timer. Tasks only move bytes; every decision is the core's, taken under one
+//! short lock. Datagrams are sent with `try_send_to`: a full socket buffer drops the packet,
+//! as the network would, instead of stalling everything behind it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::{Config, FiveTuple, Output, PeerRoute, Server, Transport};
+use crate::stun::{self, ChannelData};
+
+/// Largest datagram relayed.
+const MAX_DATAGRAM: usize = 65_536;
+/// Queued frames per TCP/TLS client before new ones are dropped.
+const TCP_QUEUE: usize = 1024;
+
+/// Where a client's bytes go back to.
+#[derive(Clone)]
+enum ClientSink {
+    Udp(Arc<UdpSocket>),
+    Stream(mpsc::Sender<Vec<u8>>),
+}
+
+struct Relay {
+    socket: Arc<UdpSocket>,
+    task: JoinHandle<()>,
+}
+
+struct State {
+    core: Server,
+    relays: HashMap<SocketAddr, Relay>,
+    /// UDP listeners by local address; stream clients by 5-tuple.
+    udp: HashMap<SocketAddr, Arc<UdpSocket>>,
+    streams: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
+}
+
+/// A running TURN server.
+#[derive(Clone)]
+pub struct Turn {
+    state: Arc<Mutex<State>>,
+    epoch: Instant,
+    base_ms: u64,
+    stop: CancellationToken,
+}
+
+/// Listener addresses.
+#[derive(Debug, Clone, Default)]
+pub struct Listeners {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    /// TLS listeners with their certificate chain and key (PEM).
+    pub tls: Vec<(SocketAddr, Arc<tokio_rustls::rustls::ServerConfig>)>,
+}
+
+/// What is listening, after binding (ports resolved).
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Turn {
+    /// Binds every listener and starts serving.
+    pub async fn start(cfg: Config, listeners: Listeners) -> std::io::Result<(Turn, Bound)> {
+        let key = {
+            let mut k = [0u8; 32];
+            getrandom::fill(&mut k).map_err(|e| std::io::Error::other(e.to_string()))?;
+            k
+        };
+        let turn = Turn {
+            state: Arc::new(Mutex::new(State {
+                core: Server::new(cfg, key),
+                relays: HashMap::new(),
+                udp: HashMap::new(),
+                streams: HashMap::new(),
+            })),
+            epoch: Instant::now(),
+            base_ms: wall_ms(),
+            stop: CancellationToken::new(),
+        };
+        let mut bound = Bound {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+            tls: Vec::new(),
+        };
+        for addr in &listeners.udp {
+            let sock = Arc::new(bind_udp(*addr)?);
+            let local = sock.local_addr()?;
+            turn.state.lock().unwrap().udp.insert(local, sock.clone());
+            tokio::spawn(turn.clone().udp_listener(sock, local));
+            bound.udp.push(local);
+        }
+        for addr in &listeners.tcp {
+            let l = TcpListener::bind(addr).await?;
+            bound.tcp.push(l.local_addr()?);
+            tokio::spawn(turn.clone().tcp_listener(l, None));
+        }
+        for (addr, tls) in &listeners.tls {
+            let l = TcpListener::bind(addr).await?;
+            bound.tls.push(l.local_addr()?);
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+            tokio::spawn(turn.clone().tcp_listener(l, Some(acceptor)));
+        }
+        tokio::spawn(turn.clone().ticker());
+        Ok((turn, bound))
+    }
+
+    /// Milliseconds on the wall clock, advancing monotonically from the start.
+    fn now_ms(&self) -> u64 {
+        self.base_ms + self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Stops accepting, releases every relay.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+        let mut st = self.state.lock().unwrap();
+        for (_, r) in st.relays.drain() {
+            r.task.abort();
+        }
+    }
+
+    /// A snapshot of the core's counters, with the number of live allocations.
+    pub fn stats(&self) -> (crate::server::Stats, usize) {
+        let st = self.state.lock().unwrap();
+        (st.core.stats.clone(), st.core.allocation_count())
+    }
+
+    async fn ticker(self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.stop.cancelled() => return,
+            }
+            let now = self.now_ms();
+            let outs = self.state.lock().unwrap().core.tick(now);
+            self.apply(outs);
+        }
+    }
+
+    /// Carries out the core's outputs.
+    fn apply(&self, outs: Vec<Output>) {
+        for o in outs {
+            match o {
+                Output::ToClient { to, bytes } => self.to_client(to, bytes),
+                Output::ToPeer { relay, peer, data } => {
+                    let sock = self
+                        .state
+                        .lock()
+                        .unwrap()
+                        .relays
+                        .get(&relay)
+                        .map(|r| r.socket.clone());
+                    if let Some(s) = sock {
+                        let _ = s.try_send_to(&data, peer);
+                    }
+                }
+                Output::Bind {
+                    relay,
+                    client,
+                    response,
+                } => match bind_udp(relay) {
+                    Ok(sock) => {
+                        let sock = Arc::new(sock);
+                        let task = tokio::spawn(self.clone().relay_reader(sock.clone(), relay));
+                        self.state
+                            .lock()
+                            .unwrap()
+                            .relays
+                            .insert(relay, Relay { socket: sock, task });
+                        self.to_client(client, response);
+                    }
+                    Err(_) => {
+                        let outs = self.state.lock().unwrap().core.bind_failed(relay);
+                        self.apply(outs);
+                    }
+                },
+                Output::Release { relay } => {
+                    if let Some(r) = self.state.lock().unwrap().relays.remove(&relay) {
+                        r.task.abort();
+                    }
+                }
+            }
+        }
+    }
+
+    fn sink(&self, to: &FiveTuple) -> Option<ClientSink> {
+        let st = self.state.lock().unwrap();
+        match to.transport {
+            Transport::Udp => st.udp.get(&to.server).cloned().map(ClientSink::Udp),
+            Transport::Tcp | Transport::Tls => st.streams.get(to).cloned().map(ClientSink::Stream),
+        }
+    }
+
+    fn to_client(&self, to: FiveTuple, bytes: Vec<u8>) {
+        match self.sink(&to) {
+            Some(ClientSink::Udp(s)) => {
+                let _ = s.try_send_to(&bytes, to.client);
+            }
+            Some(ClientSink::Stream(tx)) => {
+                let _ = tx.try_send(bytes);
+            }
+            None => {}
+        }
+    }
+
+    async fn udp_listener(self, sock: Arc<UdpSocket>, local: SocketAddr) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let (n, from) = tokio::select! {
+                r = sock.recv_from(&mut buf) => match r {
+                    Ok(x) => x,
+                    Err(_) => continue,
+                },
+                _ = self.stop.cancelled() => return,
+            };
+            let five = FiveTuple {
+                transport: Transport::Udp,
+                client: from,
+                server: local,
+            };
+            self.on_client_packet(five, &buf[..n], false);
+        }
+    }
+
+    /// One framed message from a client.
+    fn on_client_packet(&self, five: FiveTuple, packet: &[u8], padded: bool) {
+        let now = self.now_ms();
+        if stun::is_channel_data(packet) {
+            let Ok((cd, _)) = ChannelData::parse(packet, padded) else {
+                return;
+            };
+            let route = {
+                let mut st = self.state.lock().unwrap();
+                st.core
+                    .route_from_client(five, cd.channel, cd.data.len(), now)
+                    .and_then(|(relay, peer)| {
+                        st.relays.get(&relay).map(|r| (r.socket.clone(), peer))
+                    })
+            };
+            if let Some((sock, peer)) = route {
+                let _ = sock.try_send_to(cd.data, peer);
+            }
+            return;
+        }
+        let outs = self.state.lock().unwrap().core.handle(five, packet, now);
+        self.apply(outs);
+    }
+
+    /// Reads what peers send to one relay and hands it to the allocation's client.
+    async fn relay_reader(self, sock: Arc<UdpSocket>, relay: SocketAddr) {
+        // Room for a 4-byte ChannelData header before the payload.
+        let mut buf = vec![0u8; MAX_DATAGRAM + 4];
+        loop {
+            let (n, peer) = tokio::select! {
+                r = sock.recv_from(&mut buf[4..]) => match r {
+                    Ok(x) => x,
+                    Err(_) => continue,
+                },
+                _ = self.stop.cancelled() => return,
+            };
+            let now = self.now_ms();
+            let (route, sink) = {
+                let mut st = self.state.lock().unwrap();
+                let Some(route) = st.core.route_from_peer(relay, peer, n, now) else {
+                    continue;
+                };
+                let sink = match route.client.transport {
+                    Transport::Udp => st
+                        .udp
+                        .get(&route.client.server)
+                        .cloned()
+                        .map(ClientSink::Udp),
+                    _ => st
+                        .streams
+                        .get(&route.client)
+                        .cloned()
+                        .map(ClientSink::Stream),
+                };
+                (route, sink)
+            };
+            let Some(sink) = sink else { continue };
+            let PeerRoute { client, channel } = route;
+            match (channel, sink) {
+                (Some(ch), ClientSink::Udp(s)) => {
+                    buf[0..2].copy_from_slice(&ch.to_be_bytes());
+                    buf[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+                    let _ = s.try_send_to(&buf[..4 + n], client.client);
+                }
+                (Some(ch), ClientSink::Stream(tx)) => {
+                    let mut out = Vec::with_capacity(n + 8);
+                    ChannelData::write(ch, &buf[4..4 + n], true, &mut out);
+                    let _ = tx.try_send(out);
+                }
+                (None, ClientSink::Udp(s)) => {
+                    let _ = s.try_send_to(
+                        &Server::data_indication(peer, &buf[4..4 + n]),
+                        client.client,
+                    );
+                }
+                (None, ClientSink::Stream(tx)) => {
+                    let _ = tx.try_send(Server::data_indication(peer, &buf[4..4 + n]));
+                }
+            }
+        }
+    }
+
+    async fn tcp_listener(self, l: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+        loop {
+            let (stream, from) = tokio::select! {
+                r = l.accept() => match r {
+                    Ok(x) => x,
+                    Err(_) => continue,
+                },
+                _ = self.stop.cancelled() => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let local = match stream.local_addr() {
+                Ok(a) => a,
+                Err(_) => continue,
+            };
+            let me = self.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                match tls {
+                    None => {
+                        let five = FiveTuple {
+                            transport: Transport::Tcp,
+                            client: from,
+                            server: local,
+                        };
+                        me.serve_stream(stream, five).await;
+                    }
+                    Some(acceptor) => {
+                        let accept =
+                            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                        if let Ok(Ok(s)) = accept.await {
+                            let five = FiveTuple {
+                                transport: Transport::Tls,
+                                client: from,
+                                server: local,
+                            };
+                            me.serve_stream(s, five).await;
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// One TCP or TLS client: framed STUN/ChannelData both ways until it closes.
+    async fn serve_stream<S>(self, stream: S, five: FiveTuple)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
+        self.state.lock().unwrap().streams.insert(five, tx);
+        let writer = tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                if wr.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut buf: Vec<u8> = Vec::with_capacity(8192);
+        let mut chunk = vec![0u8; 16384];
+        'read: loop {
+            let n = tokio::select! {
+                r = rd.read(&mut chunk) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                },
+                _ = self.stop.cancelled() => break,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some(len) = stun::tcp_frame_len(&buf) {
+                if len > MAX_DATAGRAM + 8 {
+                    break 'read; // garbage: drop the connection
+                }
+                if buf.len() < len {
+                    break;
+                }
+                let frame: Vec<u8> = buf.drain(..len).collect();
+                self.on_client_packet(five, &frame, true);
+            }
+        }
+        writer.abort();
+        let outs = {
+            let mut st = self.state.lock().unwrap();
+            st.streams.remove(&five);
+            st.core.client_closed(five)
+        };
+        self.apply(outs);
+    }
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let std = std::net::UdpSocket::bind(addr)?;
+    std.set_nonblocking(true)?;
+    // Larger buffers: bursts of media should not be dropped by the kernel first.
+    let sock = socket2::SockRef::from(&std);
+    let _ = sock.set_recv_buffer_size(1 << 21);
+    let _ = sock.set_send_buffer_size(1 << 21);
+    UdpSocket::from_std(std)
+}
