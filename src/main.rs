@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use natter_messaging::MessagingConfig;
 use natter_messaging::config::{CodeDelivery, Rate, SyncMode};
+use natter_turn::config::TurnConfig;
 use serde::{Deserialize, Serialize};
 
 const ABOUT: &str =
@@ -18,7 +19,8 @@ const LONG_ABOUT: &str = "\
 natter: self-hosted end-to-end-encrypted messaging and calls (all-in-one server).
 
 Runs the messaging gateway (HTTP + WebSocket) with embedded storage (SQLite in WAL mode)
-under --data-dir. Every setting has a default that runs on localhost.
+under --data-dir, and a STUN/TURN server for calls (UDP and TCP on 127.0.0.1:3478 unless
+--turn-listen says otherwise). Every setting has a default that runs on localhost.
 
 Settings are read, later ones winning, from: built-in defaults; the TOML file given with
 --config (keys as in `natter --print-config`); NATTER_* environment variables; flags.
@@ -55,6 +57,7 @@ impl Default for LogConfig {
 struct Config {
     log: LogConfig,
     messaging: MessagingConfig,
+    turn: TurnConfig,
 }
 
 #[derive(Debug, Parser)]
@@ -200,6 +203,47 @@ struct Cli {
     /// Lifetime of minted TURN credentials in seconds [config: messaging.calls.turn_ttl_s; default: 3600]
     #[arg(long, env = "NATTER_TURN_TTL_S", value_name = "SECONDS")]
     turn_ttl_s: Option<u64>,
+
+    /// Run the built-in STUN/TURN server [config: turn.enabled; default: true]. When it runs
+    /// and messaging.calls.turn_urls is empty, clients are pointed at it, with a REST secret
+    /// generated at start unless turn.rest_secret is set.
+    #[arg(long, env = "NATTER_TURN_ENABLED", value_name = "BOOL")]
+    turn_enabled: Option<bool>,
+
+    /// Built-in TURN: addresses for its UDP and TCP listeners, comma-separated
+    /// [config: turn.listen_udp and turn.listen_tcp; default: 127.0.0.1:3478]
+    #[arg(
+        long,
+        env = "NATTER_TURN_LISTEN",
+        value_name = "ADDRS",
+        value_delimiter = ','
+    )]
+    turn_listen: Option<Vec<SocketAddr>>,
+
+    /// Built-in TURN: addresses relays open on (one IPv4, one IPv6) [config: turn.relay_ips;
+    /// default: 127.0.0.1]
+    #[arg(
+        long,
+        env = "NATTER_TURN_RELAY_IPS",
+        value_name = "IPS",
+        value_delimiter = ','
+    )]
+    turn_relay_ips: Option<Vec<std::net::IpAddr>>,
+
+    /// Built-in TURN: relay port range LOW-HIGH [config: turn.relay_ports; default: 49152-65535]
+    #[arg(long, env = "NATTER_TURN_RELAY_PORTS", value_name = "LOW-HIGH")]
+    turn_relay_ports: Option<String>,
+
+    /// Built-in TURN: peer networks (CIDR) it may relay to despite the default refusal of
+    /// loopback/private/link-local ranges, e.g. 127.0.0.0/8 for calls on one machine
+    /// [config: turn.allow_peers]
+    #[arg(
+        long,
+        env = "NATTER_TURN_ALLOW_PEERS",
+        value_name = "CIDRS",
+        value_delimiter = ','
+    )]
+    turn_allow_peers: Option<Vec<String>>,
 }
 
 /// Copies every flag (or environment variable) that was given onto the configuration.
@@ -239,6 +283,22 @@ fn apply(cli: Cli, cfg: &mut Config) {
     }
     if let Some(secret) = cli.turn_secret {
         cfg.messaging.calls.turn_secret = Some(secret);
+    }
+    if let Some(v) = cli.turn_enabled {
+        cfg.turn.enabled = v;
+    }
+    if let Some(v) = cli.turn_listen {
+        cfg.turn.listen_udp = v.clone();
+        cfg.turn.listen_tcp = v;
+    }
+    if let Some(v) = cli.turn_relay_ips {
+        cfg.turn.relay_ips = v;
+    }
+    if let Some(v) = cli.turn_relay_ports {
+        cfg.turn.relay_ports = v;
+    }
+    if let Some(v) = cli.turn_allow_peers {
+        cfg.turn.allow_peers = v;
     }
     if let Some(url) = cli.code_webhook_url {
         cfg.messaging.code_webhook_url = Some(url);
@@ -305,15 +365,24 @@ fn main() -> Result<()> {
         .block_on(run(cfg))
 }
 
-async fn run(cfg: Config) -> Result<()> {
+async fn run(mut cfg: Config) -> Result<()> {
     if cfg.messaging.code_delivery == CodeDelivery::Log {
         tracing::warn!(
             "development mode: registration codes are logged and returned in responses; \
              set --code-delivery webhook for real users"
         );
     }
+    let turn = start_turn(&mut cfg).await?;
+    let extra: Option<natter_messaging::ExtraMetrics> = turn.as_ref().map(|(t, _)| {
+        let t = t.clone();
+        let f: natter_messaging::ExtraMetrics = std::sync::Arc::new(move || {
+            let (stats, n) = t.stats();
+            natter_turn::config::render_metrics(&stats, n)
+        });
+        f
+    });
     let data_dir = cfg.messaging.data_dir.clone();
-    let server = natter_messaging::Server::start(cfg.messaging)
+    let server = natter_messaging::Server::start_with(cfg.messaging, extra)
         .await
         .context("cannot start the messaging gateway")?;
     let addr = server.local_addr();
@@ -323,6 +392,14 @@ async fn run(cfg: Config) -> Result<()> {
     writeln!(out, "  websocket  ws://{addr}/v1/ws")?;
     writeln!(out, "  metrics    http://{addr}/metrics")?;
     writeln!(out, "  health     http://{addr}/healthz")?;
+    if let Some((_, bound)) = &turn {
+        for a in &bound.udp {
+            writeln!(out, "  turn       turn:{a}?transport=udp")?;
+        }
+        for a in &bound.tcp {
+            writeln!(out, "  turn       turn:{a}?transport=tcp")?;
+        }
+    }
     writeln!(out, "  data       {} (SQLite, WAL)", data_dir.display())?;
     writeln!(out, "press Ctrl-C to stop")?;
     out.flush()?;
@@ -330,7 +407,46 @@ async fn run(cfg: Config) -> Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down: draining sockets");
     server.shutdown().await;
+    if let Some((t, _)) = turn {
+        t.shutdown();
+    }
     Ok(())
+}
+
+/// Starts the built-in TURN server if enabled, and points calls at it when no TURN servers
+/// are configured: one REST secret, generated here unless set, serves both.
+async fn start_turn(cfg: &mut Config) -> Result<Option<(natter_turn::Turn, natter_turn::Bound)>> {
+    if !cfg.turn.enabled {
+        return Ok(None);
+    }
+    let calls = &mut cfg.messaging.calls;
+    let secret = match (&cfg.turn.rest_secret, &calls.turn_secret) {
+        (Some(s), _) => s.clone(),
+        (None, Some(s)) => s.clone(),
+        (None, None) => {
+            let mut k = [0u8; 24];
+            getrandom::fill(&mut k).map_err(|e| anyhow::anyhow!("random secret: {e}"))?;
+            k.iter().map(|b| format!("{b:02x}")).collect()
+        }
+    };
+    cfg.turn.rest_secret = Some(secret.clone());
+    let (tcfg, listeners) = cfg
+        .turn
+        .build()
+        .map_err(|e| anyhow::anyhow!("invalid [turn] configuration: {e}"))?;
+    let (turn, bound) = natter_turn::Turn::start(tcfg, listeners)
+        .await
+        .context("cannot start the TURN server")?;
+    if calls.turn_urls.is_empty() {
+        calls.turn_urls = bound
+            .udp
+            .iter()
+            .map(|a| format!("turn:{a}?transport=udp"))
+            .chain(bound.tcp.iter().map(|a| format!("turn:{a}?transport=tcp")))
+            .collect();
+        calls.turn_secret = Some(secret);
+    }
+    Ok(Some((turn, bound)))
 }
 
 #[cfg(test)]
@@ -342,6 +458,7 @@ mod tests {
         let text = include_str!("../natter.example.toml");
         let cfg: Config = toml::from_str(text).unwrap();
         assert_eq!(cfg.messaging, MessagingConfig::default());
+        assert_eq!(cfg.turn, TurnConfig::default());
     }
 
     #[test]

@@ -253,10 +253,11 @@ async fn healthz(State(st): State<SharedState>) -> ApiResult<Json<serde_json::Va
 }
 
 async fn metrics(State(st): State<SharedState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.metrics.render(),
-    )
+    let mut text = st.metrics.render();
+    if let Some(extra) = &st.extra_metrics {
+        text.push_str(&extra());
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// Picks the encoding from `Sec-WebSocket-Protocol`, in the client's order of preference.

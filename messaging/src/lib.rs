@@ -37,6 +37,9 @@ use store::{Core, Store, StoreThread, now_ms};
 /// `store::maintenance`), so it costs the storage thread a few milliseconds.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
+/// Renders more Prometheus text for `/metrics`.
+pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("invalid configuration: {0}")]
@@ -67,6 +70,15 @@ pub struct Server {
 impl Server {
     /// Opens storage, binds the listener and starts serving.
     pub async fn start(cfg: MessagingConfig) -> Result<Server, ServerError> {
+        Self::start_with(cfg, None).await
+    }
+
+    /// Like [`Server::start`]; `extra_metrics` is appended to `/metrics` (the all-in-one
+    /// server adds the TURN server's there).
+    pub async fn start_with(
+        cfg: MessagingConfig,
+        extra_metrics: Option<ExtraMetrics>,
+    ) -> Result<Server, ServerError> {
         cfg.validate().map_err(ServerError::Config)?;
         let blob_dir = cfg.data_dir.join("blobs");
         let upload_dir = cfg.data_dir.join("uploads");
@@ -96,6 +108,7 @@ impl Server {
         let state = Arc::new(AppState {
             limits: Limiters::new(&cfg),
             calls: calls::Calls::new(&cfg.calls),
+            extra_metrics,
             cfg,
             store,
             hub,

@@ -78,6 +78,7 @@ pub struct AppState {
     pub upload_dir: PathBuf,
     pub upload_locks: crate::http::UploadLocks,
     pub calls: crate::calls::Calls,
+    pub extra_metrics: Option<crate::ExtraMetrics>,
 }
 
 impl AppState {

@@ -319,3 +319,48 @@ async fn relay_only_call_through_coturn() {
     inc.ended(WAIT).await.unwrap();
     assert!(turn.relayed_something(), "coturn relayed the media");
 }
+
+/// Both clients relay-only through natter's own TURN server (the one built into `natter`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_call_through_natter_turn() {
+    let server = TestServer::start_with(&[
+        "--turn-listen",
+        "127.0.0.1:0",
+        "--turn-allow-peers",
+        "127.0.0.0/8",
+    ]);
+    let mut a = device(&server).await;
+    let mut b = device(&server).await;
+    let relay = |send: f32, expect: f32| MediaOptions {
+        relay_only: true,
+        ..tone(send, expect)
+    };
+    let out = a
+        .client
+        .place_call(b.client.user(), Media::Audio, relay(440.0, 660.0))
+        .await
+        .unwrap();
+    let inc = answer(&mut b, relay(660.0, 440.0)).await;
+    connected(&out).await;
+    connected(&inc).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for c in [&out, &inc] {
+        let s = c.stats();
+        assert!(s.decoded_pct() >= 95.0 && s.received.frames_decoded >= 60, "{s:?}");
+        assert!(s.tone_pct() >= 90.0, "{s:?}");
+    }
+    let metrics = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let relayed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("natter_turn_relayed_packets_to_peers_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(relayed >= 100.0, "natter-turn relayed {relayed} packets:\n{metrics}");
+    out.hangup().await.unwrap();
+    inc.ended(WAIT).await.unwrap();
+}

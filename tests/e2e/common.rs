@@ -87,9 +87,19 @@ impl TestServer {
             .append(true)
             .open(&log)
             .unwrap();
+        // The built-in TURN server on random ports, unless the test places it itself.
+        let turn: &[&str] = if args
+            .iter()
+            .any(|a| a.starts_with("--turn-listen") || a.starts_with("--turn-enabled"))
+        {
+            &[]
+        } else {
+            &["--turn-listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_natter"))
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
+            .args(turn)
             .args(["--log", "info"])
             .args(test_limits_except(args))
             .args(args)
