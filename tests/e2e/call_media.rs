@@ -329,7 +329,7 @@ async fn relay_only_call_through_natter_turn() {
         "--turn-allow-peers",
         "127.0.0.0/8",
     ]);
-    let mut a = device(&server).await;
+    let a = device(&server).await;
     let mut b = device(&server).await;
     let relay = |send: f32, expect: f32| MediaOptions {
         relay_only: true,
