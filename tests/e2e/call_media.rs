@@ -346,7 +346,10 @@ async fn relay_only_call_through_natter_turn() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     for c in [&out, &inc] {
         let s = c.stats();
-        assert!(s.decoded_pct() >= 95.0 && s.received.frames_decoded >= 60, "{s:?}");
+        assert!(
+            s.decoded_pct() >= 95.0 && s.received.frames_decoded >= 60,
+            "{s:?}"
+        );
         assert!(s.tone_pct() >= 90.0, "{s:?}");
     }
     let metrics = reqwest::get(format!("{}/metrics", server.base))
@@ -360,7 +363,10 @@ async fn relay_only_call_through_natter_turn() {
         .find_map(|l| l.strip_prefix("natter_turn_relayed_packets_to_peers_total "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0);
-    assert!(relayed >= 100.0, "natter-turn relayed {relayed} packets:\n{metrics}");
+    assert!(
+        relayed >= 100.0,
+        "natter-turn relayed {relayed} packets:\n{metrics}"
+    );
     out.hangup().await.unwrap();
     inc.ended(WAIT).await.unwrap();
 }

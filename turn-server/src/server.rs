@@ -240,6 +240,9 @@ struct Allocation {
     /// The transaction that created it (a retransmitted Allocate gets the same answer).
     created_by: [u8; 12],
     created_response: Vec<u8>,
+    lifetime_s: u32,
+    /// Relay ports tried that the shell could not bind.
+    bind_attempts: u8,
     permissions: HashMap<IpAddr, u64>,
     channels: HashMap<u16, (SocketAddr, u64)>,
     peer_channels: HashMap<SocketAddr, u16>,
@@ -276,7 +279,11 @@ fn now_s(now_ms: u64) -> u64 {
 
 impl Server {
     pub fn new(cfg: Config, nonce_key: [u8; 32]) -> Server {
-        let next_port = cfg.relay_ports.0;
+        // Start somewhere in the range, so servers sharing a host rarely pick the same ports.
+        let (lo, hi) = cfg.relay_ports;
+        let span = u32::from(hi - lo) + 1;
+        let r = u32::from_le_bytes([nonce_key[0], nonce_key[1], nonce_key[2], nonce_key[3]]);
+        let next_port = lo + (r % span) as u16;
         Server {
             cfg,
             nonce_key,
@@ -551,14 +558,13 @@ impl Server {
         }
         let lifetime = self.lifetime(m);
         let relay = SocketAddr::new(relay_ip, port);
-        let response = MessageBuilder::answer(m, Class::Success)
-            .add_xor_address(attr::XOR_RELAYED_ADDRESS, relay)
-            .add_u32(attr::LIFETIME, lifetime.as_secs() as u32)
-            .add_xor_address(attr::XOR_MAPPED_ADDRESS, five.client)
-            .add(attr::SOFTWARE, self.cfg.software.as_bytes())
-            .integrity(&auth.key)
-            .fingerprint()
-            .finish();
+        let response = self.allocate_response(
+            m.transaction_id,
+            relay,
+            lifetime.as_secs() as u32,
+            five.client,
+            &auth.key,
+        );
         *self.per_user.entry(auth.username.clone()).or_default() += 1;
         self.by_relay.insert(relay, five);
         self.allocations.insert(
@@ -570,6 +576,8 @@ impl Server {
                 expires_ms: now_ms + lifetime.as_millis() as u64,
                 created_by: m.transaction_id,
                 created_response: response.clone(),
+                lifetime_s: lifetime.as_secs() as u32,
+                bind_attempts: 0,
                 permissions: HashMap::new(),
                 channels: HashMap::new(),
                 peer_channels: HashMap::new(),
@@ -585,6 +593,24 @@ impl Server {
             client: five,
             response,
         }]
+    }
+
+    fn allocate_response(
+        &self,
+        tid: [u8; 12],
+        relay: SocketAddr,
+        lifetime_s: u32,
+        mapped: SocketAddr,
+        key: &[u8],
+    ) -> Vec<u8> {
+        MessageBuilder::new(method::ALLOCATE, Class::Success, tid)
+            .add_xor_address(attr::XOR_RELAYED_ADDRESS, relay)
+            .add_u32(attr::LIFETIME, lifetime_s)
+            .add_xor_address(attr::XOR_MAPPED_ADDRESS, mapped)
+            .add(attr::SOFTWARE, self.cfg.software.as_bytes())
+            .integrity(key)
+            .fingerprint()
+            .finish()
     }
 
     fn lifetime(&self, m: &Message<'_>) -> Duration {
@@ -612,25 +638,53 @@ impl Server {
         None
     }
 
-    /// The shell could not bind `relay`: the allocation is undone and the client told.
+    /// The shell could not bind `relay` (another process holds the port): the allocation
+    /// moves to another port, up to 16 tries, after which it is undone and the client told.
     pub fn bind_failed(&mut self, relay: SocketAddr) -> Vec<Output> {
+        // The search below runs while the failed port still counts as taken.
         let Some(five) = self.by_relay.get(&relay).copied() else {
             return Vec::new();
         };
-        let Some(a) = self.remove(five) else {
-            return Vec::new();
+        let attempts = self
+            .allocations
+            .get(&five)
+            .map_or(u8::MAX, |a| a.bind_attempts);
+        let next = if attempts < 16 {
+            self.free_port(relay.ip(), false)
+        } else {
+            None
         };
-        let Ok(m) = Message::parse(&a.created_response) else {
-            return Vec::new();
+        let Some(port) = next else {
+            let Some(a) = self.remove(five) else {
+                return Vec::new();
+            };
+            let Ok(m) = Message::parse(&a.created_response) else {
+                return Vec::new();
+            };
+            return vec![Output::ToClient {
+                to: five,
+                bytes: signed_error(
+                    &m,
+                    508,
+                    "Insufficient Capacity: relay port unavailable",
+                    &a.key,
+                ),
+            }];
         };
-        vec![Output::ToClient {
-            to: five,
-            bytes: signed_error(
-                &m,
-                508,
-                "Insufficient Capacity: relay port unavailable",
-                &a.key,
-            ),
+        self.by_relay.remove(&relay);
+        let new_relay = SocketAddr::new(relay.ip(), port);
+        let a = self.allocations.get(&five).expect("looked up above");
+        let response =
+            self.allocate_response(a.created_by, new_relay, a.lifetime_s, five.client, &a.key);
+        let a = self.allocations.get_mut(&five).expect("looked up above");
+        a.relay = new_relay;
+        a.bind_attempts += 1;
+        a.created_response = response.clone();
+        self.by_relay.insert(new_relay, five);
+        vec![Output::Bind {
+            relay: new_relay,
+            client: five,
+            response,
         }]
     }
 

@@ -586,6 +586,7 @@ fn relay_ports_run_out_and_failed_binds_are_undone() {
     let r1 = Client::new(five(1), "alice", "wonderland").allocate(&mut s, T0);
     let r2 = Client::new(five(2), "alice", "wonderland").allocate(&mut s, T0);
     assert_ne!(r1, r2);
+
     let mut c3 = Client::new(five(3), "alice", "wonderland");
     assert_eq!(
         error_code(&c3.call(
@@ -598,10 +599,31 @@ fn relay_ports_run_out_and_failed_binds_are_undone() {
         )),
         508
     );
+    // A port another process holds: the allocation moves to another port when there is one
+    // (here none is free, so it is undone with 508).
     let out = s.bind_failed(r2);
     assert_eq!(error_code(&out), 508);
     assert_eq!(s.allocation_count(), 1);
     c3.allocate(&mut s, T0);
+    // With room in the range, a failed bind moves on to a free port and answers from there.
+    let mut s = server_with(|c| c.relay_ports = (50000, 50009));
+    let r = Client::new(five(1), "alice", "wonderland").allocate(&mut s, T0);
+    match &s.bind_failed(r)[..] {
+        [
+            Output::Bind {
+                relay, response, ..
+            },
+        ] => {
+            assert_ne!(*relay, r);
+            let m = Message::parse(response).unwrap();
+            assert_eq!(
+                m.xor_address(attr::XOR_RELAYED_ADDRESS).unwrap(),
+                Some(*relay)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.allocation_count(), 1);
 }
 
 #[test]
