@@ -434,9 +434,10 @@ async fn start_turn(cfg: &mut Config) -> Result<Option<(natter_turn::Turn, natte
         .turn
         .build()
         .map_err(|e| anyhow::anyhow!("invalid [turn] configuration: {e}"))?;
-    let (turn, bound) = natter_turn::Turn::start(tcfg, listeners)
-        .await
-        .context("cannot start the TURN server")?;
+    let (turn, bound) = natter_turn::Turn::start(tcfg, listeners).await.context(
+        "cannot start the built-in TURN server (another TURN server on 3478? \
+             use --turn-listen ADDR, or --turn-enabled false)",
+    )?;
     if calls.turn_urls.is_empty() {
         calls.turn_urls = bound
             .udp
