@@ -434,7 +434,8 @@ async fn start_turn(cfg: &mut Config) -> Result<Option<(natter_turn::Turn, natte
         .turn
         .build()
         .map_err(|e| anyhow::anyhow!("invalid [turn] configuration: {e}"))?;
-    let (turn, bound) = natter_turn::Turn::start(tcfg, listeners).await.context(
+    // The relay gets a thread of its own, off the gateway's workers.
+    let (turn, bound) = natter_turn::Turn::start_on_own_thread(tcfg, listeners).context(
         "cannot start the built-in TURN server (another TURN server on 3478? \
              use --turn-listen ADDR, or --turn-enabled false)",
     )?;

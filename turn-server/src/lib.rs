@@ -3,6 +3,7 @@
 //! * [`stun`]: the message and ChannelData codec, decoded in place and bounded.
 //! * [`server`]: the sans-IO TURN core: allocations, permissions, channels, auth, limits.
 
+mod batch;
 pub mod config;
 pub mod server;
 pub mod shell;

@@ -143,11 +143,12 @@ fn main() -> anyhow::Result<()> {
     let (cfg, listeners) = t
         .build()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // The relay runs on a thread of its own; this runtime only serves metrics and signals.
+    let (turn, bound) = Turn::start_on_own_thread(cfg, listeners)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let (turn, bound) = Turn::start(cfg, listeners).await?;
         for a in &bound.udp {
             println!("stun/turn udp  {a}");
         }

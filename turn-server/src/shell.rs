@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::batch;
 use crate::server::{Config, FiveTuple, Output, PeerRoute, Server, Transport};
 use crate::stun::{self, ChannelData};
 
@@ -121,6 +122,44 @@ impl Turn {
         Ok((turn, bound))
     }
 
+    /// Starts the server on a thread of its own with a single-threaded runtime: every socket
+    /// task runs there, so the core's lock is never contended and no packet waits for a
+    /// wake-up on another core (the shape coturn's relay threads have too).
+    pub fn start_on_own_thread(
+        cfg: Config,
+        listeners: Listeners,
+    ) -> std::io::Result<(Turn, Bound)> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("natter-turn".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match Turn::start(cfg, listeners).await {
+                        Ok((turn, bound)) => {
+                            let stop = turn.stop.clone();
+                            let _ = tx.send(Ok((turn, bound)));
+                            stop.cancelled().await;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
+                });
+            })?;
+        rx.recv()
+            .map_err(|_| std::io::Error::other("the TURN thread ended early"))?
+    }
+
     /// Milliseconds on the wall clock, advancing monotonically from the start.
     fn now_ms(&self) -> u64 {
         self.base_ms + self.epoch.elapsed().as_millis() as u64
@@ -221,21 +260,22 @@ impl Turn {
     }
 
     async fn udp_listener(self, sock: Arc<UdpSocket>, local: SocketAddr) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
-            let (n, from) = tokio::select! {
-                r = sock.recv_from(&mut buf) => match r {
-                    Ok(x) => x,
-                    Err(_) => continue,
-                },
+            let r = tokio::select! {
+                r = batch::recv_all(&sock, |buf, n, from| {
+                    let five = FiveTuple {
+                        transport: Transport::Udp,
+                        client: from,
+                        server: local,
+                    };
+                    self.on_client_packet(five, &buf[batch::HEADROOM..batch::HEADROOM + n], false);
+                }) => r,
                 _ = self.stop.cancelled() => return,
             };
-            let five = FiveTuple {
-                transport: Transport::Udp,
-                client: from,
-                server: local,
-            };
-            self.on_client_packet(five, &buf[..n], false);
+            if r.is_err() {
+                // One-shot socket errors (e.g. an ICMP report); keep serving.
+                tokio::task::yield_now().await;
+            }
         }
     }
 
@@ -265,58 +305,58 @@ impl Turn {
 
     /// Reads what peers send to one relay and hands it to the allocation's client.
     async fn relay_reader(self, sock: Arc<UdpSocket>, relay: SocketAddr) {
-        // Room for a 4-byte ChannelData header before the payload.
-        let mut buf = vec![0u8; MAX_DATAGRAM + 4];
         loop {
-            let (n, peer) = tokio::select! {
-                r = sock.recv_from(&mut buf[4..]) => match r {
-                    Ok(x) => x,
-                    Err(_) => continue,
-                },
+            let r = tokio::select! {
+                r = batch::recv_all(&sock, |buf, n, peer| self.on_peer_packet(relay, buf, n, peer)) => r,
                 _ = self.stop.cancelled() => return,
             };
-            let now = self.now_ms();
-            let (route, sink) = {
-                let mut st = self.state.lock().unwrap();
-                let Some(route) = st.core.route_from_peer(relay, peer, n, now) else {
-                    continue;
-                };
-                let sink = match route.client.transport {
-                    Transport::Udp => st
-                        .udp
-                        .get(&route.client.server)
-                        .cloned()
-                        .map(ClientSink::Udp),
-                    _ => st
-                        .streams
-                        .get(&route.client)
-                        .cloned()
-                        .map(ClientSink::Stream),
-                };
-                (route, sink)
+            if r.is_err() {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    /// One datagram from a peer, at `buf[HEADROOM..HEADROOM + n]`.
+    fn on_peer_packet(&self, relay: SocketAddr, buf: &mut [u8], n: usize, peer: SocketAddr) {
+        let now = self.now_ms();
+        let (route, sink) = {
+            let mut st = self.state.lock().unwrap();
+            let Some(route) = st.core.route_from_peer(relay, peer, n, now) else {
+                return;
             };
-            let Some(sink) = sink else { continue };
-            let PeerRoute { client, channel } = route;
-            match (channel, sink) {
-                (Some(ch), ClientSink::Udp(s)) => {
-                    buf[0..2].copy_from_slice(&ch.to_be_bytes());
-                    buf[2..4].copy_from_slice(&(n as u16).to_be_bytes());
-                    let _ = s.try_send_to(&buf[..4 + n], client.client);
-                }
-                (Some(ch), ClientSink::Stream(tx)) => {
-                    let mut out = Vec::with_capacity(n + 8);
-                    ChannelData::write(ch, &buf[4..4 + n], true, &mut out);
-                    let _ = tx.try_send(out);
-                }
-                (None, ClientSink::Udp(s)) => {
-                    let _ = s.try_send_to(
-                        &Server::data_indication(peer, &buf[4..4 + n]),
-                        client.client,
-                    );
-                }
-                (None, ClientSink::Stream(tx)) => {
-                    let _ = tx.try_send(Server::data_indication(peer, &buf[4..4 + n]));
-                }
+            let sink = match route.client.transport {
+                Transport::Udp => st
+                    .udp
+                    .get(&route.client.server)
+                    .cloned()
+                    .map(ClientSink::Udp),
+                _ => st
+                    .streams
+                    .get(&route.client)
+                    .cloned()
+                    .map(ClientSink::Stream),
+            };
+            (route, sink)
+        };
+        let Some(sink) = sink else { return };
+        let PeerRoute { client, channel } = route;
+        let data = &buf[batch::HEADROOM..batch::HEADROOM + n];
+        match (channel, sink) {
+            (Some(ch), ClientSink::Udp(s)) => {
+                buf[0..2].copy_from_slice(&ch.to_be_bytes());
+                buf[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+                let _ = s.try_send_to(&buf[..4 + n], client.client);
+            }
+            (Some(ch), ClientSink::Stream(tx)) => {
+                let mut out = Vec::with_capacity(n + 8);
+                ChannelData::write(ch, data, true, &mut out);
+                let _ = tx.try_send(out);
+            }
+            (None, ClientSink::Udp(s)) => {
+                let _ = s.try_send_to(&Server::data_indication(peer, data), client.client);
+            }
+            (None, ClientSink::Stream(tx)) => {
+                let _ = tx.try_send(Server::data_indication(peer, data));
             }
         }
     }
