@@ -319,3 +319,67 @@ fn garbage_datagrams_get_no_answer_and_the_server_keeps_working() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("reflexive addr"));
 }
+
+#[test]
+fn uclient_relays_over_ipv6_when_the_host_has_it() {
+    if !tools() {
+        return;
+    }
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED: this host has no IPv6 loopback");
+        return;
+    }
+    let port = UdpSocket::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_natter-turn"))
+        .args([
+            "--listen-udp",
+            &format!("[::1]:{port}"),
+            "--listen-tcp",
+            "[::1]:0",
+        ])
+        .args(["--relay-ips", "::1", "--user", "bench:benchpass"])
+        .args(["--allow-peer", "::1/128", "--relay-ports", "53000-53999"])
+        .args(["--metrics", ""])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains(&format!("[::1]:{port}")), "{first}");
+    std::thread::spawn(move || for _ in lines {});
+    let _turn = Proc(child);
+    let peer_port = UdpSocket::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _peer = Proc(
+        Command::new("turnutils_peer")
+            .args(["-L", "::1", "-p", &peer_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg("turnutils_uclient")
+        .args(["-m", "2", "-n", "30", "-z", "5", "-l", "172", "-c"])
+        .args(["-e", "::1", "-r", &peer_port.to_string()])
+        .args(["-u", "bench", "-w", "benchpass", "-p", &port.to_string()])
+        .arg("::1")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("tot_send_msgs=60, tot_recv_msgs=60"),
+        "all 60 messages relayed over IPv6:\n{text}"
+    );
+}
