@@ -42,6 +42,37 @@ enum Cmd {
         /// Built-in name or path to a .toml file.
         scenario: String,
     },
+    /// Link mode (root): build the scenario's hosts in network namespaces joined through
+    /// the emulator, run one shell command per host (in the order the scenario lists the
+    /// hosts), then tear everything down, even on failure.
+    ///
+    /// Each command sees NETEM_HOST and NETEM_ADDR_<NAME> (every host's address). The run
+    /// ends when every command has exited or the duration passes (commands still running
+    /// then are stopped, which is not a failure).
+    Run(Box<RunArgs>),
+    /// Send timestamped UDP datagrams (for measuring a link).
+    Blast {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1200)]
+        size: usize,
+        /// Rate, Mbit/s (0: as fast as possible).
+        #[arg(long, default_value_t = 10.0)]
+        mbit: f64,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+    },
+    /// Receive what `blast` sends and print rate, loss and one-way delay as JSON.
+    Sink {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Give up after this long.
+        #[arg(long, default_value_t = 30.0)]
+        secs: f64,
+        /// Stop once the flow has been idle this long.
+        #[arg(long, default_value_t = 1.0)]
+        idle_s: f64,
+    },
     /// Write a synthetic Mahimahi trace (one line per 1500-byte delivery opportunity, ms).
     GenTrace {
         #[arg(long, value_enum, default_value = "lte-drive")]
@@ -57,6 +88,21 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Built-in name or .toml file.
+    scenario: String,
+    /// Stop after this many seconds (default: the scenario's duration_s, else 60).
+    #[arg(long)]
+    duration_s: Option<f64>,
+    /// Write per-pair CSV (per 200 ms), summary.json and an SVG plot per pair here.
+    #[arg(long)]
+    stats_dir: Option<PathBuf>,
+    /// One shell command per host, in the scenario's host order.
+    #[arg(last = true, required = true)]
+    commands: Vec<String>,
 }
 
 #[derive(Args)]
@@ -207,6 +253,26 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Proxy(args) => proxy(*args),
+        Cmd::Run(args) => run(*args),
+        Cmd::Blast {
+            to,
+            size,
+            mbit,
+            secs,
+        } => {
+            let r = natter_netem::probe::blast(to, size, mbit, secs)?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        Cmd::Sink {
+            listen,
+            secs,
+            idle_s,
+        } => {
+            let r = natter_netem::probe::sink(listen, secs, Duration::from_secs_f64(idle_s))?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
     }
 }
 
@@ -323,4 +389,96 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    use natter_netem::topology::Topology;
+    let s = Scenario::load(&args.scenario).map_err(anyhow::Error::msg)?;
+    if args.commands.len() > s.hosts.len() {
+        bail!(
+            "{} commands for {} hosts ({})",
+            args.commands.len(),
+            s.hosts.len(),
+            s.hosts
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let duration = Duration::from_secs_f64(args.duration_s.or(s.duration_s).unwrap_or(60.0));
+    let mut topo =
+        Topology::build(&s).map_err(|e| anyhow::anyhow!("cannot build {}: {e}", s.name))?;
+    let up: Vec<String> = topo
+        .hosts
+        .iter()
+        .map(|h| format!("{}={}", h.name, h.addr))
+        .collect();
+    println!("hosts up: {}", up.join(" "));
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let names: Vec<String> = s.hosts.iter().map(|h| h.name.clone()).collect();
+    let mut running = Vec::new();
+    for (name, cmd) in names.iter().zip(&args.commands) {
+        let child = topo
+            .spawn_sh(name, cmd)
+            .with_context(|| format!("starting the command on {name}"))?;
+        running.push((name.clone(), child.id()));
+    }
+    let deadline = std::time::Instant::now() + duration;
+    let mut statuses: Vec<Option<std::process::ExitStatus>> = vec![None; running.len()];
+    while std::time::Instant::now() < deadline && statuses.iter().any(|s| s.is_none()) {
+        for (i, st) in statuses.iter_mut().enumerate() {
+            if st.is_none() {
+                *st = topo.try_wait(i)?;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let report = topo.stop_emulator();
+    topo.teardown();
+    let mut failed = Vec::new();
+    for ((name, _), st) in running.iter().zip(&statuses) {
+        match st {
+            Some(s) if s.success() => println!("{name}: exited 0"),
+            Some(s) => {
+                println!("{name}: {s}");
+                failed.push(name.clone());
+            }
+            None => println!("{name}: still running at the end, stopped"),
+        }
+    }
+    if let Some(r) = &report {
+        for p in &r.pairs {
+            let s = &p.summary;
+            println!(
+                "{}->{} offered={} delivered={} loss_pct={:.2} owd_p50_ms={} kbps={:.1}",
+                p.from,
+                p.to,
+                s.offered_pkts,
+                s.delivered_pkts,
+                s.loss_pct,
+                fmt_opt(s.owd_p50_ms),
+                s.delivered_kbps
+            );
+        }
+        if let Some(dir) = &args.stats_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            for p in &r.pairs {
+                let stem = format!("{}-{}", p.from, p.to);
+                std::fs::write(dir.join(format!("{stem}.csv")), &p.csv)?;
+                let title = format!("{}: {} -> {}", s.name, p.from, p.to);
+                std::fs::write(
+                    dir.join(format!("{stem}.svg")),
+                    natter_netem::plot::svg(&title, &p.intervals, r.interval),
+                )?;
+            }
+            std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(r)?)?;
+            println!("statistics in {}", dir.display());
+        }
+    }
+    if !failed.is_empty() {
+        bail!("failed on {}", failed.join(", "));
+    }
+    Ok(())
 }

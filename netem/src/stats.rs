@@ -32,9 +32,9 @@ pub struct Interval {
     /// Wait in the bottleneck queue including serialisation, ms.
     pub queue_mean_ms: f64,
     #[serde(skip)]
-    owd_sum_ns: u128,
+    pub(crate) owd_sum_ns: u128,
     #[serde(skip)]
-    queue_sum_ns: u128,
+    pub(crate) queue_sum_ns: u128,
 }
 
 impl Interval {
