@@ -41,9 +41,8 @@ fn axes(out: &mut String, y0: f64, label: &str, max: f64, t_max: f64) {
     );
     let _ = writeln!(
         out,
-        r#"<text x="10" y="{}" font-size="12" transform="rotate(-90 10 {})">{label}</text>"#,
-        y0 + PANEL_H / 2.0 + 40.0,
-        y0 + PANEL_H / 2.0
+        r#"<text x="{LEFT}" y="{}" font-size="12">{label}</text>"#,
+        y0 - 6.0
     );
     for k in 0..=4 {
         let v = max * k as f64 / 4.0;
