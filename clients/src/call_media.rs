@@ -50,6 +50,9 @@ pub struct MediaOptions {
     pub wav_out: Option<PathBuf>,
     /// Opus target bitrate, bits per second.
     pub bitrate: i32,
+    /// Local UDP addresses media binds. A wildcard (`0.0.0.0:0`, the default) means every
+    /// non-loopback interface; a concrete address binds just that one.
+    pub udp_bind: Vec<String>,
 }
 
 impl Default for MediaOptions {
@@ -60,6 +63,7 @@ impl Default for MediaOptions {
             relay_only: false,
             wav_out: None,
             bitrate: 32_000,
+            udp_bind: vec!["0.0.0.0:0".to_owned()],
         }
     }
 }
@@ -272,7 +276,7 @@ impl MediaSession {
                 state: state_tx,
                 shared: shared.clone(),
             }))
-            .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+            .with_udp_addrs(opts.udp_bind.clone())
             .build()
             .await
             .map_err(rtc_err)?;
@@ -505,6 +509,7 @@ mod tests {
             MediaOptions {
                 source: AudioSource::Tone { freq: 440.0 },
                 expect_tone: Some(660.0),
+                udp_bind: vec!["127.0.0.1:0".to_owned()],
                 ..Default::default()
             },
         )
@@ -515,6 +520,7 @@ mod tests {
             MediaOptions {
                 source: AudioSource::Tone { freq: 660.0 },
                 expect_tone: Some(440.0),
+                udp_bind: vec!["127.0.0.1:0".to_owned()],
                 ..Default::default()
             },
         )

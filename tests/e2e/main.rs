@@ -10,6 +10,7 @@ mod crash;
 mod e2ee;
 mod groups;
 mod messages;
+mod netem_calls;
 mod offline;
 mod ops;
 mod prekeys;

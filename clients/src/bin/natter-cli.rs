@@ -179,6 +179,10 @@ struct MediaArgs {
     /// Connect only through TURN relays (ICE policy `relay`).
     #[arg(long)]
     relay: bool,
+    /// Local address for media (default: every non-loopback interface; e.g. 127.0.0.1:0 to
+    /// keep a call on this machine's loopback).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
+    media_bind: String,
 }
 
 impl MediaArgs {
@@ -201,6 +205,7 @@ impl MediaArgs {
             expect_tone: Some(self.expect_tone.unwrap_or(theirs)),
             relay_only: self.relay,
             wav_out: self.wav_out.clone(),
+            udp_bind: vec![self.media_bind.clone()],
             ..Default::default()
         })
     }

@@ -1,0 +1,194 @@
+//! Calls across emulated networks (natter-netem link mode, root): two `natter-cli` users
+//! behind symmetric NATs, the `natter` server with its TURN on a public host. With TURN the
+//! call connects and audio flows through the relay; without it the call cannot connect.
+//! Skips with the reason when link mode or `natter-cli` is unavailable; fails instead under
+//! NATTER_REQUIRE_ALL=1.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use natter_netem::scenario::Scenario;
+use natter_netem::topology::{Topology, nat_unavailable};
+
+fn skip(why: &str) {
+    if std::env::var("NATTER_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+        panic!("required (NATTER_REQUIRE_ALL=1): {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
+/// `natter-cli` from the same build as the `natter` binary under test (`scripts/test`
+/// builds it first).
+fn cli_path() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_BIN_EXE_natter")).with_file_name("natter-cli");
+    p.exists().then_some(p)
+}
+
+struct Run {
+    topo: Topology,
+    dir: tempfile::TempDir,
+    server: Child,
+    cli: PathBuf,
+    url: String,
+}
+
+impl Run {
+    fn start(turn: bool) -> Option<Run> {
+        if let Some(why) = nat_unavailable() {
+            skip(&why);
+            return None;
+        }
+        let Some(cli) = cli_path() else {
+            skip(
+                "natter-cli is not built next to natter (run scripts/test, or cargo build -p natter-client --bin natter-cli)",
+            );
+            return None;
+        };
+        let s = Scenario::load("symmetric-nat").unwrap();
+        let topo = Topology::build(&s).unwrap();
+        let relay = topo.host("relay").unwrap().addr.to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = topo.command("relay", env!("CARGO_BIN_EXE_natter")).unwrap();
+        cmd.args(["--listen", &format!("{relay}:8080")])
+            .arg("--data-dir")
+            .arg(dir.path().join("server"))
+            .args(["--turn-listen", &format!("{relay}:3478")])
+            .args(["--turn-relay-ips", &relay])
+            // The clients' NATs and the relay itself are on 10.77.0.0/24, a private range
+            // TURN refuses by default.
+            .args(["--turn-allow-peers", "10.77.0.0/24"])
+            .args(["--turn-enabled", if turn { "true" } else { "false" }])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let server = cmd.spawn().unwrap();
+        let run = Run {
+            url: format!("http://{relay}:8080"),
+            topo,
+            dir,
+            server,
+            cli,
+        };
+        // Registration doubles as the wait for the server to come up.
+        for (host, user, phone) in [("a", "alice", "+15550000001"), ("b", "bob", "+15550000002")] {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let out = run.cli(
+                    host,
+                    user,
+                    &["register", "--phone", phone, "--server", &run.url],
+                );
+                if out.status.success() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cannot register {user}: {out:?}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        assert!(
+            run.cli(
+                "a",
+                "alice",
+                &["contacts", "add", "+15550000002", "--name", "bob"]
+            )
+            .status
+            .success()
+        );
+        assert!(
+            run.cli(
+                "b",
+                "bob",
+                &["contacts", "add", "+15550000001", "--name", "alice"]
+            )
+            .status
+            .success()
+        );
+        Some(run)
+    }
+
+    fn cli_cmd(&self, host: &str, user: &str) -> std::process::Command {
+        let mut c = self.topo.command(host, self.cli.to_str().unwrap()).unwrap();
+        c.arg("--home").arg(self.dir.path().join(user));
+        c
+    }
+
+    fn cli(&self, host: &str, user: &str, args: &[&str]) -> Output {
+        self.cli_cmd(host, user).args(args).output().unwrap()
+    }
+
+    /// bob answers, alice calls for 3 s: (alice's output, bob's output, alice succeeded).
+    fn call(&self) -> (String, String, bool) {
+        let bob = self
+            .cli_cmd("b", "bob")
+            .args(["answer", "--count", "1", "--wait", "60s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        let alice = self.cli("a", "alice", &["call", "bob", "--duration", "3s"]);
+        let bob = bob.wait_with_output().unwrap();
+        let text = |o: &Output| {
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+        };
+        (text(&alice), text(&bob), alice.status.success())
+    }
+
+    /// The server's TURN counters, read from inside the relay host.
+    fn turn_metric(&self, name: &str) -> u64 {
+        let out = self
+            .topo
+            .command("relay", "curl")
+            .unwrap()
+            .args(["-sf", &format!("{}/metrics", self.url)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// decoded_pct from natter-cli's summary line.
+fn decoded_pct(out: &str) -> f64 {
+    out.lines()
+        .rev()
+        .find_map(|l| l.split("decoded_pct=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_call_between_symmetric_nats_connects_through_natters_turn() {
+    let Some(run) = Run::start(true) else { return };
+    let (alice, bob, ok) = run.call();
+    assert!(ok, "alice's call failed:\n{alice}\nbob:\n{bob}");
+    let pct = decoded_pct(&alice);
+    assert!(pct >= 95.0, "decoded {pct} %:\n{alice}");
+    assert!(run.turn_metric("natter_turn_allocations_created_total") >= 1);
+    assert!(
+        run.turn_metric("natter_turn_relayed_packets_to_peers_total") >= 100,
+        "the media went through the relay"
+    );
+}
+
+#[test]
+fn without_turn_the_same_call_cannot_connect() {
+    let Some(run) = Run::start(false) else { return };
+    let (alice, bob, ok) = run.call();
+    assert!(!ok, "connected without a relay?\n{alice}");
+    assert!(
+        bob.contains("did not come up") || alice.contains("before it connected"),
+        "alice:\n{alice}\nbob:\n{bob}"
+    );
+}
