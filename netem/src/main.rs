@@ -120,7 +120,8 @@ struct ProxyArgs {
     /// Stop after this many seconds (default: run until Ctrl-C / SIGTERM).
     #[arg(long)]
     duration_s: Option<f64>,
-    /// Write forward.csv, backward.csv (per 200 ms) and summary.json here when stopping.
+    /// Write forward.csv, backward.csv (per 200 ms), summary.json and SVG plots here when
+    /// stopping.
     #[arg(long)]
     stats_dir: Option<PathBuf>,
     /// Seed for every random choice (default: the scenario's, else 1).
@@ -370,6 +371,15 @@ fn write_stats(dir: &std::path::Path, r: &Report) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("forward.csv"), &r.forward_csv)?;
     std::fs::write(dir.join("backward.csv"), &r.backward_csv)?;
+    let len = natter_netem::stats::INTERVAL;
+    std::fs::write(
+        dir.join("forward.svg"),
+        natter_netem::plot::svg("forward (client -> upstream)", &r.forward_intervals, len),
+    )?;
+    std::fs::write(
+        dir.join("backward.svg"),
+        natter_netem::plot::svg("backward (upstream -> client)", &r.backward_intervals, len),
+    )?;
     std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(r)?)?;
     Ok(())
 }

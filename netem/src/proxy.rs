@@ -56,9 +56,8 @@ pub struct ProxyConfig {
 pub struct Report {
     pub forward: Summary,
     pub backward: Summary,
-    #[serde(skip)]
+    /// Per-interval figures (200 ms), in the JSON too.
     pub forward_intervals: Vec<Interval>,
-    #[serde(skip)]
     pub backward_intervals: Vec<Interval>,
     #[serde(skip)]
     pub forward_csv: String,

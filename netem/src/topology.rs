@@ -182,7 +182,7 @@ pub struct PairReport {
     pub from: String,
     pub to: String,
     pub summary: Summary,
-    #[serde(skip)]
+    /// Per-interval figures, in the JSON too.
     pub intervals: Vec<Interval>,
     #[serde(skip)]
     pub csv: String,
@@ -192,8 +192,12 @@ pub struct PairReport {
 pub struct LinkReport {
     pub pairs: Vec<PairReport>,
     pub router: RouterCounters,
-    #[serde(skip)]
+    #[serde(serialize_with = "seconds")]
     pub interval: Duration,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 struct Emulator {
