@@ -293,3 +293,35 @@ fn a_harness_killed_midway_leaves_nothing_behind() {
         .count();
     assert_eq!(devs, 0);
 }
+
+#[test]
+fn a_capacity_step_takes_effect_within_one_interval_in_link_mode() {
+    if !require(unavailable()) {
+        return;
+    }
+    // The schedule counts from the emulator's start, as do the recorded intervals.
+    let s = scenario(
+        "name = \"t\"\n[forward]\nqueue_ms = 100\ncapacity = [{ at_s = 0, kbps = 20000 }, { at_s = 3, kbps = 5000 }]\n",
+    );
+    let mut topo = Topology::build(&s).unwrap();
+    // 30 Mbit/s offered from well before the step to well after it.
+    let r = measure(&topo, "a", "b", 30.0, 4.0);
+    assert!(r["received"].as_u64().unwrap() > 1000, "{r}");
+    let report = topo.stop_emulator().unwrap();
+    let pair = report.pairs.iter().find(|p| p.from == "a").unwrap();
+    let len = report.interval;
+    let kbps = |t: f64| pair.intervals[(t / 0.2).round() as usize].delivered_kbps(len);
+    let near = |got: f64, want: f64| (got - want).abs() / want < 0.05;
+    assert!(near(kbps(2.6), 20_000.0), "before: {}", kbps(2.6));
+    assert!(
+        near(kbps(2.8), 20_000.0),
+        "last interval before: {}",
+        kbps(2.8)
+    );
+    assert!(
+        near(kbps(3.0), 5_000.0),
+        "first interval after: {}",
+        kbps(3.0)
+    );
+    assert!(near(kbps(3.4), 5_000.0), "after: {}", kbps(3.4));
+}
