@@ -372,3 +372,81 @@ async fn relay_only_call_through_natter_turn() {
     out.hangup().await.unwrap();
     inc.ended(WAIT).await.unwrap();
 }
+
+/// Relay-only call whose TURN legs both cross a natter-netem proxy losing 5 % each way
+/// with 20 ms of delay: the call connects, the loss shows in the receivers' counts, and
+/// every missing frame is concealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_call_through_natter_turn_behind_a_lossy_link() {
+    use natter_netem::config::Impairment;
+    use natter_netem::proxy::{Direction, Proxy, ProxyConfig};
+    let turn_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let lossy = Impairment {
+        delay_ms: 20.0,
+        loss_pct: 5.0,
+        ..Default::default()
+    };
+    let dir = |imp: &Impairment| Direction {
+        impairment: imp.clone(),
+        capacity: natter_netem::capacity::Capacity::Unlimited,
+    };
+    let proxy = Proxy::start(ProxyConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: format!("127.0.0.1:{turn_port}").parse().unwrap(),
+        forward: dir(&lossy),
+        backward: dir(&lossy),
+        seed: 7,
+    })
+    .await
+    .unwrap();
+    let url = format!("turn:{}?transport=udp", proxy.local_addr());
+    let server = TestServer::start_with(&[
+        "--turn-listen",
+        &format!("127.0.0.1:{turn_port}"),
+        "--turn-allow-peers",
+        "127.0.0.0/8",
+        "--turn-urls",
+        &url,
+        "--turn-secret",
+        "lossy-link-secret",
+    ]);
+    let a = device(&server).await;
+    let mut b = device(&server).await;
+    let relay = |send: f32, expect: f32| MediaOptions {
+        relay_only: true,
+        ..tone(send, expect)
+    };
+    let out = a
+        .client
+        .place_call(b.client.user(), Media::Audio, relay(440.0, 660.0))
+        .await
+        .unwrap();
+    let inc = answer(&mut b, relay(660.0, 440.0)).await;
+    connected(&out).await;
+    connected(&inc).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for c in [&out, &inc] {
+        let s = c.stats();
+        eprintln!("{s:?}");
+        let expected = s.received.frames_received + s.received.frames_lost;
+        assert!(expected >= 150, "{s:?}");
+        // Two lossy legs (client -> TURN, TURN -> client) between sender and receiver.
+        let lost_pct = 100.0 * s.received.frames_lost as f64 / expected as f64;
+        assert!((3.0..=20.0).contains(&lost_pct), "lost {lost_pct} %: {s:?}");
+        // Every frame that did not arrive was concealed; all that did decoded.
+        assert_eq!(s.received.frames_concealed, s.received.frames_lost, "{s:?}");
+        assert_eq!(
+            s.received.frames_decoded, s.received.frames_received,
+            "{s:?}"
+        );
+        assert!(s.tone_pct() >= 90.0, "{s:?}");
+    }
+    out.hangup().await.unwrap();
+    inc.ended(WAIT).await.unwrap();
+    let r = proxy.stop().await;
+    assert!(r.forward.lost_random > 0 && r.backward.lost_random > 0);
+}
