@@ -29,7 +29,7 @@ use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy,
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
-    register_default_interceptors,
+    SettingEngineBuilder, register_default_interceptors,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -227,6 +227,11 @@ pub struct MediaSession {
     sending: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+/// ICE nomination waits per candidate type (see `MediaSession::new`).
+const SRFLX_ACCEPTANCE_WAIT: Duration = Duration::from_millis(100);
+const PRFLX_ACCEPTANCE_WAIT: Duration = Duration::from_millis(200);
+const RELAY_ACCEPTANCE_WAIT: Duration = Duration::from_millis(400);
+
 fn rtc_err(e: impl std::fmt::Display) -> ClientError {
     ClientError::Protocol(format!("webrtc: {e}"))
 }
@@ -262,7 +267,23 @@ impl MediaSession {
             created: Instant::now(),
             opts: opts.clone(),
         });
+        // How long ICE lets a pair of each candidate type wait before nominating it. The
+        // library's defaults (srflx 0.5 s, prflx 1 s, relay 2 s, from pion) hold a relayed
+        // call back by seconds; a call should connect in well under one. Direct paths still
+        // get a head start over the relay, which wins at once when it is all there is.
+        let relay_wait = if opts.relay_only {
+            Duration::ZERO
+        } else {
+            RELAY_ACCEPTANCE_WAIT
+        };
+        let settings = SettingEngineBuilder::new()
+            .with_host_acceptance_min_wait(Some(Duration::ZERO))
+            .with_srflx_acceptance_min_wait(Some(SRFLX_ACCEPTANCE_WAIT))
+            .with_prflx_acceptance_min_wait(Some(PRFLX_ACCEPTANCE_WAIT))
+            .with_relay_acceptance_min_wait(Some(relay_wait))
+            .build();
         let pc = PeerConnectionBuilder::new()
+            .with_setting_engine(settings)
             .with_configuration(
                 RTCConfigurationBuilder::new()
                     .with_ice_servers(servers)
