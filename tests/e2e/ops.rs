@@ -29,12 +29,21 @@ async fn metrics_count_connections_frames_queue_latency_and_errors() {
         })
         .await;
     aconn.request(ClientFrame::Ping { id: 0 }).await.unwrap();
-    let text = reqwest::get(format!("{}/metrics", s.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // b's ack is a fire-and-forget frame on another socket: the delivery latency is
+    // recorded once the server has committed it, which may be after a's ping returns.
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = reqwest::get(format!("{}/metrics", s.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(&text, "natter_messaging_send_to_delivered_seconds_count") >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(metric(&text, "natter_messaging_connections"), 2.0);
     assert!(metric(&text, "natter_messaging_frames_in_total{type=\"send\"}") >= 2.0);
     assert!(metric(&text, "natter_messaging_frames_out_total{type=\"deliver\"}") >= 1.0);
