@@ -121,21 +121,10 @@ impl Namespace {
 
     /// Runs a command inside the network namespace and waits for it.
     fn exec(&self, args: &[&str]) -> io::Result<()> {
-        let out = Command::new("nsenter")
-            .args(["-t", &self.init.to_string(), "--net", "--"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "`{}` failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
+        self.exec_stdin(args, "")
     }
 
+    /// The same, with `input` on its standard input.
     fn exec_stdin(&self, args: &[&str], input: &str) -> io::Result<()> {
         use std::io::Write;
         let mut child = Command::new("nsenter")
