@@ -97,7 +97,8 @@ struct RunArgs {
     /// Stop after this many seconds (default: the scenario's duration_s, else 60).
     #[arg(long)]
     duration_s: Option<f64>,
-    /// Write per-pair CSV (per 200 ms), summary.json and an SVG plot per pair here.
+    /// Write a CSV (per 200 ms) and an SVG plot per access link direction, and
+    /// summary.json, here.
     #[arg(long)]
     stats_dir: Option<PathBuf>,
     /// One shell command per host, in the scenario's host order.
@@ -459,12 +460,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     if let Some(r) = &report {
-        for p in &r.pairs {
+        for p in &r.links {
             let s = &p.summary;
             println!(
-                "{}->{} offered={} delivered={} loss_pct={:.2} owd_p50_ms={} kbps={:.1}",
-                p.from,
-                p.to,
+                "{} {:<4} offered={} delivered={} loss_pct={:.2} owd_p50_ms={} kbps={:.1}",
+                p.host,
+                p.direction,
                 s.offered_pkts,
                 s.delivered_pkts,
                 s.loss_pct,
@@ -474,10 +475,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         if let Some(dir) = &args.stats_dir {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            for p in &r.pairs {
-                let stem = format!("{}-{}", p.from, p.to);
+            for p in &r.links {
+                let stem = format!("{}-{}", p.host, p.direction);
                 std::fs::write(dir.join(format!("{stem}.csv")), &p.csv)?;
-                let title = format!("{}: {} -> {}", s.name, p.from, p.to);
+                let title = format!("{}: {} {}link", s.name, p.host, p.direction);
                 std::fs::write(
                     dir.join(format!("{stem}.svg")),
                     natter_netem::plot::svg(&title, &p.intervals, r.interval),

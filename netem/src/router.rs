@@ -1,9 +1,11 @@
-//! The star router of link mode, sans-IO: IPv4 packets come in from host `i`, go out to the
-//! host owning the destination address, through one impaired [`Link`] per ordered pair of
-//! hosts (created on first use). Traffic from the first host uses the scenario's `forward`
-//! impairments, traffic to it `backward`; between other hosts, `forward`.
+//! The star router of link mode, sans-IO: every host reaches the router through its own
+//! access link, an impaired [`Link`] per direction (uplink: host → router, downlink: router
+//! → host). An IPv4 packet from host X to host Y crosses X's uplink, then Y's downlink; the
+//! host owning the destination address is found from the packet.
+//!
+//! A scenario's `forward` and `backward` are the first host's uplink and downlink (so with two
+//! hosts, `forward` is everything from the first to the second); any host may set its own.
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -16,20 +18,19 @@ use crate::stats::Recorder;
 pub struct RouterCounters {
     /// Not IPv4, or shorter than its header says.
     pub malformed: u64,
-    /// Addressed to no host.
+    /// Addressed to no host, or to the sender itself.
     pub unroutable: u64,
 }
 
-/// (from host, to host).
-type Pair = (usize, usize);
+/// One direction of an access link: its impairments and bottleneck.
+pub type Access = (Impairment, Capacity);
 
 pub struct Router {
     addrs: Vec<Ipv4Addr>,
-    forward: (Impairment, Capacity),
-    backward: (Impairment, Capacity),
-    seed: u64,
-    links: Vec<(Pair, Link<Vec<u8>>)>,
-    index: HashMap<Pair, usize>,
+    /// Per host: packets on their way to the router, tagged with the host they are for.
+    up: Vec<Link<(usize, Vec<u8>)>>,
+    /// Per host: packets on their way from the router to it.
+    down: Vec<Link<Vec<u8>>>,
     pub counters: RouterCounters,
 }
 
@@ -47,19 +48,20 @@ pub fn ipv4_destination(p: &[u8]) -> Option<Ipv4Addr> {
 }
 
 impl Router {
-    pub fn new(
-        addrs: Vec<Ipv4Addr>,
-        forward: (Impairment, Capacity),
-        backward: (Impairment, Capacity),
-        seed: u64,
-    ) -> Router {
+    /// A router for hosts at `addrs`, each with its (uplink, downlink).
+    pub fn new(addrs: Vec<Ipv4Addr>, links: Vec<(Access, Access)>, seed: u64) -> Router {
+        let mix =
+            |i: usize, d: u64| seed ^ ((i as u64) << 8 | d).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut up = Vec::new();
+        let mut down = Vec::new();
+        for (i, ((ui, uc), (di, dc))) in links.into_iter().enumerate() {
+            up.push(Link::new(ui, uc, mix(i, 1)));
+            down.push(Link::new(di, dc, mix(i, 2)));
+        }
         Router {
             addrs,
-            forward,
-            backward,
-            seed,
-            links: Vec::new(),
-            index: HashMap::new(),
+            up,
+            down,
             counters: RouterCounters::default(),
         }
     }
@@ -75,52 +77,61 @@ impl Router {
             self.counters.unroutable += 1;
             return None;
         };
-        if to == from {
+        if to == from || from >= self.up.len() {
             self.counters.unroutable += 1;
             return None;
         }
-        let i = match self.index.get(&(from, to)) {
-            Some(i) => *i,
-            None => {
-                let (imp, cap) = if to == 0 {
-                    self.backward.clone()
-                } else {
-                    self.forward.clone()
-                };
-                let seed = self.seed ^ ((from as u64) << 32 | to as u64).wrapping_mul(0x9E37_79B9);
-                self.links.push(((from, to), Link::new(imp, cap, seed)));
-                self.index.insert((from, to), self.links.len() - 1);
-                self.links.len() - 1
-            }
-        };
         let bytes = packet.len();
-        Some(self.links[i].1.send(now, bytes, packet))
+        Some(self.up[from].send(now, bytes, (to, packet)))
     }
 
     pub fn poll_timeout(&self) -> Option<Duration> {
-        self.links
-            .iter()
-            .filter_map(|(_, l)| l.poll_timeout())
-            .min()
+        let up = self.up.iter().filter_map(|l| l.poll_timeout());
+        let down = self.down.iter().filter_map(|l| l.poll_timeout());
+        up.chain(down).min()
     }
 
     /// The next packet due by `now`, with the host it goes to.
     pub fn poll_egress(&mut self, now: Duration) -> Option<(usize, Vec<u8>)> {
-        let (i, _) = self
-            .links
+        // Packets that left an uplink by now enter their downlink at the time they left, in
+        // time order across uplinks (a link expects its arrivals in order).
+        while let Some((i, t)) = self
+            .up
             .iter()
             .enumerate()
-            .filter_map(|(i, (_, l))| l.poll_timeout().map(|t| (i, t)))
+            .filter_map(|(i, l)| l.poll_timeout().map(|t| (i, t)))
+            .filter(|(_, t)| *t <= now)
+            .min_by_key(|(_, t)| *t)
+        {
+            let Some((to, p)) = self.up[i].poll_release(t) else {
+                break;
+            };
+            let n = p.len();
+            self.down[to].send(t, n, p);
+        }
+        let (to, t) = self
+            .down
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.poll_timeout().map(|t| (i, t)))
             .filter(|(_, t)| *t <= now)
             .min_by_key(|(_, t)| *t)?;
-        let ((_, to), link) = &mut self.links[i];
-        let to = *to;
-        link.poll_release(now).map(|p| (to, p))
+        self.down[to].poll_release(t).map(|p| (to, p))
     }
 
-    /// Statistics of every pair that carried traffic: (from, to, recorder).
-    pub fn pairs(&self) -> impl Iterator<Item = (usize, usize, &Recorder)> {
-        self.links.iter().map(|((f, t), l)| (*f, *t, l.stats()))
+    /// Statistics of every access link: (host, is uplink, recorder).
+    pub fn links(&self) -> impl Iterator<Item = (usize, bool, &Recorder)> {
+        let up = self
+            .up
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i, true, l.stats()));
+        let down = self
+            .down
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i, false, l.stats()));
+        up.chain(down)
     }
 }
 
@@ -136,33 +147,55 @@ mod tests {
         p
     }
 
+    fn delay(ms: f64) -> Access {
+        (
+            Impairment {
+                delay_ms: ms,
+                ..Default::default()
+            },
+            Capacity::Unlimited,
+        )
+    }
+
     #[test]
-    fn routes_by_destination_with_direction_specific_delay() {
-        let addrs = vec![Ipv4Addr::new(10, 77, 0, 1), Ipv4Addr::new(10, 77, 0, 2)];
-        let fwd = Impairment {
-            delay_ms: 10.0,
-            ..Default::default()
-        };
-        let bwd = Impairment {
-            delay_ms: 30.0,
-            ..Default::default()
-        };
-        let mut r = Router::new(
-            addrs,
-            (fwd, Capacity::Unlimited),
-            (bwd, Capacity::Unlimited),
-            1,
-        );
+    fn a_packet_crosses_the_senders_uplink_then_the_receivers_downlink() {
+        let addrs = vec![
+            Ipv4Addr::new(10, 77, 0, 1),
+            Ipv4Addr::new(10, 77, 0, 2),
+            Ipv4Addr::new(10, 77, 0, 3),
+        ];
+        // a: 10 ms up, 30 ms down; b: clean; c: 5 ms each way.
+        let links = vec![
+            (delay(10.0), delay(30.0)),
+            (delay(0.0), delay(0.0)),
+            (delay(5.0), delay(5.0)),
+        ];
+        let mut r = Router::new(addrs, links, 1);
         let t0 = Duration::ZERO;
-        assert!(r.ingress(t0, 0, packet([10, 77, 0, 2], 100)).is_some());
-        assert!(r.ingress(t0, 1, packet([10, 77, 0, 1], 60)).is_some());
-        assert_eq!(r.poll_timeout(), Some(Duration::from_millis(10)));
-        assert!(r.poll_egress(Duration::from_millis(9)).is_none());
-        let (to, p) = r.poll_egress(Duration::from_millis(10)).unwrap();
-        assert_eq!((to, p.len()), (1, 100));
-        let (to, p) = r.poll_egress(Duration::from_millis(30)).unwrap();
-        assert_eq!((to, p.len()), (0, 60));
-        // Garbage, IPv6, a truncated header and an unknown address are dropped and counted.
+        let ms = Duration::from_millis;
+        assert!(r.ingress(t0, 0, packet([10, 77, 0, 2], 100)).is_some()); // a -> b: 10
+        assert!(r.ingress(t0, 1, packet([10, 77, 0, 1], 60)).is_some()); // b -> a: 30
+        assert!(r.ingress(t0, 1, packet([10, 77, 0, 3], 70)).is_some()); // b -> c: 5
+        assert!(r.ingress(t0, 2, packet([10, 77, 0, 1], 80)).is_some()); // c -> a: 5 + 30
+        let mut out = Vec::new();
+        let mut now = t0;
+        while let Some(t) = r.poll_timeout() {
+            now = now.max(t);
+            while let Some((to, p)) = r.poll_egress(now) {
+                out.push((now, to, p.len()));
+            }
+        }
+        assert_eq!(
+            out,
+            vec![
+                (ms(5), 2, 70),
+                (ms(10), 1, 100),
+                (ms(30), 0, 60),
+                (ms(35), 0, 80)
+            ]
+        );
+        // Garbage, IPv6, a truncated header, an unknown address and a packet to oneself
+        // are dropped and counted.
         assert!(r.ingress(t0, 0, vec![1, 2, 3]).is_none());
         let mut v6 = packet([0; 4], 60);
         v6[0] = 0x60;
@@ -171,7 +204,13 @@ mod tests {
         short[2..4].copy_from_slice(&100u16.to_be_bytes());
         assert!(r.ingress(t0, 0, short).is_none());
         assert!(r.ingress(t0, 0, packet([8, 8, 8, 8], 40)).is_none());
+        assert!(r.ingress(t0, 0, packet([10, 77, 0, 1], 40)).is_none());
         assert_eq!(r.counters.malformed, 3);
-        assert_eq!(r.counters.unroutable, 1);
+        assert_eq!(r.counters.unroutable, 2);
+        let stats: Vec<_> = r
+            .links()
+            .map(|(h, up, rec)| (h, up, rec.summary().delivered_pkts))
+            .collect();
+        assert!(stats.contains(&(1, true, 2)) && stats.contains(&(0, false, 2)));
     }
 }

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::capacity::Capacity;
 use crate::config::Impairment;
+use crate::router::Access;
 
 /// How a host reaches the emulator in link mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -26,6 +27,11 @@ pub struct HostSpec {
     pub name: String,
     #[serde(default)]
     pub nat: Nat,
+    /// This host's link toward the router (default: the scenario's `forward` for the first
+    /// host, untouched for the others).
+    pub uplink: Option<Impairment>,
+    /// The router's link toward this host (default: `backward` for the first host).
+    pub downlink: Option<Impairment>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -104,10 +110,14 @@ impl Scenario {
                 HostSpec {
                     name: "a".into(),
                     nat: Nat::None,
+                    uplink: None,
+                    downlink: None,
                 },
                 HostSpec {
                     name: "b".into(),
                     nat: Nat::None,
+                    uplink: None,
+                    downlink: None,
                 },
             ];
         }
@@ -136,13 +146,16 @@ impl Scenario {
         {
             return Err(format!("duration_s must be > 0, got {d}"));
         }
+        for h in &s.hosts {
+            for (dir, imp) in [("uplink", &h.uplink), ("downlink", &h.downlink)] {
+                if let Some(imp) = imp {
+                    imp.validate()
+                        .map_err(|e| format!("host {} {dir}: {e}", h.name))?;
+                }
+            }
+        }
         // Load traces now so a bad one is reported before anything runs.
-        s.forward
-            .capacity(&s.base)
-            .map_err(|e| format!("[forward] {e}"))?;
-        s.backward
-            .capacity(&s.base)
-            .map_err(|e| format!("[backward] {e}"))?;
+        s.access_links()?;
         Ok(s)
     }
 
@@ -179,6 +192,37 @@ impl Scenario {
             dir
         };
         Scenario::parse(text, &base).map_err(|e| format!("built-in {name_or_path}: {e}"))
+    }
+
+    /// Every host's (uplink, downlink), in host order, with their bottlenecks loaded.
+    pub fn access_links(&self) -> Result<Vec<(Access, Access)>, String> {
+        let load = |imp: &Impairment, what: &str| {
+            imp.capacity(&self.base)
+                .map(|c| (imp.clone(), c))
+                .map_err(|e| format!("{what} {e}"))
+        };
+        let clean = Impairment::default();
+        self.hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let (up_default, down_default) = if i == 0 {
+                    (&self.forward, &self.backward)
+                } else {
+                    (&clean, &clean)
+                };
+                // Errors name the table the impairment came from.
+                let (up, up_name) = match &h.uplink {
+                    Some(u) => (u, format!("host {} uplink", h.name)),
+                    None => (up_default, "[forward]".to_owned()),
+                };
+                let (down, down_name) = match &h.downlink {
+                    Some(d) => (d, format!("host {} downlink", h.name)),
+                    None => (down_default, "[backward]".to_owned()),
+                };
+                Ok((load(up, &up_name)?, load(down, &down_name)?))
+            })
+            .collect()
     }
 
     pub fn forward_capacity(&self) -> Capacity {

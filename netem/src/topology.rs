@@ -165,11 +165,12 @@ pub struct Host {
     nat: Option<Namespace>,
 }
 
-/// Per ordered pair of hosts that carried traffic.
+/// One direction of one host's access link.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct PairReport {
-    pub from: String,
-    pub to: String,
+pub struct AccessReport {
+    pub host: String,
+    /// "up" (host → router) or "down" (router → host).
+    pub direction: &'static str,
     pub summary: Summary,
     /// Per-interval figures, in the JSON too.
     pub intervals: Vec<Interval>,
@@ -179,7 +180,8 @@ pub struct PairReport {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LinkReport {
-    pub pairs: Vec<PairReport>,
+    /// Access links that carried traffic.
+    pub links: Vec<AccessReport>,
     pub router: RouterCounters,
     #[serde(serialize_with = "seconds")]
     pub interval: Duration,
@@ -233,12 +235,7 @@ impl Topology {
             tuns.push(tun);
         }
         let addrs = topo.hosts.iter().map(|h| h.addr).collect();
-        let router = Router::new(
-            addrs,
-            (s.forward.clone(), s.forward_capacity()),
-            (s.backward.clone(), s.backward_capacity()),
-            s.seed,
-        );
+        let router = Router::new(addrs, s.access_links()?, s.seed);
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
@@ -292,29 +289,31 @@ impl Topology {
         }
     }
 
-    /// Stops the emulator and returns what every pair carried; the hosts stay up until
-    /// the topology is dropped.
+    /// Stops the emulator and returns what every access link carried; the hosts stay up
+    /// until the topology is dropped.
     pub fn stop_emulator(&mut self) -> Option<LinkReport> {
         let emu = self.emulator.take()?;
         emu.stop.store(true, Ordering::Relaxed);
         let router = emu.thread.join().ok()?;
         let name = |i: usize| self.names.get(i).cloned().unwrap_or_default();
         let mut interval = crate::stats::INTERVAL;
-        let pairs = router
-            .pairs()
-            .map(|(f, t, rec)| {
+        let links = router
+            .links()
+            .filter(|(_, _, rec)| rec.summary().offered_pkts > 0)
+            .map(|(h, up, rec)| {
                 interval = rec.interval_len();
-                PairReport {
-                    from: name(f),
-                    to: name(t),
+                let direction = if up { "up" } else { "down" };
+                AccessReport {
+                    host: name(h),
+                    direction,
                     summary: rec.summary(),
                     intervals: rec.intervals(),
-                    csv: rec.csv(&format!("{}->{}", name(f), name(t))),
+                    csv: rec.csv(&format!("{}-{direction}", name(h))),
                 }
             })
             .collect();
         Some(LinkReport {
-            pairs,
+            links,
             router: router.counters.clone(),
             interval,
         })

@@ -308,7 +308,11 @@ fn a_capacity_step_takes_effect_within_one_interval_in_link_mode() {
     let r = measure(&topo, "a", "b", 30.0, 4.0);
     assert!(r["received"].as_u64().unwrap() > 1000, "{r}");
     let report = topo.stop_emulator().unwrap();
-    let pair = report.pairs.iter().find(|p| p.from == "a").unwrap();
+    let pair = report
+        .links
+        .iter()
+        .find(|p| p.host == "a" && p.direction == "up")
+        .unwrap();
     let len = report.interval;
     let kbps = |t: f64| pair.intervals[(t / 0.2).round() as usize].delivered_kbps(len);
     let near = |got: f64, want: f64| (got - want).abs() / want < 0.05;

@@ -196,6 +196,12 @@ fn every_built_in_scenario_parses_and_bad_files_say_what_is_wrong() {
         Scenario::load("cellular").unwrap().forward_capacity(),
         Capacity::Trace { .. }
     ));
+    let nat = Scenario::load("symmetric-nat").unwrap();
+    let links = nat.access_links().unwrap();
+    assert_eq!(links.len(), 3);
+    assert_eq!(links[0].0.0.delay_ms, 20.0, "a's uplink is [forward]");
+    assert_eq!(links[1].1.0.delay_ms, 20.0, "b's own downlink");
+    assert_eq!(links[2].0.0.delay_ms, 0.0, "the relay's link is clean");
     let base = std::path::Path::new(".");
     let e = Scenario::parse("name = \"x\"\n[forward]\ndelay = 5\n", base).unwrap_err();
     assert!(e.contains("unknown field `delay`"), "{e}");
