@@ -44,7 +44,19 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_seq ON messages(conv_kind, conv_id, seq);
 CREATE INDEX IF NOT EXISTS messages_by_conv ON messages(conv_kind, conv_id, id);
+-- Receipts that arrived before the send's own acknowledgement gave the message its seq.
+CREATE TABLE IF NOT EXISTS early_receipts (
+    conv_kind  TEXT NOT NULL,
+    conv_id    INTEGER NOT NULL,
+    seq        INTEGER NOT NULL,
+    read       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS early_receipts_by_seq ON early_receipts(conv_kind, conv_id, seq);
 "#;
+
+/// Early receipts kept at most (receipts for messages this device never sent, e.g. a linked
+/// device's, would otherwise accumulate).
+const MAX_EARLY_RECEIPTS: i64 = 1000;
 
 /// One line of history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -370,7 +382,8 @@ impl Store {
         Ok(self.db.last_insert_rowid())
     }
 
-    /// Marks a sent message with its server sequence.
+    /// Marks a sent message with its server sequence, applying any receipt for it that
+    /// arrived first (the recipient can answer before the server's acknowledgement is read).
     pub fn mark_sent(&self, id: i64, seq: u64, ts_ms: u64) -> Result<(), ClientError> {
         self.db
             .execute(
@@ -378,6 +391,42 @@ impl Store {
                 params![id, seq as i64, ts_ms as i64],
             )
             .map_err(sql)?;
+        let conv: Option<(String, i64)> = self
+            .db
+            .query_row(
+                "SELECT conv_kind, conv_id FROM messages WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(sql)?;
+        let Some((kind, conv_id)) = conv else {
+            return Ok(());
+        };
+        let early: Option<i64> = self
+            .db
+            .query_row(
+                "SELECT max(read) FROM early_receipts
+                 WHERE conv_kind = ?1 AND conv_id = ?2 AND seq = ?3",
+                params![kind, conv_id, seq as i64],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        if let Some(read) = early {
+            let status = if read != 0 { "read" } else { "delivered" };
+            self.db
+                .execute(
+                    "UPDATE messages SET status = ?2 WHERE id = ?1",
+                    params![id, status],
+                )
+                .map_err(sql)?;
+            self.db
+                .execute(
+                    "DELETE FROM early_receipts WHERE conv_kind = ?1 AND conv_id = ?2 AND seq = ?3",
+                    params![kind, conv_id, seq as i64],
+                )
+                .map_err(sql)?;
+        }
         Ok(())
     }
 
@@ -400,10 +449,43 @@ impl Store {
                    AND status != 'read'",
             )
             .map_err(sql)?;
+        let mut early = Vec::new();
         for s in seqs {
-            st.execute(params![kind, id, *s as i64, status])
+            let n = st
+                .execute(params![kind, id, *s as i64, status])
                 .map_err(sql)?;
+            if n == 0 {
+                early.push(*s);
+            }
         }
+        drop(st);
+        // No message with that seq yet: it may be ours, still waiting for its ack.
+        for s in early {
+            let known: bool = self
+                .db
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM messages
+                     WHERE conv_kind = ?1 AND conv_id = ?2 AND seq = ?3)",
+                    params![kind, id, s as i64],
+                    |r| r.get(0),
+                )
+                .map_err(sql)?;
+            if !known {
+                self.db
+                    .execute(
+                        "INSERT INTO early_receipts (conv_kind, conv_id, seq, read)
+                         VALUES (?1, ?2, ?3, ?4)",
+                        params![kind, id, s as i64, read],
+                    )
+                    .map_err(sql)?;
+            }
+        }
+        self.db
+            .execute(
+                "DELETE FROM early_receipts WHERE rowid <= (SELECT max(rowid) FROM early_receipts) - ?1",
+                [MAX_EARLY_RECEIPTS],
+            )
+            .map_err(sql)?;
         Ok(())
     }
 
@@ -501,4 +583,51 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut f = opts.open(path)?;
     f.write_all(data)?;
     f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use natter_signaling::{DeviceId, UserId};
+
+    fn sending(store: &Store, conv: Conv) -> i64 {
+        store
+            .add_item(NewItem {
+                conv,
+                seq: None,
+                sender: UserId(1),
+                sender_device: DeviceId(1),
+                ts_ms: 0,
+                outgoing: true,
+                kind: ItemKind::Text,
+                body: "hi",
+                file: None,
+                status: "sending",
+                client_id: None,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_receipt_that_beats_the_send_ack_is_kept_until_the_seq_is_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let conv = Conv::Direct(UserId(2));
+        let a = sending(&store, conv);
+        let b = sending(&store, conv);
+        // Receipts for seqs 7 (delivered) and 8 (read) arrive before either ack.
+        store.apply_receipt(conv, &[7], false).unwrap();
+        store.apply_receipt(conv, &[8], true).unwrap();
+        store.mark_sent(a, 7, 1).unwrap();
+        store.mark_sent(b, 8, 2).unwrap();
+        let h = store.history(conv, 10).unwrap();
+        let status = |id: i64| h.iter().find(|i| i.id == id).unwrap().status.clone();
+        assert_eq!(status(a), "delivered");
+        assert_eq!(status(b), "read");
+        // Used up: a later message that reuses nothing stays "sent".
+        let c = sending(&store, conv);
+        store.mark_sent(c, 9, 3).unwrap();
+        let h = store.history(conv, 10).unwrap();
+        assert_eq!(h.iter().find(|i| i.id == c).unwrap().status, "sent");
+    }
 }
