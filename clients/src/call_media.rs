@@ -232,11 +232,13 @@ pub struct MediaSession {
 /// connects: it hands TURN-relayed writes to its TURN client after it has flushed that
 /// client, so they leave only on the driver's next wake-up. With the library's 200 ms / 2 s
 /// a relayed handshake crawled (2.5 s on loopback); with these it takes under a second.
+/// A pair gets 200 checks (10 s) before it counts as failed: with 50 per pair, relayed calls
+/// on a machine short of CPU sometimes gave up on their only pair and never connected.
 const SRFLX_ACCEPTANCE_WAIT: Duration = Duration::from_millis(100);
 const PRFLX_ACCEPTANCE_WAIT: Duration = Duration::from_millis(200);
 const RELAY_ACCEPTANCE_WAIT: Duration = Duration::from_millis(400);
 const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
-const ICE_CHECKS_PER_PAIR: u16 = 50;
+const ICE_CHECKS_PER_PAIR: u16 = 200;
 const ICE_KEEPALIVE: Duration = Duration::from_millis(100);
 
 fn rtc_err(e: impl std::fmt::Display) -> ClientError {
