@@ -70,13 +70,22 @@ async fn no_leaks(d: &Device) {
 }
 
 /// A call both ways: returns (caller's call, callee's call) once media flows.
-async fn call(server_a: &mut Device, b: &mut Device) -> (ActiveCall, ActiveCall) {
-    let out = server_a
+async fn call(a: &mut Device, b: &mut Device) -> (ActiveCall, ActiveCall) {
+    call_with(a, b, false).await
+}
+
+/// The same, optionally with both sides limited to TURN relays.
+async fn call_with(a: &mut Device, b: &mut Device, relay_only: bool) -> (ActiveCall, ActiveCall) {
+    let opts = |send: f32, expect: f32| MediaOptions {
+        relay_only,
+        ..tone(send, expect)
+    };
+    let out = a
         .client
-        .place_call(b.client.user(), Media::Audio, tone(440.0, 660.0))
+        .place_call(b.client.user(), Media::Audio, opts(440.0, 660.0))
         .await
         .unwrap();
-    let inc = answer(b, tone(660.0, 440.0)).await;
+    let inc = answer(b, opts(660.0, 440.0)).await;
     connected(&out).await;
     connected(&inc).await;
     (out, inc)
@@ -287,29 +296,9 @@ async fn ice_restart_keeps_audio_flowing() {
     inc.ended(WAIT).await.unwrap();
 }
 
-/// Until natter's own TURN server lands, the relay is coturn from Debian.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_only_call_through_coturn() {
-    let Some(turn) = Coturn::start() else { return };
-    let turn_url = format!("turn:127.0.0.1:{}?transport=udp", turn.port);
-    let server =
-        TestServer::start_with(&["--turn-urls", &turn_url, "--turn-secret", Coturn::SECRET]);
-    let a = device(&server).await;
-    let mut b = device(&server).await;
-    let relay = |send: f32, expect: f32| MediaOptions {
-        relay_only: true,
-        ..tone(send, expect)
-    };
-    let out = a
-        .client
-        .place_call(b.client.user(), Media::Audio, relay(440.0, 660.0))
-        .await
-        .unwrap();
-    let inc = answer(&mut b, relay(660.0, 440.0)).await;
-    connected(&out).await;
-    connected(&inc).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for c in [&out, &inc] {
+/// Both sides decoded ≥ 95 % of ≥ 60 frames and heard the other's tone in ≥ 90 %.
+fn assert_audio_heard_both_ways(out: &ActiveCall, inc: &ActiveCall) {
+    for c in [out, inc] {
         let s = c.stats();
         assert!(
             s.decoded_pct() >= 95.0 && s.received.frames_decoded >= 60,
@@ -317,6 +306,20 @@ async fn relay_only_call_through_coturn() {
         );
         assert!(s.tone_pct() >= 90.0, "{s:?}");
     }
+}
+
+/// Until natter's own TURN server lands, the relay is coturn from Debian.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_call_through_coturn() {
+    let Some(turn) = Coturn::start() else { return };
+    let turn_url = format!("turn:127.0.0.1:{}?transport=udp", turn.port);
+    let server =
+        TestServer::start_with(&["--turn-urls", &turn_url, "--turn-secret", Coturn::SECRET]);
+    let mut a = device(&server).await;
+    let mut b = device(&server).await;
+    let (out, inc) = call_with(&mut a, &mut b, true).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_audio_heard_both_ways(&out, &inc);
     out.hangup().await.unwrap();
     inc.ended(WAIT).await.unwrap();
     assert!(turn.relayed_something(), "coturn relayed the media");
@@ -331,29 +334,11 @@ async fn relay_only_call_through_natter_turn() {
         "--turn-allow-peers",
         "127.0.0.0/8",
     ]);
-    let a = device(&server).await;
+    let mut a = device(&server).await;
     let mut b = device(&server).await;
-    let relay = |send: f32, expect: f32| MediaOptions {
-        relay_only: true,
-        ..tone(send, expect)
-    };
-    let out = a
-        .client
-        .place_call(b.client.user(), Media::Audio, relay(440.0, 660.0))
-        .await
-        .unwrap();
-    let inc = answer(&mut b, relay(660.0, 440.0)).await;
-    connected(&out).await;
-    connected(&inc).await;
+    let (out, inc) = call_with(&mut a, &mut b, true).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    for c in [&out, &inc] {
-        let s = c.stats();
-        assert!(
-            s.decoded_pct() >= 95.0 && s.received.frames_decoded >= 60,
-            "{s:?}"
-        );
-        assert!(s.tone_pct() >= 90.0, "{s:?}");
-    }
+    assert_audio_heard_both_ways(&out, &inc);
     let metrics = reqwest::get(format!("{}/metrics", server.base))
         .await
         .unwrap()
@@ -416,20 +401,9 @@ async fn relay_only_call_through_natter_turn_behind_a_lossy_link() {
         "--turn-secret",
         "lossy-link-secret",
     ]);
-    let a = device(&server).await;
+    let mut a = device(&server).await;
     let mut b = device(&server).await;
-    let relay = |send: f32, expect: f32| MediaOptions {
-        relay_only: true,
-        ..tone(send, expect)
-    };
-    let out = a
-        .client
-        .place_call(b.client.user(), Media::Audio, relay(440.0, 660.0))
-        .await
-        .unwrap();
-    let inc = answer(&mut b, relay(660.0, 440.0)).await;
-    connected(&out).await;
-    connected(&inc).await;
+    let (out, inc) = call_with(&mut a, &mut b, true).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     for c in [&out, &inc] {
         let s = c.stats();
