@@ -108,6 +108,33 @@ pub struct Impairment {
     pub overhead_bytes: u32,
 }
 
+/// One direction of a link: what it does to packets, and its bottleneck (loaded).
+#[derive(Debug, Clone)]
+pub struct Direction {
+    pub impairment: Impairment,
+    pub capacity: Capacity,
+}
+
+impl Direction {
+    /// Checks `impairment` and loads its bottleneck (a trace path is relative to `base`).
+    pub fn load(impairment: Impairment, base: &Path) -> Result<Direction, String> {
+        impairment.validate()?;
+        let capacity = impairment.capacity(base)?;
+        Ok(Direction {
+            impairment,
+            capacity,
+        })
+    }
+
+    /// Passes packets through untouched.
+    pub fn clean() -> Direction {
+        Direction {
+            impairment: Impairment::default(),
+            capacity: Capacity::Unlimited,
+        }
+    }
+}
+
 /// The queue in front of the bottleneck.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum QueueLimit {

@@ -301,23 +301,11 @@ fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     if let Some(s) = args.seed {
         seed = s;
     }
-    fwd.validate()
-        .map_err(|e| anyhow::anyhow!("forward: {e}"))?;
-    bwd.validate()
-        .map_err(|e| anyhow::anyhow!("backward: {e}"))?;
-    let fcap = fwd.capacity(&base).map_err(anyhow::Error::msg)?;
-    let bcap = bwd.capacity(&base).map_err(anyhow::Error::msg)?;
     let cfg = ProxyConfig {
         listen: args.listen,
         upstream: args.upstream,
-        forward: Direction {
-            impairment: fwd,
-            capacity: fcap,
-        },
-        backward: Direction {
-            impairment: bwd,
-            capacity: bcap,
-        },
+        forward: Direction::load(fwd, &base).map_err(|e| anyhow::anyhow!("forward: {e}"))?,
+        backward: Direction::load(bwd, &base).map_err(|e| anyhow::anyhow!("backward: {e}"))?,
         seed,
     };
     let rt = tokio::runtime::Builder::new_current_thread()

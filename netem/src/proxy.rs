@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use crate::capacity::Capacity;
-use crate::config::Impairment;
+pub use crate::config::Direction;
 use crate::link::Link;
 use crate::stats::{Interval, Summary};
 
@@ -23,22 +22,6 @@ pub const MAX_CLIENTS: usize = 256;
 /// A client silent this long loses its upstream socket.
 pub const CLIENT_IDLE: Duration = Duration::from_secs(120);
 const MAX_DATAGRAM: usize = 65_535;
-
-/// One direction's setup.
-#[derive(Debug, Clone)]
-pub struct Direction {
-    pub impairment: Impairment,
-    pub capacity: Capacity,
-}
-
-impl Direction {
-    pub fn clean() -> Direction {
-        Direction {
-            impairment: Impairment::default(),
-            capacity: Capacity::Unlimited,
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {

@@ -9,8 +9,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::capacity::Capacity;
-use crate::config::Impairment;
+use crate::config::Direction;
 use crate::link::{Link, Verdict};
 use crate::stats::Recorder;
 
@@ -21,9 +20,6 @@ pub struct RouterCounters {
     /// Addressed to no host, or to the sender itself.
     pub unroutable: u64,
 }
-
-/// One direction of an access link: its impairments and bottleneck.
-pub type Access = (Impairment, Capacity);
 
 pub struct Router {
     addrs: Vec<Ipv4Addr>,
@@ -49,14 +45,14 @@ pub fn ipv4_destination(p: &[u8]) -> Option<Ipv4Addr> {
 
 impl Router {
     /// A router for hosts at `addrs`, each with its (uplink, downlink).
-    pub fn new(addrs: Vec<Ipv4Addr>, links: Vec<(Access, Access)>, seed: u64) -> Router {
+    pub fn new(addrs: Vec<Ipv4Addr>, links: Vec<(Direction, Direction)>, seed: u64) -> Router {
         let mix =
             |i: usize, d: u64| seed ^ ((i as u64) << 8 | d).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut up = Vec::new();
         let mut down = Vec::new();
-        for (i, ((ui, uc), (di, dc))) in links.into_iter().enumerate() {
-            up.push(Link::new(ui, uc, mix(i, 1)));
-            down.push(Link::new(di, dc, mix(i, 2)));
+        for (i, (u, d)) in links.into_iter().enumerate() {
+            up.push(Link::new(u.impairment, u.capacity, mix(i, 1)));
+            down.push(Link::new(d.impairment, d.capacity, mix(i, 2)));
         }
         Router {
             addrs,
@@ -138,6 +134,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Impairment;
 
     fn packet(dst: [u8; 4], len: usize) -> Vec<u8> {
         let mut p = vec![0u8; len];
@@ -147,14 +144,12 @@ mod tests {
         p
     }
 
-    fn delay(ms: f64) -> Access {
-        (
-            Impairment {
-                delay_ms: ms,
-                ..Default::default()
-            },
-            Capacity::Unlimited,
-        )
+    fn delay(ms: f64) -> Direction {
+        let imp = Impairment {
+            delay_ms: ms,
+            ..Default::default()
+        };
+        Direction::load(imp, std::path::Path::new(".")).unwrap()
     }
 
     #[test]

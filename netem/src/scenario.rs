@@ -5,9 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::capacity::Capacity;
-use crate::config::Impairment;
-use crate::router::Access;
+use crate::config::{Direction, Impairment};
 
 /// How a host reaches the emulator in link mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -146,15 +144,8 @@ impl Scenario {
         {
             return Err(format!("duration_s must be > 0, got {d}"));
         }
-        for h in &s.hosts {
-            for (dir, imp) in [("uplink", &h.uplink), ("downlink", &h.downlink)] {
-                if let Some(imp) = imp {
-                    imp.validate()
-                        .map_err(|e| format!("host {} {dir}: {e}", h.name))?;
-                }
-            }
-        }
-        // Load traces now so a bad one is reported before anything runs.
+        // Checks every host's own links and loads traces now, so a bad one is reported
+        // before anything runs.
         s.access_links()?;
         Ok(s)
     }
@@ -195,11 +186,9 @@ impl Scenario {
     }
 
     /// Every host's (uplink, downlink), in host order, with their bottlenecks loaded.
-    pub fn access_links(&self) -> Result<Vec<(Access, Access)>, String> {
+    pub fn access_links(&self) -> Result<Vec<(Direction, Direction)>, String> {
         let load = |imp: &Impairment, what: &str| {
-            imp.capacity(&self.base)
-                .map(|c| (imp.clone(), c))
-                .map_err(|e| format!("{what} {e}"))
+            Direction::load(imp.clone(), &self.base).map_err(|e| format!("{what} {e}"))
         };
         let clean = Impairment::default();
         self.hosts
@@ -213,27 +202,15 @@ impl Scenario {
                 };
                 // Errors name the table the impairment came from.
                 let (up, up_name) = match &h.uplink {
-                    Some(u) => (u, format!("host {} uplink", h.name)),
+                    Some(u) => (u, format!("host {} uplink:", h.name)),
                     None => (up_default, "[forward]".to_owned()),
                 };
                 let (down, down_name) = match &h.downlink {
-                    Some(d) => (d, format!("host {} downlink", h.name)),
+                    Some(d) => (d, format!("host {} downlink:", h.name)),
                     None => (down_default, "[backward]".to_owned()),
                 };
                 Ok((load(up, &up_name)?, load(down, &down_name)?))
             })
             .collect()
-    }
-
-    pub fn forward_capacity(&self) -> Capacity {
-        self.forward
-            .capacity(&self.base)
-            .unwrap_or(Capacity::Unlimited)
-    }
-
-    pub fn backward_capacity(&self) -> Capacity {
-        self.backward
-            .capacity(&self.base)
-            .unwrap_or(Capacity::Unlimited)
     }
 }

@@ -23,10 +23,7 @@ async fn echo_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 }
 
 fn dir(imp: Impairment) -> Direction {
-    Direction {
-        capacity: imp.capacity(std::path::Path::new(".")).unwrap(),
-        impairment: imp,
-    }
+    Direction::load(imp, std::path::Path::new(".")).unwrap()
 }
 
 /// Sends `n` numbered pings every `gap`; returns round trips of those that came back.
@@ -191,17 +188,27 @@ fn every_built_in_scenario_parses_and_bad_files_say_what_is_wrong() {
     assert_eq!(s.forward.delay_ms, 50.0);
     assert_eq!(s.forward.queue_ms, Some(300.0));
     assert_eq!(s.forward.capacity.len(), 4);
-    assert!(matches!(s.forward_capacity(), Capacity::Steps(_)));
     assert!(matches!(
-        Scenario::load("cellular").unwrap().forward_capacity(),
+        s.forward.capacity(&s.base).unwrap(),
+        Capacity::Steps(_)
+    ));
+    let cell = Scenario::load("cellular").unwrap();
+    assert!(matches!(
+        cell.forward.capacity(&cell.base).unwrap(),
         Capacity::Trace { .. }
     ));
     let nat = Scenario::load("symmetric-nat").unwrap();
     let links = nat.access_links().unwrap();
     assert_eq!(links.len(), 3);
-    assert_eq!(links[0].0.0.delay_ms, 20.0, "a's uplink is [forward]");
-    assert_eq!(links[1].1.0.delay_ms, 20.0, "b's own downlink");
-    assert_eq!(links[2].0.0.delay_ms, 0.0, "the relay's link is clean");
+    assert_eq!(
+        links[0].0.impairment.delay_ms, 20.0,
+        "a's uplink is [forward]"
+    );
+    assert_eq!(links[1].1.impairment.delay_ms, 20.0, "b's own downlink");
+    assert_eq!(
+        links[2].0.impairment.delay_ms, 0.0,
+        "the relay's link is clean"
+    );
     let base = std::path::Path::new(".");
     let e = Scenario::parse("name = \"x\"\n[forward]\ndelay = 5\n", base).unwrap_err();
     assert!(e.contains("unknown field `delay`"), "{e}");

@@ -377,10 +377,7 @@ async fn relay_only_call_through_natter_turn_behind_a_lossy_link() {
         loss_pct: 2.0,
         ..Default::default()
     };
-    let dir = |imp: &Impairment| Direction {
-        impairment: imp.clone(),
-        capacity: natter_netem::capacity::Capacity::Unlimited,
-    };
+    let dir = |imp: &Impairment| Direction::load(imp.clone(), std::path::Path::new(".")).unwrap();
     let proxy = Proxy::start(ProxyConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstream: format!("127.0.0.1:{turn_port}").parse().unwrap(),
