@@ -414,6 +414,18 @@ impl Server {
         ok
     }
 
+    /// Why `five`'s allocation may not use `peer` (error code and reason), if it may not:
+    /// another address family than its relay, or a refused address.
+    fn refuse_peer(&mut self, five: &FiveTuple, peer: SocketAddr) -> Option<(u16, &'static str)> {
+        if peer.is_ipv4() != self.allocations[five].relay.is_ipv4() {
+            return Some((443, "Peer Address Family Mismatch"));
+        }
+        if !self.peer_allowed(peer) {
+            return Some((403, "Forbidden: peer address not allowed"));
+        }
+        None
+    }
+
     /// A STUN packet from a client (a request or an indication).
     pub fn handle(&mut self, five: FiveTuple, bytes: &[u8], now_ms: u64) -> Vec<Output> {
         let Ok(m) = Message::parse(bytes) else {
@@ -758,23 +770,9 @@ impl Server {
                 ));
             }
         };
-        let relay_v4 = self.allocations[&five].relay.is_ipv4();
         for p in &peers {
-            if p.is_ipv4() != relay_v4 {
-                return reply(signed_error(
-                    m,
-                    443,
-                    "Peer Address Family Mismatch",
-                    &auth.key,
-                ));
-            }
-            if !self.peer_allowed(*p) {
-                return reply(signed_error(
-                    m,
-                    403,
-                    "Forbidden: peer address not allowed",
-                    &auth.key,
-                ));
+            if let Some((code, reason)) = self.refuse_peer(&five, *p) {
+                return reply(signed_error(m, code, reason, &auth.key));
             }
         }
         let a = self
@@ -845,21 +843,8 @@ impl Server {
                 ));
             }
         };
-        if peer.is_ipv4() != self.allocations[&five].relay.is_ipv4() {
-            return reply(signed_error(
-                m,
-                443,
-                "Peer Address Family Mismatch",
-                &auth.key,
-            ));
-        }
-        if !self.peer_allowed(peer) {
-            return reply(signed_error(
-                m,
-                403,
-                "Forbidden: peer address not allowed",
-                &auth.key,
-            ));
+        if let Some((code, reason)) = self.refuse_peer(&five, peer) {
+            return reply(signed_error(m, code, reason, &auth.key));
         }
         let a = self
             .allocations
