@@ -10,6 +10,7 @@
 //! * [`store`]: the local SQLite database (credentials, sealed crypto state, history).
 
 pub mod account;
+pub mod args;
 pub mod audio;
 pub mod call_media;
 pub mod calls;

@@ -13,6 +13,7 @@
 //! `idle` opens many authenticated sockets that then sit idle, and reports how much the
 //! server's resident memory grew per socket.
 
+use natter_client::args::parse_duration;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,24 +64,6 @@ fn parse_encoding(s: &str) -> Result<Encoding, String> {
         "json" => Ok(Encoding::Json),
         _ => Err(format!("{s:?}: use bin or json")),
     }
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 10s or 500ms"))?;
-    let secs = match unit {
-        "" | "s" => v,
-        "ms" => v / 1000.0,
-        "m" => v * 60.0,
-        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 #[derive(Debug, Subcommand)]
