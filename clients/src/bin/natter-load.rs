@@ -13,7 +13,6 @@
 //! `idle` opens many authenticated sockets that then sit idle, and reports how much the
 //! server's resident memory grew per socket.
 
-use natter_client::args::parse_duration;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +23,7 @@ use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
+use natter_client::args::parse_duration;
 use natter_client::content::Content;
 use natter_client::crypto::Machine;
 use natter_client::protocol::codec::Encoding;
