@@ -114,7 +114,8 @@ impl<P: Clone> Link<P> {
 
     /// A packet of `bytes` (its size on the wire, before `overhead_bytes`) enters at `now`.
     pub fn send(&mut self, now: Duration, bytes: usize, packet: P) -> Verdict {
-        self.stats.capacity(now, self.capacity.rate_at(now));
+        let capacity = &self.capacity;
+        self.stats.capacity(now, || capacity.rate_at(now));
         self.stats.offered(now, bytes);
         if self.lose(now) {
             return Verdict::LostRandom;

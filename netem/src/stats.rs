@@ -164,12 +164,14 @@ impl Recorder {
         Some(&mut self.intervals[i])
     }
 
-    /// Notes the capacity in force for intervals that do not have one yet, up to `t`.
-    pub fn capacity(&mut self, t: Duration, bits_per_s: Option<u64>) {
+    /// Notes the capacity in force at `t` if its interval has none yet; `rate` (bits per
+    /// second, `None` for unlimited) is only asked then, once per interval rather than per
+    /// packet.
+    pub fn capacity(&mut self, t: Duration, rate: impl FnOnce() -> Option<u64>) {
         if let Some(iv) = self.at(t)
             && iv.capacity_kbps.is_none()
         {
-            iv.capacity_kbps = bits_per_s.map(|b| b as f64 / 1000.0);
+            iv.capacity_kbps = rate().map(|b| b as f64 / 1000.0);
         }
     }
 
