@@ -201,7 +201,6 @@ pub struct Topology {
     pub hosts: Vec<Host>,
     emulator: Option<Emulator>,
     procs: Vec<Child>,
-    names: Vec<String>,
 }
 
 static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -225,7 +224,6 @@ impl Topology {
             hosts: Vec::new(),
             emulator: None,
             procs: Vec::new(),
-            names: s.hosts.iter().map(|h| h.name.clone()).collect(),
         };
         let mut tuns = Vec::new();
         for (i, spec) in s.hosts.iter().enumerate() {
@@ -295,7 +293,12 @@ impl Topology {
         let emu = self.emulator.take()?;
         emu.stop.store(true, Ordering::Relaxed);
         let router = emu.thread.join().ok()?;
-        let name = |i: usize| self.names.get(i).cloned().unwrap_or_default();
+        let name = |i: usize| {
+            self.hosts
+                .get(i)
+                .map(|h| h.name.clone())
+                .unwrap_or_default()
+        };
         let mut interval = crate::stats::INTERVAL;
         let links = router
             .links()
