@@ -26,6 +26,25 @@ fn dir(imp: Impairment) -> Direction {
     Direction::load(imp, std::path::Path::new(".")).unwrap()
 }
 
+/// A proxy impairing each way in front of a fresh echo server: (proxy, echo task).
+async fn proxy_to_echo(
+    forward: Impairment,
+    backward: Impairment,
+    seed: u64,
+) -> (Proxy, tokio::task::JoinHandle<()>) {
+    let (up, echo) = echo_server().await;
+    let p = Proxy::start(ProxyConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: up,
+        forward: dir(forward),
+        backward: dir(backward),
+        seed,
+    })
+    .await
+    .unwrap();
+    (p, echo)
+}
+
 /// Sends `n` numbered pings every `gap`; returns round trips of those that came back.
 async fn ping(proxy: SocketAddr, n: u32, gap: Duration) -> Vec<Duration> {
     let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -68,20 +87,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[tokio::test]
 async fn delay_each_way_shows_in_the_round_trip() {
-    let (up, _echo) = echo_server().await;
     let imp = Impairment {
         delay_ms: 30.0,
         ..Default::default()
     };
-    let p = Proxy::start(ProxyConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstream: up,
-        forward: dir(imp.clone()),
-        backward: dir(imp),
-        seed: 1,
-    })
-    .await
-    .unwrap();
+    let (p, _echo) = proxy_to_echo(imp.clone(), imp, 1).await;
     let rtts = ping(p.local_addr(), 300, Duration::from_millis(5)).await;
     assert_eq!(rtts.len(), 300);
     let m = median(rtts);
@@ -99,20 +109,11 @@ async fn delay_each_way_shows_in_the_round_trip() {
 
 #[tokio::test]
 async fn loss_both_ways_compounds() {
-    let (up, _echo) = echo_server().await;
     let imp = Impairment {
         loss_pct: 10.0,
         ..Default::default()
     };
-    let p = Proxy::start(ProxyConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstream: up,
-        forward: dir(imp.clone()),
-        backward: dir(imp),
-        seed: 4,
-    })
-    .await
-    .unwrap();
+    let (p, _echo) = proxy_to_echo(imp.clone(), imp, 4).await;
     let rtts = ping(p.local_addr(), 2000, Duration::from_micros(500)).await;
     let r = p.stop().await;
     // What came back is what both links let through, give or take a datagram the kernel
@@ -131,21 +132,12 @@ async fn loss_both_ways_compounds() {
 
 #[tokio::test]
 async fn a_rate_limit_paces_a_burst() {
-    let (up, _echo) = echo_server().await;
     // 400 kbit/s forward: 100 pings of 40 B (+28 B headers) take 136 ms to get through.
     let fwd = Impairment {
         rate_kbps: Some(400.0),
         ..Default::default()
     };
-    let p = Proxy::start(ProxyConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstream: up,
-        forward: dir(fwd),
-        backward: dir(Impairment::default()),
-        seed: 1,
-    })
-    .await
-    .unwrap();
+    let (p, _echo) = proxy_to_echo(fwd, Impairment::default(), 1).await;
     let rtts = ping(p.local_addr(), 100, Duration::ZERO).await;
     assert_eq!(rtts.len(), 100);
     let last = *rtts.iter().max().unwrap();
