@@ -242,19 +242,24 @@ fn a_harness_killed_midway_leaves_nothing_behind() {
     let first = lines.next().unwrap().unwrap();
     assert!(first.starts_with("hosts up:"), "{first}");
     // Wait until the three commands run.
+    // The harness's own command line holds the marker too, and so does each shell until it
+    // execs `sleep`: count only the sleeps.
+    let sleepers_in = |procs: &[(u32, u32, std::path::PathBuf, String)]| -> Vec<u32> {
+        procs
+            .iter()
+            .filter(|p| p.3.starts_with("sleep") && p.3.contains(&marker))
+            .map(|p| p.0)
+            .collect()
+    };
     let mut procs = processes();
     for _ in 0..100 {
-        if procs.iter().filter(|p| p.3.contains(&marker)).count() >= 3 {
+        if sleepers_in(&procs).len() >= 3 {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
         procs = processes();
     }
-    let sleepers: Vec<u32> = procs
-        .iter()
-        .filter(|p| p.3.starts_with("sleep") && p.3.contains(&marker))
-        .map(|p| p.0)
-        .collect();
+    let sleepers = sleepers_in(&procs);
     assert_eq!(sleepers.len(), 3, "the three host commands run");
     // The namespaces the run made: those of the harness's namespace holders.
     let namespaces: std::collections::HashSet<_> = procs
