@@ -4,7 +4,7 @@
 //! are missing, and fails instead under NATTER_REQUIRE_ALL=1.
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -32,8 +32,11 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
+const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+fn free_port(ip: IpAddr) -> u16 {
+    UdpSocket::bind((ip, 0))
         .unwrap()
         .local_addr()
         .unwrap()
@@ -49,22 +52,27 @@ struct Turn {
     _dir: tempfile::TempDir,
 }
 
-/// natter-turn with a static user, a REST secret, and loopback peers allowed.
-fn natter_turn(tls: bool) -> Turn {
+/// natter-turn listening and relaying on the loopback address `ip`, with a static user, a
+/// REST secret, and loopback peers allowed.
+fn natter_turn(ip: IpAddr, tls: bool) -> Turn {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter-turn"));
     let metrics = format!("127.0.0.1:{}", free_port_tcp());
+    let any_port = SocketAddr::new(ip, 0).to_string();
+    let loopback_net = if ip.is_ipv4() {
+        "127.0.0.0/8"
+    } else {
+        "::1/128"
+    };
+    cmd.args(["--listen-udp", &any_port, "--listen-tcp", &any_port])
+        .args(["--relay-ips", &ip.to_string()]);
     cmd.args([
-        "--listen-udp",
-        "127.0.0.1:0",
-        "--listen-tcp",
-        "127.0.0.1:0",
         "--user",
         "bench:benchpass",
         "--rest-secret",
         "rest-secret",
         "--allow-peer",
-        "127.0.0.0/8",
+        loopback_net,
         "--relay-ports",
         "52000-52999",
         "--user-quota",
@@ -77,7 +85,7 @@ fn natter_turn(tls: bool) -> Turn {
         let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         std::fs::write(&c, cert.cert.pem()).unwrap();
         std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
-        cmd.args(["--listen-tls", "127.0.0.1:0", "--tls-cert"])
+        cmd.args(["--listen-tls", &any_port, "--tls-cert"])
             .arg(&c)
             .arg("--tls-key")
             .arg(&k);
@@ -127,10 +135,11 @@ fn free_port_tcp() -> u16 {
         .port()
 }
 
-fn peer() -> (Proc, u16) {
-    let port = free_port();
+/// turnutils_peer echoing on `ip`; returns it and its port.
+fn peer(ip: IpAddr) -> (Proc, u16) {
+    let port = free_port(ip);
     let p = Command::new("turnutils_peer")
-        .args(["-L", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-L", &ip.to_string(), "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -139,27 +148,24 @@ fn peer() -> (Proc, u16) {
     (Proc(p), port)
 }
 
-/// Runs turnutils_uclient and returns (sent, received, lost %).
-fn uclient(server_port: u16, peer_port: u16, extra: &[&str]) -> (u64, u64, f64, String) {
+/// Runs turnutils_uclient against `server`, relaying to a peer on the same address, and
+/// returns (sent, received, lost %, its output).
+fn uclient(server: SocketAddr, peer_port: u16, extra: &[&str]) -> (u64, u64, f64, String) {
+    let ip = server.ip().to_string();
     let out = Command::new("timeout")
         .arg("60")
         .arg("turnutils_uclient")
         .args([
-            "-m",
-            "2",
-            "-n",
-            "30",
-            "-z",
-            "5",
-            "-l",
-            "172",
-            "-c",
-            "-e",
-            "127.0.0.1",
+            "-m", "2", "-n", "30", "-z", "5", "-l", "172", "-c", "-e", &ip,
         ])
-        .args(["-r", &peer_port.to_string(), "-p", &server_port.to_string()])
+        .args([
+            "-r",
+            &peer_port.to_string(),
+            "-p",
+            &server.port().to_string(),
+        ])
         .args(extra)
-        .arg("127.0.0.1")
+        .arg(&ip)
         .output()
         .unwrap();
     let text =
@@ -202,7 +208,7 @@ fn stun_binding_with_turnutils_stunclient() {
     if !tools() {
         return;
     }
-    let t = natter_turn(false);
+    let t = natter_turn(V4, false);
     let out = Command::new("turnutils_stunclient")
         .args(["-p", &t.udp.port().to_string(), "127.0.0.1"])
         .output()
@@ -216,37 +222,37 @@ fn uclient_relays_over_udp_and_tcp_with_long_term_and_rest_credentials() {
     if !tools() {
         return;
     }
-    let t = natter_turn(false);
-    let (_peer, pp) = peer();
-    let cases: [(&str, u16, Vec<&str>); 5] = [
+    let t = natter_turn(V4, false);
+    let (_peer, pp) = peer(V4);
+    let cases: [(&str, SocketAddr, Vec<&str>); 5] = [
         (
             "udp long-term",
-            t.udp.port(),
+            t.udp,
             vec!["-u", "bench", "-w", "benchpass"],
         ),
         (
             "udp rest",
-            t.udp.port(),
+            t.udp,
             vec!["-W", "rest-secret", "-u", "someone"],
         ),
         (
             "tcp long-term",
-            t.tcp.port(),
+            t.tcp,
             vec!["-t", "-u", "bench", "-w", "benchpass"],
         ),
         (
             "tcp rest",
-            t.tcp.port(),
+            t.tcp,
             vec!["-t", "-W", "rest-secret", "-u", "someone"],
         ),
         (
             "udp send indications",
-            t.udp.port(),
+            t.udp,
             vec!["-s", "-u", "bench", "-w", "benchpass"],
         ),
     ];
-    for (name, port, args) in cases {
-        let (sent, recv, lost, text) = uclient(port, pp, &args);
+    for (name, server, args) in cases {
+        let (sent, recv, lost, text) = uclient(server, pp, &args);
         assert!(
             sent >= 60 && recv == sent && lost == 0.0,
             "{name}: sent {sent} recv {recv} lost {lost}\n{text}"
@@ -264,11 +270,11 @@ fn uclient_relays_over_tls() {
     if !tools() {
         return;
     }
-    let t = natter_turn(true);
-    let (_peer, pp) = peer();
-    let port = t.tls.expect("tls listener").port();
+    let t = natter_turn(V4, true);
+    let (_peer, pp) = peer(V4);
+    let tls = t.tls.expect("tls listener");
     let (sent, recv, lost, text) =
-        uclient(port, pp, &["-t", "-S", "-u", "bench", "-w", "benchpass"]);
+        uclient(tls, pp, &["-t", "-S", "-u", "bench", "-w", "benchpass"]);
     assert!(
         sent >= 60 && recv == sent && lost == 0.0,
         "sent {sent} recv {recv} lost {lost}\n{text}"
@@ -280,11 +286,11 @@ fn wrong_and_expired_credentials_are_refused_and_counted() {
     if !tools() {
         return;
     }
-    let t = natter_turn(false);
-    let (_peer, pp) = peer();
-    let (_, recv, _, text) = uclient(t.udp.port(), pp, &["-u", "bench", "-w", "wrong"]);
+    let t = natter_turn(V4, false);
+    let (_peer, pp) = peer(V4);
+    let (_, recv, _, text) = uclient(t.udp, pp, &["-u", "bench", "-w", "wrong"]);
     assert_eq!(recv, 0, "{text}");
-    let (_, recv, _, text) = uclient(t.udp.port(), pp, &["-W", "not-the-secret", "-u", "someone"]);
+    let (_, recv, _, text) = uclient(t.udp, pp, &["-W", "not-the-secret", "-u", "someone"]);
     assert_eq!(recv, 0, "{text}");
     let m = metrics(&t);
     assert!(
@@ -298,7 +304,7 @@ fn garbage_datagrams_get_no_answer_and_the_server_keeps_working() {
     if !tools() {
         return;
     }
-    let t = natter_turn(false);
+    let t = natter_turn(V4, false);
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
@@ -329,57 +335,11 @@ fn uclient_relays_over_ipv6_when_the_host_has_it() {
         eprintln!("SKIPPED: this host has no IPv6 loopback");
         return;
     }
-    let port = UdpSocket::bind("[::1]:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_natter-turn"))
-        .args([
-            "--listen-udp",
-            &format!("[::1]:{port}"),
-            "--listen-tcp",
-            "[::1]:0",
-        ])
-        .args(["--relay-ips", "::1", "--user", "bench:benchpass"])
-        .args(["--allow-peer", "::1/128", "--relay-ports", "53000-53999"])
-        .args(["--metrics", ""])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    assert!(first.contains(&format!("[::1]:{port}")), "{first}");
-    std::thread::spawn(move || for _ in lines {});
-    let _turn = Proc(child);
-    let peer_port = UdpSocket::bind("[::1]:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _peer = Proc(
-        Command::new("turnutils_peer")
-            .args(["-L", "::1", "-p", &peer_port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let out = Command::new("timeout")
-        .arg("60")
-        .arg("turnutils_uclient")
-        .args(["-m", "2", "-n", "30", "-z", "5", "-l", "172", "-c"])
-        .args(["-e", "::1", "-r", &peer_port.to_string()])
-        .args(["-u", "bench", "-w", "benchpass", "-p", &port.to_string()])
-        .arg("::1")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let t = natter_turn(V6, false);
+    let (_peer, pp) = peer(V6);
+    let (sent, recv, lost, text) = uclient(t.udp, pp, &["-u", "bench", "-w", "benchpass"]);
     assert!(
-        text.contains("tot_send_msgs=60, tot_recv_msgs=60"),
-        "all 60 messages relayed over IPv6:\n{text}"
+        sent == 60 && recv == 60 && lost == 0.0,
+        "all 60 messages relayed over IPv6: sent {sent} recv {recv} lost {lost}\n{text}"
     );
 }
