@@ -275,6 +275,16 @@ mod tests {
         out
     }
 
+    /// 2,000 packets of 100 bytes a millisecond apart through an unlimited link.
+    fn run_unlimited(imp: Impairment, seed: u64) -> Vec<(u64, Duration)> {
+        run(
+            &mut Link::new(imp, Capacity::Unlimited, seed),
+            2000,
+            100,
+            ms(1.0),
+        )
+    }
+
     #[test]
     fn plain_delay_is_exact_and_keeps_order() {
         let imp = Impairment {
@@ -300,24 +310,9 @@ mod tests {
             reorder_ms: 3.0,
             ..Default::default()
         };
-        let a = run(
-            &mut Link::new(imp.clone(), Capacity::Unlimited, 9),
-            2000,
-            100,
-            ms(1.0),
-        );
-        let b = run(
-            &mut Link::new(imp.clone(), Capacity::Unlimited, 9),
-            2000,
-            100,
-            ms(1.0),
-        );
-        let c = run(
-            &mut Link::new(imp, Capacity::Unlimited, 10),
-            2000,
-            100,
-            ms(1.0),
-        );
+        let a = run_unlimited(imp.clone(), 9);
+        let b = run_unlimited(imp.clone(), 9);
+        let c = run_unlimited(imp, 10);
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -329,23 +324,13 @@ mod tests {
             jitter_ms: 10.0,
             ..Default::default()
         };
-        let jittery = run(
-            &mut Link::new(imp.clone(), Capacity::Unlimited, 3),
-            2000,
-            100,
-            ms(1.0),
-        );
+        let jittery = run_unlimited(imp.clone(), 3);
         assert!(
             jittery.windows(2).any(|w| w[1].0 < w[0].0),
             "expected reordering"
         );
         imp.preserve_order = true;
-        let ordered = run(
-            &mut Link::new(imp, Capacity::Unlimited, 3),
-            2000,
-            100,
-            ms(1.0),
-        );
+        let ordered = run_unlimited(imp, 3);
         assert!(ordered.windows(2).all(|w| w[1].0 > w[0].0));
     }
 
