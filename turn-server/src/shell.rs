@@ -43,6 +43,18 @@ struct State {
     streams: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
 }
 
+impl State {
+    /// Where bytes for the client at `to` are written.
+    fn sink(&self, to: &FiveTuple) -> Option<ClientSink> {
+        match to.transport {
+            Transport::Udp => self.udp.get(&to.server).cloned().map(ClientSink::Udp),
+            Transport::Tcp | Transport::Tls => {
+                self.streams.get(to).cloned().map(ClientSink::Stream)
+            }
+        }
+    }
+}
+
 /// A running TURN server.
 #[derive(Clone)]
 pub struct Turn {
@@ -239,16 +251,9 @@ impl Turn {
         }
     }
 
-    fn sink(&self, to: &FiveTuple) -> Option<ClientSink> {
-        let st = self.state.lock().unwrap();
-        match to.transport {
-            Transport::Udp => st.udp.get(&to.server).cloned().map(ClientSink::Udp),
-            Transport::Tcp | Transport::Tls => st.streams.get(to).cloned().map(ClientSink::Stream),
-        }
-    }
-
     fn to_client(&self, to: FiveTuple, bytes: Vec<u8>) {
-        match self.sink(&to) {
+        let sink = self.state.lock().unwrap().sink(&to);
+        match sink {
             Some(ClientSink::Udp(s)) => {
                 let _ = s.try_send_to(&bytes, to.client);
             }
@@ -324,18 +329,7 @@ impl Turn {
             let Some(route) = st.core.route_from_peer(relay, peer, n, now) else {
                 return;
             };
-            let sink = match route.client.transport {
-                Transport::Udp => st
-                    .udp
-                    .get(&route.client.server)
-                    .cloned()
-                    .map(ClientSink::Udp),
-                _ => st
-                    .streams
-                    .get(&route.client)
-                    .cloned()
-                    .map(ClientSink::Stream),
-            };
+            let sink = st.sink(&route.client);
             (route, sink)
         };
         let Some(sink) = sink else { return };
