@@ -280,25 +280,18 @@ fn apply(cli: Cli, cfg: &mut Config) {
         stun_urls => messaging.calls.stun_urls;
         turn_urls => messaging.calls.turn_urls;
         turn_ttl_s => messaging.calls.turn_ttl_s;
+        turn_enabled => turn.enabled;
+        turn_relay_ips => turn.relay_ips;
+        turn_relay_ports => turn.relay_ports;
+        turn_allow_peers => turn.allow_peers;
     }
     if let Some(secret) = cli.turn_secret {
         cfg.messaging.calls.turn_secret = Some(secret);
     }
-    if let Some(v) = cli.turn_enabled {
-        cfg.turn.enabled = v;
-    }
+    // One flag sets both listener lists.
     if let Some(v) = cli.turn_listen {
         cfg.turn.listen_udp = v.clone();
         cfg.turn.listen_tcp = v;
-    }
-    if let Some(v) = cli.turn_relay_ips {
-        cfg.turn.relay_ips = v;
-    }
-    if let Some(v) = cli.turn_relay_ports {
-        cfg.turn.relay_ports = v;
-    }
-    if let Some(v) = cli.turn_allow_peers {
-        cfg.turn.allow_peers = v;
     }
     if let Some(url) = cli.code_webhook_url {
         cfg.messaging.code_webhook_url = Some(url);
