@@ -89,12 +89,6 @@ struct Cli {
     metrics: String,
 }
 
-#[derive(serde::Deserialize, Default)]
-struct File {
-    #[serde(default)]
-    turn: TurnConfig,
-}
-
 fn load(cli: &Cli) -> anyhow::Result<TurnConfig> {
     let mut t = match &cli.config {
         Some(p) => {
@@ -106,7 +100,7 @@ fn load(cli: &Cli) -> anyhow::Result<TurnConfig> {
                 None => TurnConfig::default(),
             }
         }
-        None => File::default().turn,
+        None => TurnConfig::default(),
     };
     macro_rules! set {
         ($($f:ident),*) => { $(if let Some(v) = cli.$f.clone() { t.$f = v; })* };
