@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use natter_messaging::MessagingConfig;
-use natter_messaging::config::{CodeDelivery, Rate, SyncMode};
+use natter_messaging::config::{CodeDelivery, Limits, Rate, SyncMode};
 use natter_turn::config::TurnConfig;
 use serde::{Deserialize, Serialize};
 
@@ -167,6 +167,77 @@ struct Cli {
     #[arg(long, env = "NATTER_LIMIT_TYPING", value_name = "BURST:RATE")]
     limit_typing: Option<Rate>,
 
+    /// Any rate limit, as NAME=BURST:PER_SECOND; repeat the flag (or separate with commas in
+    /// the variable) for several. The names and defaults are listed at the end of --help
+    /// [config: messaging.limits.NAME]
+    #[arg(
+        long = "limit",
+        env = "NATTER_LIMITS",
+        value_name = "NAME=BURST:RATE",
+        value_delimiter = ','
+    )]
+    limits: Vec<NamedRate>,
+
+    /// Wrong registration-code guesses for one number per day, all networks together
+    /// [config: messaging.max_wrong_codes_per_phone_day; default: 50]
+    #[arg(long, env = "NATTER_MAX_WRONG_CODES_PER_PHONE_DAY", value_name = "N")]
+    max_wrong_codes_per_phone_day: Option<u32>,
+
+    /// Wrong registration-code guesses for one number per day from one network (an IPv4
+    /// address or an IPv6 /64) [config: messaging.max_wrong_codes_per_network_day; default: 10]
+    #[arg(long, env = "NATTER_MAX_WRONG_CODES_PER_NETWORK_DAY", value_name = "N")]
+    max_wrong_codes_per_network_day: Option<u32>,
+
+    /// Groups one user may create in any hour [config: messaging.max_groups_per_hour; default: 20]
+    #[arg(long, env = "NATTER_MAX_GROUPS_PER_HOUR", value_name = "N")]
+    max_groups_per_hour: Option<u32>,
+
+    /// Blob bytes one user may have stored, uploads in progress included
+    /// [config: messaging.max_stored_bytes_per_user; default: 2147483648]
+    #[arg(long, env = "NATTER_MAX_STORED_BYTES_PER_USER", value_name = "BYTES")]
+    max_stored_bytes_per_user: Option<u64>,
+
+    /// Uploads one user may have in progress (each can be resumed for 24 h)
+    /// [config: messaging.max_open_uploads; default: 8]
+    #[arg(long, env = "NATTER_MAX_OPEN_UPLOADS", value_name = "N")]
+    max_open_uploads: Option<u32>,
+
+    /// Bytes of events and live messages that may wait for one connection; a client that
+    /// falls further behind is disconnected (close code 4008)
+    /// [config: messaging.max_outbound_bytes; default: 4194304]
+    #[arg(long, env = "NATTER_MAX_OUTBOUND_BYTES", value_name = "BYTES")]
+    max_outbound_bytes: Option<u64>,
+
+    /// A connection whose socket takes nothing for this long is disconnected (close code
+    /// 4008) [config: messaging.write_timeout_ms; default: 30000]
+    #[arg(long, env = "NATTER_WRITE_TIMEOUT_MS", value_name = "MS")]
+    write_timeout_ms: Option<u64>,
+
+    /// HTTP request headers must arrive within this time of the connection opening, and an
+    /// upload body must not pause longer [config: messaging.http_read_timeout_ms; default: 15000]
+    #[arg(long, env = "NATTER_HTTP_READ_TIMEOUT_MS", value_name = "MS")]
+    http_read_timeout_ms: Option<u64>,
+
+    /// Admission control: requests are refused with `overloaded` once the storage queue
+    /// holds more than this many milliseconds of work [config: messaging.store_queue_target_ms; default: 50]
+    #[arg(long, env = "NATTER_STORE_QUEUE_TARGET_MS", value_name = "MS")]
+    store_queue_target_ms: Option<u64>,
+
+    /// Admission control: most jobs in the storage queue [config: messaging.store_queue_max_jobs; default: 20000]
+    #[arg(long, env = "NATTER_STORE_QUEUE_MAX_JOBS", value_name = "N")]
+    store_queue_max_jobs: Option<u32>,
+
+    /// DANGEROUS: allow development mode (--code-delivery log) on a non-loopback address.
+    /// Registration codes are then returned to whoever asks, so anyone who can reach the
+    /// server can register any phone number and take over its account. Only for closed
+    /// test networks [config: messaging.allow_account_takeover_dev_mode; default: false]
+    #[arg(
+        long,
+        env = "NATTER_ALLOW_ACCOUNT_TAKEOVER_DEV_MODE",
+        value_name = "BOOL"
+    )]
+    allow_account_takeover_dev_mode: Option<bool>,
+
     /// A call rings this long before it counts as missed [config: messaging.calls.ring_timeout_ms; default: 45000]
     #[arg(long, env = "NATTER_RING_TIMEOUT_MS", value_name = "MS")]
     ring_timeout_ms: Option<u64>,
@@ -246,6 +317,37 @@ struct Cli {
     turn_allow_peers: Option<Vec<String>>,
 }
 
+/// `NAME=BURST:RATE` for `--limit`.
+#[derive(Debug, Clone, PartialEq)]
+struct NamedRate(String, Rate);
+
+impl std::str::FromStr for NamedRate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, rate) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not NAME=BURST:RATE (e.g. send=200:50)"))?;
+        let name = name.trim();
+        if !Limits::NAMES.contains(&name) {
+            return Err(format!(
+                "{name:?} is not a limit; the limits are: {}",
+                Limits::NAMES.join(", ")
+            ));
+        }
+        Ok(NamedRate(name.to_owned(), rate.parse()?))
+    }
+}
+
+/// The end of `--help`: every rate limit with its default.
+fn limits_help() -> String {
+    format!(
+        "Rate limits (--limit NAME=BURST:PER_SECOND): each is a token bucket of BURST tokens\n\
+         refilled at PER_SECOND; a request over it gets `rate_limited` with a retry-after.\n\
+         Defaults are far above what a real user does.\n\n{}",
+        Limits::describe()
+    )
+}
+
 /// Copies every flag (or environment variable) that was given onto the configuration.
 fn apply(cli: Cli, cfg: &mut Config) {
     macro_rules! set {
@@ -269,6 +371,17 @@ fn apply(cli: Cli, cfg: &mut Config) {
         shutdown_grace_ms => messaging.shutdown_grace_ms;
         code_delivery => messaging.code_delivery;
         code_ttl_s => messaging.code_ttl_s;
+        max_wrong_codes_per_phone_day => messaging.max_wrong_codes_per_phone_day;
+        max_wrong_codes_per_network_day => messaging.max_wrong_codes_per_network_day;
+        max_groups_per_hour => messaging.max_groups_per_hour;
+        max_stored_bytes_per_user => messaging.max_stored_bytes_per_user;
+        max_open_uploads => messaging.max_open_uploads;
+        max_outbound_bytes => messaging.max_outbound_bytes;
+        write_timeout_ms => messaging.write_timeout_ms;
+        http_read_timeout_ms => messaging.http_read_timeout_ms;
+        store_queue_target_ms => messaging.store_queue_target_ms;
+        store_queue_max_jobs => messaging.store_queue_max_jobs;
+        allow_account_takeover_dev_mode => messaging.allow_account_takeover_dev_mode;
         limit_send => messaging.limits.send;
         limit_register_phone => messaging.limits.register_phone;
         limit_register_ip => messaging.limits.register_ip;
@@ -284,6 +397,12 @@ fn apply(cli: Cli, cfg: &mut Config) {
         turn_relay_ips => turn.relay_ips;
         turn_relay_ports => turn.relay_ports;
         turn_allow_peers => turn.allow_peers;
+    }
+    for NamedRate(name, rate) in cli.limits {
+        *cfg.messaging
+            .limits
+            .get_mut(&name)
+            .expect("names are checked when parsed") = rate;
     }
     if let Some(secret) = cli.turn_secret {
         cfg.messaging.calls.turn_secret = Some(secret);
@@ -346,7 +465,9 @@ async fn shutdown_signal() {
 }
 
 fn main() -> Result<()> {
-    let (cfg, print) = load_config(Cli::parse())?;
+    let matches = Cli::command().after_long_help(limits_help()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let (cfg, print) = load_config(cli)?;
     if print {
         print!("{}", toml::to_string_pretty(&cfg)?);
         return Ok(());
@@ -472,7 +593,27 @@ mod tests {
 
     #[test]
     fn cli_definition_is_consistent() {
-        use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn any_limit_can_be_set_by_name_and_unknown_names_are_refused() {
+        let cli = Cli::parse_from([
+            "natter",
+            "--limit",
+            "group_create=2:0.5",
+            "--limit",
+            "call_offer_pair=1:0.01,ice_servers=3:1",
+        ]);
+        let mut cfg = Config::default();
+        apply(cli, &mut cfg);
+        assert_eq!(cfg.messaging.limits.group_create, Rate::new(2.0, 0.5));
+        assert_eq!(cfg.messaging.limits.call_offer_pair, Rate::new(1.0, 0.01));
+        assert_eq!(cfg.messaging.limits.ice_servers, Rate::new(3.0, 1.0));
+        let err = Cli::try_parse_from(["natter", "--limit", "sned=1:1"]).unwrap_err();
+        assert!(err.to_string().contains("is not a limit"), "{err}");
+        for name in Limits::NAMES {
+            assert!(limits_help().contains(name), "{name} is documented");
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use natter_signaling::codec::Encoding;
-use natter_signaling::{ClientFrame, DeviceId, ProtocolError, ServerFrame, UserId};
+use natter_signaling::{ClientFrame, DeviceId, ErrorCode, ProtocolError, ServerFrame, UserId};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
@@ -21,6 +21,9 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::ClientError;
+
+/// Times a request refused as `overloaded` is sent again by [`Connection::request`].
+const OVERLOAD_RETRIES: u32 = 8;
 
 /// How to connect.
 #[derive(Debug, Clone)]
@@ -215,8 +218,31 @@ impl Connection {
     }
 
     /// Sends a request and waits for its answer. An `error` answer becomes
-    /// [`ClientError::Server`].
-    pub async fn request(&self, mut frame: ClientFrame) -> Result<ServerFrame, ClientError> {
+    /// [`ClientError::Server`]. A request the server refused as `overloaded` (it did
+    /// nothing) is sent again after the wait the server asked for, a few times, within the
+    /// request timeout.
+    pub async fn request(&self, frame: ClientFrame) -> Result<ServerFrame, ClientError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut attempts = 0;
+        loop {
+            match self.request_once(frame.clone()).await {
+                Err(ClientError::Server(e))
+                    if e.code == ErrorCode::Overloaded && attempts < OVERLOAD_RETRIES =>
+                {
+                    attempts += 1;
+                    let wait = Duration::from_millis(e.retry_after_ms.unwrap_or(50).max(1));
+                    if tokio::time::Instant::now() + wait >= deadline {
+                        return Err(ClientError::Server(e));
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Sends a request once and waits for its answer (no retry of `overloaded`).
+    pub async fn request_once(&self, mut frame: ClientFrame) -> Result<ServerFrame, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         frame.set_id(id);
         let (tx, rx) = oneshot::channel();

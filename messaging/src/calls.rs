@@ -7,11 +7,40 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use natter_signaling::call::{Action, CallEvent, CallRouter, EndReason, Party};
-use natter_signaling::{ClientFrame, DeviceId, IceServer, ProtocolError, QueueItem, ServerFrame};
+use natter_signaling::{
+    ClientFrame, DeviceId, IceServer, ProtocolError, QueueItem, ServerFrame, UserId,
+};
 
 use crate::config::CallsConfig;
 use crate::state::SharedState;
 use crate::store::{Core, now_ms};
+
+/// A missed-call item for every device of `user`.
+pub struct MissedNotice {
+    pub user: UserId,
+    pub item: QueueItem,
+}
+
+impl MissedNotice {
+    /// The storage job that queues it.
+    pub fn job(self) -> impl FnOnce(&mut Core) -> Result<(), ProtocolError> + Send + 'static {
+        move |core: &mut Core| {
+            core.enqueue_to_user(self.user, None, self.item, now_ms())
+                .map(|_| ())
+        }
+    }
+}
+
+/// Stores notices the server produced on its own (timeouts, disconnects).
+fn store_missed(st: &SharedState, notices: Vec<MissedNotice>) {
+    for n in notices {
+        st.store.submit(n.job(), |r| {
+            if let Err(e) = r {
+                tracing::warn!("storing a missed-call notice failed: {e}");
+            }
+        });
+    }
+}
 
 pub struct Calls {
     router: Mutex<CallRouter>,
@@ -52,14 +81,15 @@ impl Calls {
         }
     }
 
-    /// Handles one call frame from `from`. `Ok(Some)` is the answer to send back; `Ok(None)`
-    /// means nothing to answer (`call_ice`).
+    /// Handles one call frame from `from`. The answer is `Some` frame to send back, or
+    /// `None` when there is nothing to answer (`call_ice`); with it come the missed-call
+    /// notices that the caller must store (so that they count against its connection).
     pub fn request(
         &self,
         st: &SharedState,
         from: Party,
         frame: ClientFrame,
-    ) -> Result<Option<ServerFrame>, ProtocolError> {
+    ) -> Result<(Option<ServerFrame>, Vec<MissedNotice>), ProtocolError> {
         let now = now_ms();
         let ok = |id| Some(ServerFrame::Ok { id });
         let (actions, answer) = {
@@ -120,23 +150,24 @@ impl Calls {
                 }
             }
         };
-        self.apply(st, actions);
-        Ok(answer)
+        Ok((answer, self.apply(st, actions)))
     }
 
     /// A device's connection ended.
     pub fn disconnected(&self, st: &SharedState, device: DeviceId) {
         let actions = self.router.lock().unwrap().disconnected(device, now_ms());
-        self.apply(st, actions);
+        store_missed(st, self.apply(st, actions));
     }
 
     /// Ends calls whose ring timeout passed.
     pub fn tick(&self, st: &SharedState) {
         let actions = self.router.lock().unwrap().tick(now_ms());
-        self.apply(st, actions);
+        store_missed(st, self.apply(st, actions));
     }
 
-    fn apply(&self, st: &SharedState, actions: Vec<Action>) {
+    /// Sends the events; returns the missed-call notices to store.
+    fn apply(&self, st: &SharedState, actions: Vec<Action>) -> Vec<MissedNotice> {
+        let mut missed = Vec::new();
         for a in actions {
             match a {
                 Action::Send {
@@ -171,17 +202,11 @@ impl Calls {
                         media,
                         ts_ms: at_ms,
                     };
-                    st.store.submit(
-                        move |core: &mut Core| core.enqueue_to_user(user, None, item, now_ms()),
-                        |r| {
-                            if let Err(e) = r {
-                                tracing::warn!("storing a missed-call notice failed: {e}");
-                            }
-                        },
-                    );
+                    missed.push(MissedNotice { user, item });
                 }
             }
         }
+        missed
     }
 
     /// Metrics: an answer ends the setup clock; an end before any answer is a failure.

@@ -41,6 +41,40 @@ pub struct MessagingConfig {
     pub code_webhook_url: Option<String>,
     /// A registration or link code is valid this long.
     pub code_ttl_s: u32,
+    /// Wrong registration-code guesses for one phone number in a day, across all its codes
+    /// and all networks; past it, verification of that number is refused until the day is
+    /// over. Bounds an attacker's chance of guessing a 6-digit code to this many in a
+    /// million per day.
+    pub max_wrong_codes_per_phone_day: u32,
+    /// Wrong guesses for one phone number from one network (IPv4 address or IPv6 /64) in a
+    /// day. Lower than the per-phone cap, so one attacking network cannot lock the owner
+    /// of the number out.
+    pub max_wrong_codes_per_network_day: u32,
+    /// Groups one user may create in any hour.
+    pub max_groups_per_hour: u32,
+    /// Blob bytes one user may have stored (finished and unexpired, plus the declared
+    /// length of uploads in progress).
+    pub max_stored_bytes_per_user: u64,
+    /// Uploads one user may have in progress at once.
+    pub max_open_uploads: u32,
+    /// Bytes of events and live items waiting for one connection; a client that reads more
+    /// slowly than this fills is disconnected (close code 4008).
+    pub max_outbound_bytes: u64,
+    /// A connection whose socket accepts nothing for this long is disconnected.
+    pub write_timeout_ms: u64,
+    /// An HTTP connection must send a request's headers within this time (and a keep-alive
+    /// connection its next request's); an upload body must keep arriving (one chunk at least
+    /// this often).
+    pub http_read_timeout_ms: u64,
+    /// Admission control: when the storage queue holds more work than this many
+    /// milliseconds of its recent throughput, client requests are refused with `overloaded`.
+    pub store_queue_target_ms: u64,
+    /// Admission control: the storage queue never holds more client jobs than this.
+    pub store_queue_max_jobs: u32,
+    /// Allow `code_delivery = "log"` on a non-loopback address. In that mode the server
+    /// returns every registration code in the HTTP response, so anyone who can reach it can
+    /// register any number, i.e. take over any account. Only for closed test networks.
+    pub allow_account_takeover_dev_mode: bool,
     /// Token buckets.
     pub limits: Limits,
     /// Calls and the ICE (STUN/TURN) servers handed to clients.
@@ -93,6 +127,17 @@ impl Default for MessagingConfig {
             code_delivery: CodeDelivery::Log,
             code_webhook_url: None,
             code_ttl_s: 600,
+            max_wrong_codes_per_phone_day: 50,
+            max_wrong_codes_per_network_day: 10,
+            max_groups_per_hour: 20,
+            max_stored_bytes_per_user: 2 * 1024 * 1024 * 1024,
+            max_open_uploads: 8,
+            max_outbound_bytes: 4 * 1024 * 1024,
+            write_timeout_ms: 30_000,
+            http_read_timeout_ms: 15_000,
+            store_queue_target_ms: 50,
+            store_queue_max_jobs: 20_000,
+            allow_account_takeover_dev_mode: false,
             limits: Limits::default(),
             calls: CallsConfig::default(),
         }
@@ -120,6 +165,52 @@ impl MessagingConfig {
         }
         if self.max_blob_bytes == 0 {
             return Err("max_blob_bytes must be positive".into());
+        }
+        if self.code_delivery == CodeDelivery::Log
+            && !self.listen.ip().is_loopback()
+            && !self.allow_account_takeover_dev_mode
+        {
+            return Err(format!(
+                "refusing to listen on {} in development mode: with code_delivery = \"log\" \
+                 every registration code is returned in the HTTP response, so anyone who can \
+                 reach this address can register any phone number and take over its account. \
+                 Set code_delivery = \"webhook\" (codes go to your SMS gateway), listen on a \
+                 loopback address, or, on a closed test network only, set \
+                 allow_account_takeover_dev_mode = true (--allow-account-takeover-dev-mode true)",
+                self.listen
+            ));
+        }
+        if self.max_wrong_codes_per_network_day == 0
+            || self.max_wrong_codes_per_network_day > self.max_wrong_codes_per_phone_day
+        {
+            return Err(
+                "max_wrong_codes_per_network_day must be between 1 and max_wrong_codes_per_phone_day"
+                    .into(),
+            );
+        }
+        if self.max_groups_per_hour == 0 || self.max_open_uploads == 0 {
+            return Err("max_groups_per_hour and max_open_uploads must be at least 1".into());
+        }
+        if self.max_stored_bytes_per_user < self.max_blob_bytes {
+            return Err("max_stored_bytes_per_user must be at least max_blob_bytes".into());
+        }
+        if self.max_outbound_bytes < 2 * natter_signaling::limits::MAX_FRAME_BYTES as u64 {
+            return Err("max_outbound_bytes must be at least two frames (2 MiB)".into());
+        }
+        for (name, ms) in [
+            ("write_timeout_ms", self.write_timeout_ms),
+            ("http_read_timeout_ms", self.http_read_timeout_ms),
+            ("hello_timeout_ms", self.hello_timeout_ms),
+        ] {
+            if !(100..=3_600_000).contains(&ms) {
+                return Err(format!("{name} must be between 100 and 3600000"));
+            }
+        }
+        if !(1..=10_000).contains(&self.store_queue_target_ms) || self.store_queue_max_jobs < 64 {
+            return Err(
+                "store_queue_target_ms must be 1..=10000 and store_queue_max_jobs at least 64"
+                    .into(),
+            );
         }
         if self.code_delivery == CodeDelivery::Webhook {
             match &self.code_webhook_url {
@@ -197,51 +288,123 @@ impl Rate {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    /// `send` and `send_group` frames, per device.
-    pub send: Rate,
-    /// Registration code requests, per phone number.
-    pub register_phone: Rate,
-    /// Registration, verification and device-link requests, per client IP address.
-    pub register_ip: Rate,
-    /// `keys_upload` frames, per device.
-    pub prekeys: Rate,
-    /// `keys_claim` and `lookup` frames, per device.
-    pub directory: Rate,
-    /// Uploaded blob bytes, per device.
-    pub blob_bytes: Rate,
-    /// `typing` frames, per device.
-    pub typing: Rate,
+/// `BURST:PER_SECOND`, the rate rounded to 6 significant digits (`3:0.000833333`).
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let digits = if self.per_s >= 1.0 {
+            0
+        } else {
+            (6 - self.per_s.log10().floor() as i32 - 1).clamp(0, 12) as usize
+        };
+        let rate = format!("{:.*}", digits, self.per_s);
+        let rate = if rate.contains('.') {
+            rate.trim_end_matches('0').trim_end_matches('.')
+        } else {
+            &rate
+        };
+        write!(f, "{}:{}", self.burst, rate)
+    }
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            send: Rate::new(200.0, 50.0),
-            register_phone: Rate::new(3.0, 1.0 / 60.0),
-            register_ip: Rate::new(20.0, 1.0),
-            prekeys: Rate::new(10.0, 0.2),
-            directory: Rate::new(60.0, 2.0),
-            blob_bytes: Rate::new(200.0 * 1024.0 * 1024.0, 10.0 * 1024.0 * 1024.0),
-            typing: Rate::new(10.0, 2.0),
+/// Declares [`Limits`]: one token bucket per kind of work a client can ask for, with its
+/// default, so that the struct, its defaults and the list of names cannot drift apart.
+macro_rules! limits {
+    ($( $(#[doc = $doc:expr])+ $name:ident = ($burst:expr, $per_s:expr); )+) => {
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Limits {
+            $( $(#[doc = $doc])+ pub $name: Rate, )+
         }
-    }
+
+        impl Default for Limits {
+            fn default() -> Self {
+                Limits { $( $name: Rate::new($burst, $per_s), )+ }
+            }
+        }
+
+        impl Limits {
+            /// Every limit's name (its config key under `limits`).
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($name)),+];
+
+            pub fn named(&self) -> Vec<(&'static str, Rate)> {
+                vec![$( (stringify!($name), self.$name), )+]
+            }
+
+            /// The limit called `name`, to set it from a flag.
+            pub fn get_mut(&mut self, name: &str) -> Option<&mut Rate> {
+                match name {
+                    $( stringify!($name) => Some(&mut self.$name), )+
+                    _ => None,
+                }
+            }
+
+            /// One line per limit: name, default and what it counts (for `--help`).
+            pub fn describe() -> String {
+                let mut out = String::new();
+                $(
+                    out.push_str(&format!(
+                        "  {:<16} {:>12}  {}\n",
+                        stringify!($name),
+                        Rate::new($burst, $per_s).to_string(),
+                        [$($doc.trim()),+].join(" ")
+                    ));
+                )+
+                out
+            }
+        }
+    };
 }
 
-impl Limits {
-    pub fn named(&self) -> [(&'static str, Rate); 7] {
-        [
-            ("send", self.send),
-            ("register_phone", self.register_phone),
-            ("register_ip", self.register_ip),
-            ("prekeys", self.prekeys),
-            ("directory", self.directory),
-            ("blob_bytes", self.blob_bytes),
-            ("typing", self.typing),
-        ]
-    }
+// Defaults are set well above what a real user does, so only abuse meets them. A bucket of
+// burst B refilled at R per second allows B at once and R per second after.
+limits! {
+    /// `send` and `send_group` frames, per device.
+    send = (200.0, 50.0);
+    /// Registration codes sent (SMS) per phone number: three, then one per 20 minutes.
+    register_phone = (3.0, 1.0 / 1200.0);
+    /// Registration, verification and link requests per client network (IPv4 address or
+    /// IPv6 /64).
+    register_ip = (20.0, 1.0);
+    /// `keys_upload` frames, per device.
+    prekeys = (10.0, 0.2);
+    /// `keys_claim` and `lookup` frames, per device.
+    directory = (60.0, 2.0);
+    /// Uploaded blob bytes, per device.
+    blob_bytes = (200.0 * 1024.0 * 1024.0, 10.0 * 1024.0 * 1024.0);
+    /// `typing` frames, per device.
+    typing = (10.0, 2.0);
+    /// `ack` frames, per device.
+    ack = (2000.0, 500.0);
+    /// `read` receipts, per device.
+    read = (200.0, 20.0);
+    /// `ping` frames, per device.
+    ping = (30.0, 1.0);
+    /// `keys_count`, `devices_list`, `device_revoke` and `settings` frames, per device.
+    account = (30.0, 1.0);
+    /// `device_link_code` frames, per device: five, then one per 10 minutes.
+    link_code = (5.0, 1.0 / 600.0);
+    /// `group_create` frames, per device (see also `max_groups_per_hour`).
+    group_create = (5.0, 0.01);
+    /// `group_add`, `group_remove`, `group_promote`, `group_rename` and `group_leave`
+    /// frames, per device; `group_add` costs 1 more per 64 users added.
+    group_change = (30.0, 0.5);
+    /// `group_info` frames, per device.
+    group_info = (300.0, 5.0);
+    /// Presence look-ups, per device: `presence_subscribe` costs one per user named,
+    /// `presence_unsubscribe` one per frame.
+    presence = (4096.0, 64.0);
+    /// `call_offer` frames, per device.
+    call_offer = (10.0, 0.1);
+    /// `call_offer` frames from one user to the same other user: three, then one per
+    /// 5 minutes, so a declined caller cannot keep the callee busy.
+    call_offer_pair = (3.0, 1.0 / 300.0);
+    /// `call_ringing`, `call_accept`, `call_decline`, `call_cancel`, `call_hangup` and
+    /// `call_update` frames, per device.
+    call_signal = (60.0, 5.0);
+    /// `call_ice` frames, per device.
+    call_ice = (500.0, 50.0);
+    /// `ice_servers` frames (each mints TURN credentials), per device.
+    ice_servers = (10.0, 0.1);
 }
 
 #[cfg(test)]

@@ -184,6 +184,11 @@ impl Delivery {
         self.in_flight.len()
     }
 
+    /// Whether `qseq` was sent on this connection and not yet acknowledged.
+    pub fn is_unacked(&self, qseq: u64) -> bool {
+        self.in_flight.contains(&qseq)
+    }
+
     pub fn is_live(&self) -> bool {
         self.mode == Mode::Live
     }

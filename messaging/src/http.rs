@@ -31,7 +31,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::CodeDelivery;
 use crate::conn;
-use crate::state::{SharedState, take};
+use crate::state::{NetKey, SharedState, take};
 use crate::store::{AuthInfo, Core, Registered, normalize_phone, now_ms, random_bytes};
 
 /// Largest WebSocket message read at all; between [`MAX_FRAME_BYTES`] and this, the client
@@ -253,6 +253,7 @@ async fn healthz(State(st): State<SharedState>) -> ApiResult<Json<serde_json::Va
 }
 
 async fn metrics(State(st): State<SharedState>) -> impl IntoResponse {
+    st.metrics.store_queue.set(st.store.queued() as i64);
     let mut text = st.metrics.render();
     if let Some(extra) = &st.extra_metrics {
         text.push_str(&extra());
@@ -320,8 +321,8 @@ async fn ws_upgrade(
     }))
 }
 
-fn client_ip(addr: &SocketAddr) -> std::net::IpAddr {
-    addr.ip()
+fn client_net(addr: &SocketAddr) -> NetKey {
+    NetKey::of(addr.ip())
 }
 
 #[derive(Deserialize)]
@@ -344,12 +345,12 @@ async fn register_request(
     ApiJson(req): ApiJson<CodeRequest>,
 ) -> ApiResult<Json<CodeResponse>> {
     let phone = normalize_phone(&req.phone)?;
-    take(&st.limits.register_ip, &client_ip(&addr), 1.0)?;
+    take(&st.limits.register_ip, &client_net(&addr), 1.0)?;
     take(&st.limits.register_phone, &phone, 1.0)?;
     let p = phone.clone();
     let code = st
         .store
-        .call(move |core: &mut Core| core.request_code(&p, now_ms()))
+        .try_call(move |core: &mut Core| core.request_code(&p, now_ms()))
         .await?;
     let dev_code = match st.cfg.code_delivery {
         CodeDelivery::Log => {
@@ -428,11 +429,13 @@ async fn register_verify(
     ApiJson(req): ApiJson<VerifyRequest>,
 ) -> ApiResult<Json<DeviceCredentials>> {
     let phone = normalize_phone(&req.phone)?;
-    take(&st.limits.register_ip, &client_ip(&addr), 1.0)?;
+    let net = client_net(&addr);
+    take(&st.limits.register_ip, &net, 1.0)?;
+    let network = net.as_text();
     let reg = st
         .store
-        .call(move |core: &mut Core| {
-            core.verify_code(&phone, &req.code, &req.device_name, now_ms())
+        .try_call(move |core: &mut Core| {
+            core.verify_code(&phone, &req.code, &req.device_name, &network, now_ms())
         })
         .await??;
     Ok(Json(reg.into()))
@@ -449,10 +452,10 @@ async fn link_complete(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     ApiJson(req): ApiJson<LinkRequest>,
 ) -> ApiResult<Json<DeviceCredentials>> {
-    take(&st.limits.register_ip, &client_ip(&addr), 1.0)?;
+    take(&st.limits.register_ip, &client_net(&addr), 1.0)?;
     let reg = st
         .store
-        .call(move |core: &mut Core| core.complete_link(&req.code, &req.device_name, now_ms()))
+        .try_call(move |core: &mut Core| core.complete_link(&req.code, &req.device_name, now_ms()))
         .await?;
     Ok(Json(reg.into()))
 }
@@ -543,9 +546,14 @@ async fn upload_create(
         .await
         .map_err(io_err)?;
     let (i, device) = (id.clone(), auth.device);
-    st.store
-        .call(move |core: &mut Core| core.create_upload(&i, device, length, now_ms()))
-        .await?;
+    let created = st
+        .store
+        .try_call(move |core: &mut Core| core.create_upload(&i, device, length, now_ms()))
+        .await;
+    if let Err(e) = created {
+        let _ = tokio::fs::remove_file(st.upload_dir.join(&id)).await;
+        return Err(ApiError(e));
+    }
     let mut resp = upload_response(
         StatusCode::CREATED,
         UploadState {
@@ -648,12 +656,21 @@ async fn upload_append(
         .map_err(io_err)?;
     let mut written = 0u64;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
+    let idle = Duration::from_millis(st.cfg.http_read_timeout_ms);
+    let mut stalled = false;
+    loop {
+        // A body that stops arriving would hold this upload's lock and a task for good.
+        let chunk = match tokio::time::timeout(idle, stream.next()).await {
+            Ok(Some(Ok(c))) => c,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
                 // The client went away: keep what arrived; it can resume from there.
                 tracing::debug!("upload {id} interrupted: {e}");
+                break;
+            }
+            Err(_) => {
+                tracing::debug!("upload {id}: no data for {idle:?}; keeping what arrived");
+                stalled = true;
                 break;
             }
         };
@@ -678,7 +695,7 @@ async fn upload_append(
     drop(file);
     let offset = current + written;
     if offset < length {
-        return Ok(upload_response(
+        let mut resp = upload_response(
             StatusCode::OK,
             UploadState {
                 upload_id: id,
@@ -687,7 +704,13 @@ async fn upload_append(
                 complete: false,
                 blob: None,
             },
-        ));
+        );
+        if stalled {
+            // The rest of the body is unread: this connection cannot carry another request.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return Ok(resp);
     }
     let hash = finalize(&path, &st.blob_dir).await.map_err(io_err)?;
     let (i, h) = (id.clone(), hash.clone());

@@ -3,44 +3,16 @@
 //! store, which calls [`Hub::push_item`] after each commit.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use natter_signaling::{
     DeviceId, PresenceInfo, PresenceVisibility, ProtocolError, QueueItem, ServerFrame, UserId,
 };
-use tokio::sync::mpsc;
 
-use crate::store::Fetched;
+pub use crate::outbound::{LIVE_QUEUE_LIMIT, Outbound, OutboundTx};
 use crate::typing::{TypingKey, TypingTracker, TypingUpdate};
-
-/// Live items queued to one connection before it is told to re-read from storage instead.
-pub const LIVE_QUEUE_LIMIT: usize = 1024;
-
-/// What other parts of the server hand to a connection's task.
-pub enum Outbound {
-    /// The answer to one of its requests (`None`: a request answered only on failure succeeded).
-    Reply(Option<Box<ServerFrame>>),
-    /// A queue item committed for this device.
-    Item(u64, Arc<QueueItem>),
-    /// A replay read finished. (Errors are boxed to keep this enum small: every connection's
-    /// channel allocates room for a block of them.)
-    Fetched(Result<Fetched, Box<ProtocolError>>),
-    /// A frame shared by many connections (presence, typing).
-    Event(Arc<ServerFrame>),
-    /// Live items were dropped because the connection fell behind: re-read from storage.
-    Lagged,
-    /// Send this error and close (revoked, or replaced by a newer connection of the device).
-    Kick(Box<ProtocolError>),
-}
-
-pub type OutboundTx = mpsc::UnboundedSender<Outbound>;
-
-struct Backlog {
-    queued: AtomicUsize,
-    lagged: AtomicBool,
-}
 
 /// The hub's handle on one connection.
 #[derive(Clone)]
@@ -49,7 +21,6 @@ pub struct ConnHandle {
     pub user: UserId,
     pub device: DeviceId,
     tx: OutboundTx,
-    backlog: Arc<Backlog>,
 }
 
 impl ConnHandle {
@@ -59,21 +30,7 @@ impl ConnHandle {
             user,
             device,
             tx,
-            backlog: Arc::new(Backlog {
-                queued: AtomicUsize::new(0),
-                lagged: AtomicBool::new(false),
-            }),
         }
-    }
-
-    /// The connection took a live item off its channel.
-    pub fn item_taken(&self) {
-        self.backlog.queued.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// The connection handled a lag notice; later overflows notify again.
-    pub fn lag_handled(&self) {
-        self.backlog.lagged.store(false, Ordering::Relaxed);
     }
 }
 
@@ -134,7 +91,7 @@ impl UserPresence {
         }
         let frame = Arc::new(ServerFrame::Presence(info));
         for tx in self.subscribers.values() {
-            let _ = tx.send(Outbound::Event(frame.clone()));
+            tx.send_event(frame.clone());
         }
     }
 
@@ -173,7 +130,7 @@ impl Hub {
         let (user, device) = (handle.user, handle.device);
         let old = self.conns.lock().unwrap().insert(device, handle);
         if let Some(old) = old {
-            let _ = old.tx.send(Outbound::Kick(Box::new(ProtocolError::new(
+            old.tx.send(Outbound::Kick(Box::new(ProtocolError::new(
                 natter_signaling::ErrorCode::Conflict,
                 "replaced by a newer connection of this device",
             ))));
@@ -240,7 +197,7 @@ impl Hub {
     /// Sends `frame` to the device's live connection; false if it has none.
     pub fn send_to_device(&self, device: DeviceId, frame: Arc<ServerFrame>) -> bool {
         match self.conns.lock().unwrap().get(&device) {
-            Some(h) => h.tx.send(Outbound::Event(frame)).is_ok(),
+            Some(h) => h.tx.send_event(frame),
             None => false,
         }
     }
@@ -248,23 +205,15 @@ impl Hub {
     /// Hands a committed queue item to the device's live connection, if any.
     pub fn push_item(&self, device: DeviceId, qseq: u64, item: Arc<QueueItem>) {
         let conns = self.conns.lock().unwrap();
-        let Some(h) = conns.get(&device) else {
-            return;
-        };
-        if h.backlog.queued.load(Ordering::Relaxed) >= LIVE_QUEUE_LIMIT {
-            if !h.backlog.lagged.swap(true, Ordering::Relaxed) {
-                let _ = h.tx.send(Outbound::Lagged);
-            }
-            return;
+        if let Some(h) = conns.get(&device) {
+            h.tx.send_item(qseq, item);
         }
-        h.backlog.queued.fetch_add(1, Ordering::Relaxed);
-        let _ = h.tx.send(Outbound::Item(qseq, item));
     }
 
     /// Tells the device's live connection to send `err` and close.
     pub fn kick(&self, device: DeviceId, err: ProtocolError) {
         if let Some(h) = self.conns.lock().unwrap().get(&device) {
-            let _ = h.tx.send(Outbound::Kick(Box::new(err)));
+            h.tx.send(Outbound::Kick(Box::new(err)));
         }
     }
 
@@ -288,7 +237,7 @@ impl Hub {
                     continue;
                 }
                 if let Some(h) = conns.get(d) {
-                    let _ = h.tx.send(Outbound::Event(frame.clone()));
+                    h.tx.send_event(frame.clone());
                 }
             }
         }
@@ -386,15 +335,5 @@ impl Hub {
         for (key, recipients) in gone {
             self.forward_typing(key, false, &recipients);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// Every connection's outbound channel allocates a block of 32 of these up front, so
-    /// their size is memory per idle socket.
-    #[test]
-    fn outbound_stays_small() {
-        assert!(std::mem::size_of::<super::Outbound>() <= 32);
     }
 }

@@ -9,19 +9,20 @@ pub mod config;
 pub mod delivery;
 pub mod hub;
 pub mod metrics;
+pub mod outbound;
 pub mod ratelimit;
 pub mod store;
 pub mod typing;
 
 mod conn;
 mod http;
+mod serve;
 mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -120,19 +121,14 @@ impl Server {
             upload_dir,
             upload_locks: http::UploadLocks::new(),
         });
-        let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        // Frames are small and latency matters: no Nagle delay behind a delayed ACK.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!("TCP_NODELAY: {e}");
-            }
-        });
-        let stop = state.shutdown.clone();
-        let serve = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        });
+        let app = http::router(state.clone());
+        let read_timeout = Duration::from_millis(state.cfg.http_read_timeout_ms);
+        let serve = tokio::spawn(serve::serve(
+            listener,
+            app,
+            read_timeout,
+            state.shutdown.clone(),
+        ));
         let background = vec![
             tokio::spawn(sweeper(state.clone())),
             tokio::spawn(typing_expiry(state.clone())),

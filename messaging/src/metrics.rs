@@ -33,6 +33,15 @@ pub struct Metrics {
     pub calls_failed: IntCounterVec,
     /// From `call_offer` to the answer reaching the server.
     pub call_setup: Histogram,
+    /// Requests refused by admission control (`overloaded`).
+    pub overloaded: IntCounter,
+    /// Connections cut off for not reading, by reason (`bytes`: over `max_outbound_bytes`;
+    /// `blocked`: no write progress for `write_timeout_ms`).
+    pub slow_consumers: IntCounterVec,
+    /// Sockets closed for sending no `hello` in time.
+    pub hello_timeouts: IntCounter,
+    /// Jobs waiting for the storage thread (sampled when scraped).
+    pub store_queue: IntGauge,
 }
 
 impl Metrics {
@@ -125,6 +134,34 @@ impl Metrics {
             ]),
         )
         .unwrap();
+        let overloaded = IntCounter::new(
+            "natter_messaging_overloaded_total",
+            "Requests refused by admission control with `overloaded`",
+        )
+        .unwrap();
+        let slow_consumers = IntCounterVec::new(
+            Opts::new(
+                "natter_messaging_slow_consumer_disconnects_total",
+                "Connections cut off for not reading (bytes: over max_outbound_bytes; blocked: no write progress within write_timeout_ms)",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        let hello_timeouts = IntCounter::new(
+            "natter_messaging_hello_timeouts_total",
+            "Sockets closed for sending no hello in time",
+        )
+        .unwrap();
+        let store_queue = IntGauge::new(
+            "natter_messaging_store_queue_jobs",
+            "Jobs waiting for the storage thread",
+        )
+        .unwrap();
+        for c in [&overloaded, &hello_timeouts] {
+            registry.register(Box::new(c.clone())).unwrap();
+        }
+        registry.register(Box::new(slow_consumers.clone())).unwrap();
+        registry.register(Box::new(store_queue.clone())).unwrap();
         registry.register(Box::new(call_attempts.clone())).unwrap();
         registry.register(Box::new(calls_answered.clone())).unwrap();
         registry.register(Box::new(call_setup.clone())).unwrap();
@@ -161,6 +198,10 @@ impl Metrics {
             calls_answered,
             calls_failed,
             call_setup,
+            overloaded,
+            slow_consumers,
+            hello_timeouts,
+            store_queue,
         }
     }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use natter_signaling::{DeviceId, ProtocolError};
+use natter_signaling::{DeviceId, ProtocolError, UserId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -15,14 +15,58 @@ use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::store::Store;
 
+/// The network a client address belongs to, for limits per source: an IPv4 address, or the
+/// /64 of an IPv6 address (one subscriber usually holds a whole /64, so keying on the full
+/// address would let it pick a fresh one per request). IPv4-mapped IPv6 counts as IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NetKey(IpAddr);
+
+impl NetKey {
+    pub fn of(ip: IpAddr) -> NetKey {
+        match ip {
+            IpAddr::V4(v4) => NetKey(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => NetKey(IpAddr::V4(v4)),
+                None => {
+                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                    NetKey(IpAddr::V6(prefix.into()))
+                }
+            },
+        }
+    }
+
+    /// `1.2.3.4` or `2001:db8:1:2::/64`, as stored with wrong-code counts.
+    pub fn as_text(&self) -> String {
+        match self.0 {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("{v6}/64"),
+        }
+    }
+}
+
+/// One token bucket per kind of request (see [`crate::config::Limits`] for what each counts).
 pub struct Limiters {
     pub send: RateLimiter<DeviceId>,
     pub register_phone: RateLimiter<String>,
-    pub register_ip: RateLimiter<IpAddr>,
+    pub register_ip: RateLimiter<NetKey>,
     pub prekeys: RateLimiter<DeviceId>,
     pub directory: RateLimiter<DeviceId>,
     pub blob_bytes: RateLimiter<DeviceId>,
     pub typing: RateLimiter<DeviceId>,
+    pub ack: RateLimiter<DeviceId>,
+    pub read: RateLimiter<DeviceId>,
+    pub ping: RateLimiter<DeviceId>,
+    pub account: RateLimiter<DeviceId>,
+    pub link_code: RateLimiter<DeviceId>,
+    pub group_create: RateLimiter<DeviceId>,
+    pub group_change: RateLimiter<DeviceId>,
+    pub group_info: RateLimiter<DeviceId>,
+    pub presence: RateLimiter<DeviceId>,
+    pub call_offer: RateLimiter<DeviceId>,
+    pub call_offer_pair: RateLimiter<(UserId, UserId)>,
+    pub call_signal: RateLimiter<DeviceId>,
+    pub call_ice: RateLimiter<DeviceId>,
+    pub ice_servers: RateLimiter<DeviceId>,
 }
 
 impl Limiters {
@@ -36,19 +80,52 @@ impl Limiters {
             directory: RateLimiter::new(l.directory),
             blob_bytes: RateLimiter::new(l.blob_bytes),
             typing: RateLimiter::new(l.typing),
+            ack: RateLimiter::new(l.ack),
+            read: RateLimiter::new(l.read),
+            ping: RateLimiter::new(l.ping),
+            account: RateLimiter::new(l.account),
+            link_code: RateLimiter::new(l.link_code),
+            group_create: RateLimiter::new(l.group_create),
+            group_change: RateLimiter::new(l.group_change),
+            group_info: RateLimiter::new(l.group_info),
+            presence: RateLimiter::new(l.presence),
+            call_offer: RateLimiter::new(l.call_offer),
+            call_offer_pair: RateLimiter::new(l.call_offer_pair),
+            call_signal: RateLimiter::new(l.call_signal),
+            call_ice: RateLimiter::new(l.call_ice),
+            ice_servers: RateLimiter::new(l.ice_servers),
         }
     }
 
     /// Forgets full buckets.
     pub fn prune(&self) {
         let now = Instant::now();
-        self.send.prune(now);
+        let per_device = [
+            &self.send,
+            &self.prekeys,
+            &self.directory,
+            &self.blob_bytes,
+            &self.typing,
+            &self.ack,
+            &self.read,
+            &self.ping,
+            &self.account,
+            &self.link_code,
+            &self.group_create,
+            &self.group_change,
+            &self.group_info,
+            &self.presence,
+            &self.call_offer,
+            &self.call_signal,
+            &self.call_ice,
+            &self.ice_servers,
+        ];
+        for l in per_device {
+            l.prune(now);
+        }
         self.register_phone.prune(now);
         self.register_ip.prune(now);
-        self.prekeys.prune(now);
-        self.directory.prune(now);
-        self.blob_bytes.prune(now);
-        self.typing.prune(now);
+        self.call_offer_pair.prune(now);
     }
 }
 

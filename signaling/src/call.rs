@@ -10,7 +10,7 @@
 //! Frames go to online devices only; a call that was never answered leaves a missed-call
 //! notice in the callee's durable queue.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -160,7 +160,19 @@ pub struct CallRouter {
     calls: HashMap<String, Call>,
     /// The call each user is part of (as caller or callee).
     by_user: HashMap<UserId, BTreeSet<String>>,
+    /// Call ids offered in the last [`USED_IDS_KEPT_MS`], oldest first, so that an id is
+    /// never offered twice: each unanswered offer leaves a durable missed-call notice, and a
+    /// repeated one would leave another.
+    used_ids: VecDeque<(u64, String)>,
+    used_set: HashSet<String>,
 }
+
+/// How long an offered call id stays taken after its offer (longer than any ring timeout;
+/// a call that lasts longer keeps its id in use while it runs).
+pub const USED_IDS_KEPT_MS: u64 = 3_600_000;
+/// Most call ids remembered; past it the oldest are forgotten first. With per-caller offer
+/// limits this is many hours of the busiest server's offers.
+pub const MAX_USED_IDS: usize = 200_000;
 
 fn not_found(call_id: &str) -> ProtocolError {
     ProtocolError::not_found(format!("no call {call_id:?}"))
@@ -184,6 +196,24 @@ impl CallRouter {
             ring_timeout_ms,
             calls: HashMap::new(),
             by_user: HashMap::new(),
+            used_ids: VecDeque::new(),
+            used_set: HashSet::new(),
+        }
+    }
+
+    /// Call ids remembered as used.
+    pub fn used_ids(&self) -> usize {
+        self.used_set.len()
+    }
+
+    fn forget_used_ids(&mut self, now_ms: u64) {
+        while let Some((at, _)) = self.used_ids.front() {
+            let expired = at.saturating_add(USED_IDS_KEPT_MS) <= now_ms;
+            if !expired && self.used_ids.len() <= MAX_USED_IDS {
+                break;
+            }
+            let (_, id) = self.used_ids.pop_front().expect("front exists");
+            self.used_set.remove(&id);
         }
     }
 
@@ -288,12 +318,15 @@ impl CallRouter {
         if callee == caller.user {
             return Err(ProtocolError::invalid("a user cannot call themselves"));
         }
-        if self.calls.contains_key(call_id) {
+        self.forget_used_ids(now_ms);
+        if self.calls.contains_key(call_id) || self.used_set.contains(call_id) {
             return Err(ProtocolError::new(
                 ErrorCode::Conflict,
-                format!("call id {call_id:?} is in use; choose another"),
+                format!("call id {call_id:?} is in use or was used; choose another"),
             ));
         }
+        self.used_set.insert(call_id.to_owned());
+        self.used_ids.push_back((now_ms, call_id.to_owned()));
         // Glare: the callee is already calling this caller.
         let glare = self.by_user.get(&callee).and_then(|ids| {
             ids.iter()
@@ -645,6 +678,7 @@ impl CallRouter {
 
     /// Ends calls whose ring timeout has passed.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Action> {
+        self.forget_used_ids(now_ms);
         let mut due: Vec<String> = self
             .calls
             .iter()
@@ -693,6 +727,39 @@ mod tests {
             sdp_mid: Some("0".into()),
             sdp_mline_index: Some(0),
         }
+    }
+
+    #[test]
+    fn a_call_id_is_offered_once_so_an_offline_callee_gets_one_missed_call() {
+        let mut r = router();
+        let offline =
+            |r: &mut CallRouter, at| r.offer(ALICE, "c1", BOB.user, Media::Audio, "sdp", &[], at);
+        let first = offline(&mut r, 0).unwrap();
+        let missed = first
+            .iter()
+            .filter(|a| matches!(a, Action::Missed { .. }))
+            .count();
+        assert_eq!(missed, 1);
+        for at in [1, 1_000, USED_IDS_KEPT_MS - 1] {
+            let e = offline(&mut r, at).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Conflict, "repeat at {at} ms");
+        }
+        // Forgotten once its time is up, and the table shrinks with it.
+        assert_eq!(r.used_ids(), 1);
+        r.tick(USED_IDS_KEPT_MS);
+        assert_eq!(r.used_ids(), 0);
+        assert!(offline(&mut r, USED_IDS_KEPT_MS).is_ok());
+    }
+
+    #[test]
+    fn remembered_call_ids_are_capped() {
+        let mut r = router();
+        for i in 0..MAX_USED_IDS + 10 {
+            let id = format!("c{i}");
+            r.offer(ALICE, &id, BOB.user, Media::Audio, "sdp", &[], 5)
+                .unwrap();
+        }
+        assert!(r.used_ids() <= MAX_USED_IDS + 1);
     }
 
     /// Alice calls Bob, who has two devices online.

@@ -60,6 +60,7 @@ error_codes! {
     Conflict = "conflict", 409, "The request conflicts with the current state (e.g. a wrong upload offset).";
     LimitExceeded = "limit_exceeded", 422, "A count limit would be exceeded (devices, group members, prekeys, subscriptions).";
     RateLimited = "rate_limited", 429, "A rate limit refused the request; retry after `retry_after_ms`.";
+    Overloaded = "overloaded", 503, "The server is over capacity and refused the request before doing any of it; retry after `retry_after_ms`.";
     UnsupportedVersion = "unsupported_version", 400, "The requested protocol version or encoding is not supported.";
     Unavailable = "unavailable", 503, "The server is shutting down or a dependency is unavailable; retry later.";
     Internal = "internal", 500, "An unexpected server error; the request had no effect.";

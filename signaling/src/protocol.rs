@@ -1143,6 +1143,17 @@ impl ProtocolError {
             )
         }
     }
+    /// Refused by admission control: nothing was done, and trying again after
+    /// `retry_after_ms` is expected to work.
+    pub fn overloaded(retry_after_ms: u64) -> Self {
+        ProtocolError {
+            retry_after_ms: Some(retry_after_ms.max(1)),
+            ..Self::new(
+                ErrorCode::Overloaded,
+                format!("the server is over capacity; retry in {retry_after_ms} ms"),
+            )
+        }
+    }
 }
 
 impl From<ErrorBody> for ProtocolError {

@@ -29,13 +29,23 @@ pub const TEST_LIMITS: &[&str] = &[
     "100000:100000",
     "--limit-typing",
     "100000:100000",
+    // Every other limit; a test's own `--limit NAME=…` comes later and wins.
+    "--limit",
+    "ack=100000:100000,read=100000:100000,ping=100000:100000,account=100000:100000,\
+     link_code=100000:100000,group_create=100000:100000,group_change=100000:100000,\
+     group_info=100000:100000,presence=100000:100000,call_offer=100000:100000,\
+     call_offer_pair=100000:100000,call_signal=100000:100000,call_ice=100000:100000,\
+     ice_servers=100000:100000",
+    "--max-groups-per-hour",
+    "100000",
 ];
 
-/// The test limits minus those `args` sets itself (a flag may be given only once).
+/// The test limits minus those `args` sets itself (a flag may be given only once;
+/// `--limit` may be repeated, the last one for a name winning).
 fn test_limits_except(args: &[&str]) -> Vec<&'static str> {
     TEST_LIMITS
         .chunks(2)
-        .filter(|pair| !args.contains(&pair[0]))
+        .filter(|pair| pair[0] == "--limit" || !args.contains(&pair[0]))
         .flatten()
         .copied()
         .collect()

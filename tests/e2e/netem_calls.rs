@@ -53,6 +53,8 @@ impl Run {
         cmd.args(["--listen", &format!("{relay}:8080")])
             .arg("--data-dir")
             .arg(dir.path().join("server"))
+            // Registration codes are returned to the test clients on a private test network.
+            .args(["--allow-account-takeover-dev-mode", "true"])
             .args(["--turn-listen", &format!("{relay}:3478")])
             .args(["--turn-relay-ips", &relay])
             // The clients' NATs and the relay itself are on 10.77.0.0/24, a private range

@@ -17,6 +17,10 @@ use super::{Core, ct_eq, random_bytes, sha256, sql_err};
 pub const MAX_LINKED_DEVICES: usize = 4;
 /// Wrong guesses allowed for one registration code.
 const MAX_CODE_ATTEMPTS: i64 = 5;
+/// Wrong guesses are counted over this long, across codes (see `max_wrong_codes_*`).
+pub const GUESS_WINDOW_MS: u64 = 24 * 3_600_000;
+/// The `code_guesses` row counting every network together.
+const ALL_NETWORKS: &str = "*";
 
 /// A new device's credentials.
 #[derive(Debug, Clone)]
@@ -111,10 +115,14 @@ impl Core {
         phone: &str,
         code: &str,
         device_name: &str,
+        network: &str,
         now: u64,
     ) -> Result<Result<Registered, ProtocolError>, ProtocolError> {
         if let Err(e) = check_name(device_name) {
             return Ok(Err(e));
+        }
+        if let Some(refusal) = self.guess_budget_spent(phone, network, now)? {
+            return Ok(Err(refusal));
         }
         let row: Option<(Vec<u8>, i64, i64)> = self
             .db()
@@ -142,6 +150,7 @@ impl Core {
                     [phone],
                 )
                 .map_err(sql_err)?;
+            self.count_wrong_guess(phone, network, now)?;
             return Ok(Err(unauthorized("wrong registration code")));
         }
         self.db()
@@ -160,6 +169,10 @@ impl Core {
                 for device in self.devices_of(user)?.iter() {
                     self.revoke(user, *device, now)?;
                 }
+                // Whoever held the old phone must not link a device to the recovered account.
+                self.db()
+                    .execute("DELETE FROM link_codes WHERE user = ?1", [id])
+                    .map_err(sql_err)?;
                 user
             }
             None => {
@@ -173,6 +186,72 @@ impl Core {
             }
         };
         self.add_device(user, device_name, true, now).map(Ok)
+    }
+
+    /// A refusal if `phone` has had its day's wrong guesses, from `network` or from all
+    /// networks together.
+    fn guess_budget_spent(
+        &mut self,
+        phone: &str,
+        network: &str,
+        now: u64,
+    ) -> Result<Option<ProtocolError>, ProtocolError> {
+        let caps = [
+            (network, self.cfg.max_wrong_codes_per_network_day),
+            (ALL_NETWORKS, self.cfg.max_wrong_codes_per_phone_day),
+        ];
+        for (net, cap) in caps {
+            let row: Option<(i64, i64)> = self
+                .db()
+                .query_row(
+                    "SELECT since_ms, wrong FROM code_guesses WHERE phone = ?1 AND network = ?2",
+                    params![phone, net],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(sql_err)?;
+            if let Some((since, wrong)) = row {
+                let until = since as u64 + GUESS_WINDOW_MS;
+                if until > now && wrong as u64 >= u64::from(cap) {
+                    let wait = until - now;
+                    let whose = if net == ALL_NETWORKS {
+                        "this number"
+                    } else {
+                        "this number from your network"
+                    };
+                    return Ok(Some(ProtocolError {
+                        message: format!(
+                            "too many wrong codes for {whose} today; retry in {} min",
+                            wait.div_ceil(60_000)
+                        ),
+                        ..ProtocolError::rate_limited(wait)
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Counts a wrong guess for `phone` from `network` and from all networks.
+    fn count_wrong_guess(
+        &mut self,
+        phone: &str,
+        network: &str,
+        now: u64,
+    ) -> Result<(), ProtocolError> {
+        for net in [network, ALL_NETWORKS] {
+            // A window that is over starts again with this guess.
+            self.db()
+                .execute(
+                    "INSERT INTO code_guesses(phone, network, since_ms, wrong) VALUES (?1, ?2, ?3, 1)
+                     ON CONFLICT(phone, network) DO UPDATE SET
+                       wrong = CASE WHEN since_ms + ?4 <= ?3 THEN 1 ELSE wrong + 1 END,
+                       since_ms = CASE WHEN since_ms + ?4 <= ?3 THEN ?3 ELSE since_ms END",
+                    params![phone, net, now as i64, GUESS_WINDOW_MS as i64],
+                )
+                .map_err(sql_err)?;
+        }
+        Ok(())
     }
 
     fn add_device(

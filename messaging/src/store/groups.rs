@@ -157,6 +157,33 @@ impl Core {
         Ok(())
     }
 
+    /// At most `max_groups_per_hour` groups by one creator in any hour: each one drops a
+    /// notice into every member's queue, members who never agreed to be there.
+    fn check_groups_per_hour(&mut self, creator: UserId, now: u64) -> Result<(), ProtocolError> {
+        const HOUR_MS: u64 = 3_600_000;
+        let since = now.saturating_sub(HOUR_MS);
+        let (count, oldest): (i64, Option<i64>) = self
+            .db()
+            .query_row(
+                "SELECT COUNT(*), MIN(created_ms) FROM groups WHERE created_by = ?1 AND created_ms > ?2",
+                params![creator.0 as i64, since as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(sql_err)?;
+        if count as u64 >= u64::from(self.cfg.max_groups_per_hour) {
+            let wait = (oldest.unwrap_or(now as i64) as u64 + HOUR_MS).saturating_sub(now);
+            return Err(ProtocolError {
+                message: format!(
+                    "at most {} new groups per hour; retry in {} s",
+                    self.cfg.max_groups_per_hour,
+                    wait.div_ceil(1000)
+                ),
+                ..ProtocolError::rate_limited(wait)
+            });
+        }
+        Ok(())
+    }
+
     /// Creates a group with `creator` as its admin.
     pub fn create_group(
         &mut self,
@@ -174,6 +201,7 @@ impl Core {
         }
         self.check_size(all.len())?;
         self.check_users_exist(&all)?;
+        self.check_groups_per_hour(creator, now)?;
         self.db()
             .execute(
                 "INSERT INTO groups(name, created_by, created_ms, next_seq) VALUES (?1, ?2, ?3, 1)",

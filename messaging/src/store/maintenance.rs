@@ -3,7 +3,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use natter_signaling::{DeviceId, ProtocolError};
+use natter_signaling::{DeviceId, ErrorCode, ProtocolError, UserId};
 
 use super::{Core, sql_err};
 
@@ -19,6 +19,17 @@ pub struct SweepReport {
     pub expired_uploads: Vec<String>,
     pub expired_blobs: Vec<String>,
     pub dedup_rotated: bool,
+}
+
+/// An upload in progress can be resumed for this long; after it, it is dropped (and stops
+/// counting against its user's quota and open uploads).
+pub const UPLOAD_TTL_MS: u64 = 24 * 3_600_000;
+
+/// A user's blob storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageUsage {
+    pub open_uploads: u64,
+    pub bytes: u64,
 }
 
 /// An upload in progress.
@@ -83,6 +94,18 @@ impl Core {
             .prepare_cached("DELETE FROM uploads WHERE expires_ms <= ?1 RETURNING id")
             .and_then(|mut s| s.query_map([now as i64], |r| r.get(0))?.collect())
             .map_err(sql_err)?;
+        self.db()
+            .execute(
+                "DELETE FROM blob_charges WHERE expires_ms <= ?1",
+                [now as i64],
+            )
+            .map_err(sql_err)?;
+        self.db()
+            .execute(
+                "DELETE FROM code_guesses WHERE since_ms <= ?1",
+                [now.saturating_sub(super::accounts::GUESS_WINDOW_MS) as i64],
+            )
+            .map_err(sql_err)?;
         report.expired_blobs = self
             .db()
             .prepare_cached("DELETE FROM blobs WHERE expires_ms <= ?1 RETURNING hash")
@@ -120,7 +143,36 @@ impl Core {
         length: u64,
         now: u64,
     ) -> Result<(), ProtocolError> {
-        let expires = now + self.cfg.queue_ttl().as_millis() as u64;
+        let user: i64 = self
+            .db()
+            .query_row(
+                "SELECT user FROM devices WHERE id = ?1",
+                [device.0 as i64],
+                |r| r.get(0),
+            )
+            .map_err(sql_err)?;
+        let usage = self.storage_usage(UserId(user as u64), now)?;
+        let cfg = &self.cfg;
+        if usage.open_uploads >= u64::from(cfg.max_open_uploads) {
+            return Err(ProtocolError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "{} uploads are in progress, the most allowed; finish one first",
+                    usage.open_uploads
+                ),
+            ));
+        }
+        if usage.bytes + length > cfg.max_stored_bytes_per_user {
+            return Err(ProtocolError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "storage quota: {} of {} bytes in use, {length} more do not fit; stored \
+                     files count until they expire",
+                    usage.bytes, cfg.max_stored_bytes_per_user
+                ),
+            ));
+        }
+        let expires = now + UPLOAD_TTL_MS.min(self.cfg.queue_ttl().as_millis() as u64);
         self.db()
             .execute(
                 "INSERT INTO uploads(id, device, length, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -146,7 +198,35 @@ impl Core {
             .map_err(sql_err)
     }
 
-    /// Records a finished upload as blob `hash`; an existing blob of that hash gets a fresh TTL.
+    /// What `user` has stored: unexpired blobs they uploaded plus the declared length of
+    /// their uploads in progress.
+    pub fn storage_usage(&mut self, user: UserId, now: u64) -> Result<StorageUsage, ProtocolError> {
+        let (open_uploads, open_bytes): (i64, i64) = self
+            .db()
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(u.length), 0) FROM uploads u
+                 JOIN devices d ON d.id = u.device
+                 WHERE d.user = ?1 AND u.expires_ms > ?2",
+                params![user.0 as i64, now as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(sql_err)?;
+        let stored: i64 = self
+            .db()
+            .query_row(
+                "SELECT COALESCE(SUM(size), 0) FROM blob_charges WHERE user = ?1 AND expires_ms > ?2",
+                params![user.0 as i64, now as i64],
+                |r| r.get(0),
+            )
+            .map_err(sql_err)?;
+        Ok(StorageUsage {
+            open_uploads: open_uploads as u64,
+            bytes: (open_bytes + stored) as u64,
+        })
+    }
+
+    /// Records a finished upload as blob `hash`; an existing blob of that hash gets a fresh
+    /// TTL. The uploader is charged its size until it expires.
     pub fn finish_upload(
         &mut self,
         id: &str,
@@ -155,6 +235,15 @@ impl Core {
         now: u64,
     ) -> Result<(), ProtocolError> {
         let expires = now + self.cfg.queue_ttl().as_millis() as u64;
+        self.db()
+            .execute(
+                "INSERT INTO blob_charges(user, hash, size, expires_ms)
+                 SELECT d.user, ?2, ?3, ?4 FROM uploads u JOIN devices d ON d.id = u.device
+                 WHERE u.id = ?1
+                 ON CONFLICT(user, hash) DO UPDATE SET expires_ms = ?4",
+                params![id, hash, size as i64, expires as i64],
+            )
+            .map_err(sql_err)?;
         self.db()
             .execute("DELETE FROM uploads WHERE id = ?1", [id])
             .map_err(sql_err)?;

@@ -408,6 +408,19 @@ impl Core {
                 }
             }
         }
+        // Receipts only for messages that exist: otherwise a stranger could park a receipt
+        // in anyone's queue for its whole lifetime.
+        let key = match conv {
+            Conv::Direct(_) => ConvKey::direct(reader, to),
+            Conv::Group(g) => ConvKey::Group(g),
+        };
+        let next = self.conv_next_seq(key)?.unwrap_or(1);
+        if let Some(&s) = seqs.iter().find(|&&s| s == 0 || s >= next) {
+            return Err(ProtocolError::new(
+                ErrorCode::Forbidden,
+                format!("there is no message {s} in this conversation"),
+            ));
+        }
         if !self.settings(reader, None, None)?.read_receipts {
             return Ok(false);
         }

@@ -14,6 +14,7 @@
 //! in-memory counters are then reloaded from the database.
 
 mod accounts;
+pub mod admission;
 mod groups;
 mod keys;
 mod maintenance;
@@ -35,12 +36,13 @@ use sha2::{Digest, Sha256};
 
 pub use accounts::{AuthInfo, MAX_LINKED_DEVICES, Registered, UserSettings, normalize_phone};
 pub use keys::KeyCount;
-pub use maintenance::{SweepReport, UploadRecord};
+pub use maintenance::{StorageUsage, SweepReport, UPLOAD_TTL_MS, UploadRecord};
 pub use messages::{Fetched, Sent};
 
 use crate::config::{MessagingConfig, SyncMode};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use admission::Admission;
 
 /// Most jobs in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -51,6 +53,7 @@ type Completion = Box<dyn FnOnce(bool) + Send>;
 type Job = Box<dyn FnOnce(Option<&mut Core>) -> Completion + Send>;
 
 enum Msg {
+    /// A job; each holds a slot of the admission control's count until taken.
     Job(Job),
     Stop,
 }
@@ -59,6 +62,7 @@ enum Msg {
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<Msg>,
+    admission: Arc<Admission>,
 }
 
 /// Joins the storage thread once every handle's work is done.
@@ -91,7 +95,12 @@ impl Store {
     ) -> Result<(Store, StoreThread), StoreError> {
         std::fs::create_dir_all(&cfg.data_dir)?;
         let db = open_db(&cfg.data_dir.join("natter.db"), cfg.sync)?;
-        let core = Core::new(db, cfg, hub, metrics.clone())?;
+        let admission = Arc::new(Admission::new(
+            cfg.store_queue_target_ms,
+            cfg.store_queue_max_jobs as usize,
+            MAX_BATCH,
+        ));
+        let core = Core::new(db, cfg, hub, metrics.clone(), admission.clone())?;
         metrics.queue_items.set(core.queue_items);
         let (tx, rx) = mpsc::channel::<Msg>();
         let handle = std::thread::Builder::new()
@@ -108,7 +117,10 @@ impl Store {
                 }
             })?;
         Ok((
-            Store { tx: tx.clone() },
+            Store {
+                tx: tx.clone(),
+                admission,
+            },
             StoreThread {
                 tx,
                 handle: Some(handle),
@@ -117,17 +129,46 @@ impl Store {
     }
 
     /// Runs `f` on the storage thread inside the next transaction; after the commit,
-    /// `done` gets its result (on the storage thread: keep it short).
+    /// `done` gets its result (on the storage thread: keep it short). For work the server
+    /// does on its own (bounded by connections or timers) and for requests that only free
+    /// work (acks): never refused, but counted in the queue that admission control sees.
     pub fn submit<R, F, C>(&self, f: F, done: C)
     where
         R: Send + 'static,
         F: FnOnce(&mut Core) -> Result<R, ProtocolError> + Send + 'static,
         C: FnOnce(Result<R, ProtocolError>) + Send + 'static,
     {
-        if let Err(mpsc::SendError(Msg::Job(job))) = self.tx.send(Msg::Job(make_job(f, done))) {
+        self.admission.admit();
+        self.send(make_job(f, done));
+    }
+
+    /// Like [`Store::submit`], for a client's request: refused with `overloaded` (and
+    /// nothing done, `done` not called) when the queue already holds more work than the
+    /// admission target.
+    pub fn try_submit<R, F, C>(&self, f: F, done: C) -> Result<(), ProtocolError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Core) -> Result<R, ProtocolError> + Send + 'static,
+        C: FnOnce(Result<R, ProtocolError>) + Send + 'static,
+    {
+        self.admission
+            .try_admit()
+            .map_err(|retry_ms| ProtocolError::overloaded(jitter(retry_ms)))?;
+        self.send(make_job(f, done));
+        Ok(())
+    }
+
+    fn send(&self, job: Job) {
+        if let Err(mpsc::SendError(Msg::Job(job))) = self.tx.send(Msg::Job(job)) {
             // The thread is gone: answer the caller rather than dropping the request.
+            self.admission.release();
             job(None)(false);
         }
+    }
+
+    /// Jobs waiting for the writer thread.
+    pub fn queued(&self) -> usize {
+        self.admission.queued()
     }
 
     /// Like [`Store::submit`], awaiting the result.
@@ -142,6 +183,25 @@ impl Store {
         });
         rx.await.unwrap_or_else(|_| Err(unavailable()))
     }
+
+    /// Like [`Store::try_submit`], awaiting the result (HTTP requests).
+    pub async fn try_call<R, F>(&self, f: F) -> Result<R, ProtocolError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Core) -> Result<R, ProtocolError> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.try_submit(f, move |r| {
+            let _ = tx.send(r);
+        })?;
+        rx.await.unwrap_or_else(|_| Err(unavailable()))
+    }
+}
+
+/// Spreads retries over 1–1.5× the wait, so refused clients do not come back together.
+fn jitter(ms: u64) -> u64 {
+    let r = u16::from_le_bytes(random_bytes::<2>()) as u64;
+    ms + ms * r / (2 * u16::MAX as u64)
 }
 
 fn make_job<R, F, C>(f: F, done: C) -> Job
@@ -278,6 +338,7 @@ pub struct Core {
     /// Which dedup table is current, and since when.
     dedup_current: u8,
     dedup_since_ms: u64,
+    admission: Arc<Admission>,
 }
 
 impl Core {
@@ -286,6 +347,7 @@ impl Core {
         cfg: &MessagingConfig,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
+        admission: Arc<Admission>,
     ) -> Result<Core, StoreError> {
         let queue_items: i64 = db.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))?;
         let meta = |key: &str| -> rusqlite::Result<Option<i64>> {
@@ -320,6 +382,7 @@ impl Core {
             sweep_cursor: 0,
             dedup_current,
             dedup_since_ms,
+            admission,
         })
     }
 
@@ -327,13 +390,13 @@ impl Core {
         let mut stop = false;
         while !stop {
             let first = match rx.recv() {
-                Ok(Msg::Job(j)) => j,
+                Ok(Msg::Job(j)) => self.taken(j),
                 Ok(Msg::Stop) | Err(_) => break,
             };
             let mut jobs = vec![first];
             while jobs.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(Msg::Job(j)) => jobs.push(j),
+                    Ok(Msg::Job(j)) => jobs.push(self.taken(j)),
                     Ok(Msg::Stop) => {
                         stop = true;
                         break;
@@ -346,7 +409,7 @@ impl Core {
         // Jobs that arrived after the stop request are answered, not dropped.
         while let Ok(msg) = rx.try_recv() {
             if let Msg::Job(j) = msg {
-                j(None)(false);
+                self.taken(j)(None)(false);
             }
         }
         // Checkpoint so the WAL is folded into the database on a clean stop.
@@ -354,6 +417,12 @@ impl Core {
             tracing::warn!("WAL checkpoint on shutdown failed: {e}");
         }
         tracing::debug!("storage thread stopped");
+    }
+
+    /// A job left the queue: its admission slot is free again.
+    fn taken(&self, job: Job) -> Job {
+        self.admission.release();
+        job
     }
 
     fn exec_cached(&self, sql: &str) -> rusqlite::Result<()> {
@@ -370,7 +439,10 @@ impl Core {
             return;
         }
         self.poisoned = false;
+        let n = jobs.len();
+        let run_started = Instant::now();
         let completions: Vec<Completion> = jobs.into_iter().map(|job| job(Some(self))).collect();
+        let run_ns = run_started.elapsed().as_nanos() as u64;
         let started = Instant::now();
         let committed = if self.poisoned {
             Err("a job failed after writing".to_owned())
@@ -379,9 +451,9 @@ impl Core {
                 .and_then(|()| self.exec_cached("COMMIT"))
                 .map_err(|e| e.to_string())
         };
-        self.metrics
-            .store_commit
-            .observe(started.elapsed().as_secs_f64());
+        let commit = started.elapsed();
+        self.metrics.store_commit.observe(commit.as_secs_f64());
+        let after_started = Instant::now();
         let pending = std::mem::take(&mut self.pending);
         self.undo.clear();
         let ok = match committed {
@@ -415,6 +487,10 @@ impl Core {
         for c in completions {
             c(ok);
         }
+        // Pushes and answers are per-job work of the writer thread too.
+        let after_ns = after_started.elapsed().as_nanos() as u64;
+        self.admission
+            .observe_batch(n, run_ns + after_ns, commit.as_nanos() as u64);
     }
 
     /// Runs one job. If it fails, its in-memory effects are undone; if it also wrote to the
@@ -547,6 +623,29 @@ impl Core {
             None => self.load_qseq_reserved(device)?,
         };
         Ok(next - 1)
+    }
+
+    /// The sequence the next message of `conv` will get; `None` for a direct conversation
+    /// in which nothing was ever sent.
+    pub(crate) fn conv_next_seq(&mut self, conv: ConvKey) -> Result<Option<u64>, ProtocolError> {
+        if let Some(v) = self.next_conv_seq.get(&conv) {
+            return Ok(Some(*v));
+        }
+        let found: Option<i64> = match conv {
+            ConvKey::Direct(a, b) => self
+                .db
+                .prepare_cached("SELECT next_seq FROM direct_convs WHERE a = ?1 AND b = ?2")
+                .and_then(|mut s| {
+                    s.query_row(params![a.0 as i64, b.0 as i64], |r| r.get(0))
+                        .optional()
+                }),
+            ConvKey::Group(g) => self
+                .db
+                .prepare_cached("SELECT next_seq FROM groups WHERE id = ?1")
+                .and_then(|mut s| s.query_row([g.0 as i64], |r| r.get(0)).optional()),
+        }
+        .map_err(sql_err)?;
+        Ok(found.map(|v| v as u64))
     }
 
     /// Takes the next sequence of a conversation.
@@ -734,7 +833,8 @@ mod tests {
         };
         let db = open_db(&dir.join("natter.db"), SyncMode::Normal).unwrap();
         let hub = Arc::new(Hub::new(Duration::from_secs(5)));
-        Core::new(db, &cfg, hub, Arc::new(Metrics::new())).unwrap()
+        let admission = Arc::new(Admission::new(25, 1000, MAX_BATCH));
+        Core::new(db, &cfg, hub, Arc::new(Metrics::new()), admission).unwrap()
     }
 
     /// Runs `f` as a batch of its own, as the writer thread would, and returns its result.
@@ -758,7 +858,10 @@ mod tests {
     fn register(core: &mut Core, phone: &str, now: u64) -> Registered {
         let (p1, p2) = (phone.to_owned(), phone.to_owned());
         let code = tx(core, move |c| c.request_code(&p1, now));
-        tx(core, move |c| c.verify_code(&p2, &code, "d", now)).unwrap()
+        tx(core, move |c| {
+            c.verify_code(&p2, &code, "d", "127.0.0.1", now)
+        })
+        .unwrap()
     }
 
     #[test]

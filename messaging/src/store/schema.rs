@@ -3,7 +3,8 @@
 use rusqlite::Connection;
 
 /// Each entry migrates from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     id             INTEGER PRIMARY KEY,
     phone          TEXT NOT NULL UNIQUE,
@@ -126,7 +127,31 @@ CREATE TABLE meta (
     key    TEXT PRIMARY KEY,
     value  INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+-- Wrong registration-code guesses per phone number over a day, across codes: one row per
+-- (phone, network) and one with network '*' for all networks together.
+CREATE TABLE code_guesses (
+    phone         TEXT NOT NULL,
+    network       TEXT NOT NULL,
+    since_ms      INTEGER NOT NULL,
+    wrong         INTEGER NOT NULL,
+    PRIMARY KEY (phone, network)
+) WITHOUT ROWID;
+-- The bytes each user is charged for the blobs they uploaded (a blob uploaded by two users
+-- is charged to both: each could have stored it alone).
+CREATE TABLE blob_charges (
+    user        INTEGER NOT NULL,
+    hash        TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    expires_ms  INTEGER NOT NULL,
+    PRIMARY KEY (user, hash)
+) WITHOUT ROWID;
+CREATE INDEX groups_by_creator ON groups(created_by, created_ms);
+CREATE INDEX uploads_by_device ON uploads(device);
+CREATE INDEX link_codes_by_user ON link_codes(user);
+"#,
+];
 
 /// Brings the database to the current schema version.
 pub fn migrate(db: &mut Connection) -> rusqlite::Result<()> {
