@@ -69,6 +69,18 @@ impl HttpClient {
         }
     }
 
+    /// A client whose connections leave from `local` (e.g. one of 127.0.0.0/8, to act as
+    /// another network in tests and load generators).
+    pub fn with_local_address(base: impl Into<String>, local: std::net::IpAddr) -> HttpClient {
+        HttpClient {
+            base: base.into().trim_end_matches('/').to_owned(),
+            http: reqwest::Client::builder()
+                .local_address(local)
+                .build()
+                .expect("an HTTP client with a local address builds"),
+        }
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }

@@ -459,3 +459,49 @@ impl Drop for Coturn {
         let _ = self.child.wait();
     }
 }
+
+/// The value of the series named exactly `name` (labels included, as Prometheus prints them).
+pub fn metric(text: &str, name: &str) -> f64 {
+    try_metric(text, name).unwrap_or_else(|| panic!("metric {name} missing"))
+}
+
+pub fn try_metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.split(' ').next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+impl TestServer {
+    /// The server's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// Waits up to `within` for the series `name` to reach `at_least`; returns its value.
+    pub async fn wait_metric(&self, name: &str, at_least: f64, within: Duration) -> f64 {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let v = try_metric(&self.metrics().await, name).unwrap_or(0.0);
+            if v >= at_least || tokio::time::Instant::now() >= deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The server process's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}

@@ -3,6 +3,9 @@
 mod common;
 
 mod accounts;
+mod attacks_accounts;
+mod attacks_requests;
+mod attacks_slow;
 mod blobs;
 mod call_media;
 mod calls;
@@ -17,3 +20,4 @@ mod prekeys;
 mod presence;
 mod protocol;
 mod ratelimit;
+mod raw;

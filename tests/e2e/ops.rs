@@ -4,15 +4,6 @@ use natter_client::protocol::ClientFrame;
 
 use crate::common::*;
 
-/// The value of the series named exactly `name` (labels included, as Prometheus prints them).
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.split(' ').next() == Some(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing"))
-}
-
 #[tokio::test]
 async fn metrics_count_connections_frames_queue_latency_and_errors() {
     let s = TestServer::start();
