@@ -15,6 +15,7 @@
 
 mod accounts;
 pub mod admission;
+mod checkpoint;
 mod groups;
 mod keys;
 mod maintenance;
@@ -43,6 +44,7 @@ use crate::config::{MessagingConfig, SyncMode};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use admission::Admission;
+use checkpoint::{Checkpointer, Commits};
 
 /// Most jobs in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -69,11 +71,16 @@ pub struct Store {
 pub struct StoreThread {
     tx: mpsc::Sender<Msg>,
     handle: Option<JoinHandle<()>>,
+    checkpointer: Option<Checkpointer>,
 }
 
 impl StoreThread {
     /// Finishes the jobs already sent, closes the database and waits for the thread.
     pub fn stop(mut self) {
+        // The writer folds the WAL in itself as it stops.
+        if let Some(c) = self.checkpointer.take() {
+            c.stop();
+        }
         let _ = self.tx.send(Msg::Stop);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
@@ -94,13 +101,17 @@ impl Store {
         metrics: Arc<Metrics>,
     ) -> Result<(Store, StoreThread), StoreError> {
         std::fs::create_dir_all(&cfg.data_dir)?;
-        let db = open_db(&cfg.data_dir.join("natter.db"), cfg.sync)?;
+        let path = cfg.data_dir.join("natter.db");
+        let db = open_db(&path, cfg.sync)?;
+        let commits = Arc::new(Commits::default());
+        let checkpointer = Checkpointer::start(&path, commits.clone())?;
         let admission = Arc::new(Admission::new(
             cfg.store_queue_target_ms,
             cfg.store_queue_max_jobs as usize,
             MAX_BATCH,
         ));
-        let core = Core::new(db, cfg, hub, metrics.clone(), admission.clone())?;
+        let mut core = Core::new(db, cfg, hub, metrics.clone(), admission.clone())?;
+        core.commits = commits;
         metrics.queue_items.set(core.queue_items);
         let (tx, rx) = mpsc::channel::<Msg>();
         let handle = std::thread::Builder::new()
@@ -124,6 +135,7 @@ impl Store {
             StoreThread {
                 tx,
                 handle: Some(handle),
+                checkpointer: Some(checkpointer),
             },
         ))
     }
@@ -249,9 +261,10 @@ fn open_db(path: &Path, sync: SyncMode) -> Result<Connection, StoreError> {
     db.pragma_update(None, "foreign_keys", "OFF")?;
     db.pragma_update(None, "temp_store", "MEMORY")?;
     db.pragma_update(None, "cache_size", -16_384i64)?; // 16 MiB
-    // Checkpoint every 32 MiB of WAL rather than every 4 MiB: the hot pages (queue tail,
-    // counters) are rewritten by every batch, and each checkpoint copies them once.
-    db.pragma_update(None, "wal_autocheckpoint", 8192i64)?;
+    // Checkpoints run on a thread of their own (see `checkpoint`), never inside a commit.
+    db.pragma_update(None, "wal_autocheckpoint", 0i64)?;
+    // A WAL that grew under a burst is cut back to this once checkpointed.
+    db.pragma_update(None, "journal_size_limit", 64i64 * 1024 * 1024)?;
     db.set_prepared_statement_cache_capacity(64);
     schema::migrate(&mut db)?;
     Ok(db)
@@ -339,6 +352,8 @@ pub struct Core {
     dedup_current: u8,
     dedup_since_ms: u64,
     admission: Arc<Admission>,
+    /// Counts commits for the checkpoint thread.
+    commits: Arc<Commits>,
 }
 
 impl Core {
@@ -383,6 +398,7 @@ impl Core {
             dedup_current,
             dedup_since_ms,
             admission,
+            commits: Arc::default(),
         })
     }
 
@@ -458,6 +474,7 @@ impl Core {
         self.undo.clear();
         let ok = match committed {
             Ok(()) => {
+                self.commits.committed();
                 self.queue_items += pending.queue_delta;
                 self.metrics.queue_items.set(self.queue_items);
                 for ms in &pending.latencies_ms {
