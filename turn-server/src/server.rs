@@ -14,10 +14,15 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
-
+pub use crate::auth::AuthFailure;
+use crate::auth::Nonces;
+use crate::limits::{Bucket, take};
+use crate::peers;
+pub use crate::peers::{IpNet, denied_by_default};
+use crate::quota::UserQuotas;
 use crate::stun::{self, Class, Message, MessageBuilder, attr, method};
+
+mod allocate;
 
 /// Client transport of a 5-tuple.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,78 +38,6 @@ pub struct FiveTuple {
     pub transport: Transport,
     pub client: SocketAddr,
     pub server: SocketAddr,
-}
-
-/// An IP network, for allow-lists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl IpNet {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let p = u32::from(self.prefix.min(32));
-                let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let p = u32::from(self.prefix.min(128));
-                let mask = if p == 0 { 0 } else { u128::MAX << (128 - p) };
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl std::str::FromStr for IpNet {
-    type Err = String;
-    fn from_str(s: &str) -> Result<IpNet, String> {
-        let (a, p) = s.split_once('/').unwrap_or((s, ""));
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| format!("{s:?} is not an address or CIDR"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = if p.is_empty() {
-            max
-        } else {
-            p.parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: bad prefix length"))?
-        };
-        Ok(IpNet { addr, prefix })
-    }
-}
-
-/// Whether relaying to `ip` is refused unless allow-listed: loopback, private (RFC 1918,
-/// fc00::/7), link-local, multicast, unspecified, broadcast, and IPv4 hidden in IPv6.
-pub fn denied_by_default(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_multicast()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 0
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return denied_by_default(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || first & 0xfe00 == 0xfc00
-                || first & 0xffc0 == 0xfe80
-        }
-    }
 }
 
 /// Server settings.
@@ -165,30 +98,6 @@ const MAX_CHANNELS: usize = 256;
 const MAX_USERNAME: usize = 512;
 const MAX_REALM_NONCE: usize = 763;
 
-/// Why a request failed authentication (metrics label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AuthFailure {
-    NoCredentials,
-    UnknownUser,
-    Expired,
-    StaleNonce,
-    BadIntegrity,
-    WrongUser,
-}
-
-impl AuthFailure {
-    pub fn label(self) -> &'static str {
-        match self {
-            AuthFailure::NoCredentials => "no_credentials",
-            AuthFailure::UnknownUser => "unknown_user",
-            AuthFailure::Expired => "expired",
-            AuthFailure::StaleNonce => "stale_nonce",
-            AuthFailure::BadIntegrity => "bad_integrity",
-            AuthFailure::WrongUser => "wrong_user",
-        }
-    }
-}
-
 /// What the shell must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
@@ -227,11 +136,6 @@ pub struct Stats {
     pub dropped_over_bandwidth: u64,
 }
 
-struct Bucket {
-    tokens: f64,
-    last_ms: u64,
-}
-
 struct Allocation {
     relay: SocketAddr,
     username: String,
@@ -259,11 +163,10 @@ pub struct PeerRoute {
 
 pub struct Server {
     cfg: Config,
-    /// Signs nonces (random per process).
-    nonce_key: [u8; 32],
+    nonces: Nonces,
     allocations: HashMap<FiveTuple, Allocation>,
     by_relay: HashMap<SocketAddr, FiveTuple>,
-    per_user: HashMap<String, usize>,
+    per_user: UserQuotas,
     next_port: u16,
     pub stats: Stats,
 }
@@ -285,11 +188,11 @@ impl Server {
         let r = u32::from_le_bytes([nonce_key[0], nonce_key[1], nonce_key[2], nonce_key[3]]);
         let next_port = lo + (r % span) as u16;
         Server {
+            nonces: Nonces::new(nonce_key, cfg.nonce_lifetime),
             cfg,
-            nonce_key,
             allocations: HashMap::new(),
             by_relay: HashMap::new(),
-            per_user: HashMap::new(),
+            per_user: UserQuotas::default(),
             next_port,
             stats: Stats::default(),
         }
@@ -301,32 +204,6 @@ impl Server {
 
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()
-    }
-
-    fn nonce(&self, client: IpAddr, now_ms: u64) -> String {
-        let expiry = now_s(now_ms) + self.cfg.nonce_lifetime.as_secs();
-        format!("{expiry:016x}{}", self.nonce_tag(client, expiry))
-    }
-
-    fn nonce_tag(&self, client: IpAddr, expiry: u64) -> String {
-        let mut mac = Hmac::<Sha1>::new_from_slice(&self.nonce_key).expect("key");
-        mac.update(&expiry.to_be_bytes());
-        match client {
-            IpAddr::V4(a) => mac.update(&a.octets()),
-            IpAddr::V6(a) => mac.update(&a.octets()),
-        }
-        let tag = mac.finalize().into_bytes();
-        tag[..12].iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    fn nonce_valid(&self, nonce: &str, client: IpAddr, now_ms: u64) -> bool {
-        if nonce.len() != 16 + 24 || !nonce.is_ascii() {
-            return false;
-        }
-        let Ok(expiry) = u64::from_str_radix(&nonce[..16], 16) else {
-            return false;
-        };
-        expiry > now_s(now_ms) && nonce[16..] == self.nonce_tag(client, expiry)
     }
 
     fn password(&self, username: &str, now_ms: u64) -> Result<String, AuthFailure> {
@@ -359,7 +236,10 @@ impl Server {
             MessageBuilder::answer(m, Class::Error)
                 .add_error(code, reason)
                 .add(attr::REALM, s.cfg.realm.as_bytes())
-                .add(attr::NONCE, s.nonce(five.client.ip(), now_ms).as_bytes())
+                .add(
+                    attr::NONCE,
+                    s.nonces.issue(five.client.ip(), now_ms).as_bytes(),
+                )
                 .add(attr::SOFTWARE, s.cfg.software.as_bytes())
                 .fingerprint()
                 .finish()
@@ -379,7 +259,7 @@ impl Server {
                 "Bad Request: USERNAME, REALM and NONCE are required",
             ));
         };
-        if !self.nonce_valid(nonce, five.client.ip(), now_ms) {
+        if !self.nonces.valid(nonce, five.client.ip(), now_ms) {
             self.auth_fail(AuthFailure::StaleNonce);
             return Err(challenge(self, 438, "Stale Nonce"));
         }
@@ -402,12 +282,7 @@ impl Server {
     }
 
     fn peer_allowed(&mut self, peer: SocketAddr) -> bool {
-        let ip = match peer.ip() {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer.ip()),
-            ip => ip,
-        };
-        let ok = !self.cfg.denied_peers.iter().any(|n| n.contains(ip))
-            && (!denied_by_default(ip) || self.cfg.allowed_peers.iter().any(|n| n.contains(ip)));
+        let ok = peers::allowed(peer.ip(), &self.cfg.allowed_peers, &self.cfg.denied_peers);
         if !ok {
             self.stats.refused_peers += 1;
         }
@@ -490,265 +365,6 @@ impl Server {
                 &auth.key,
             )),
         }
-    }
-
-    fn allocate(
-        &mut self,
-        five: FiveTuple,
-        m: &Message<'_>,
-        auth: Authed,
-        now_ms: u64,
-    ) -> Vec<Output> {
-        let reply = |bytes: Vec<u8>| vec![Output::ToClient { to: five, bytes }];
-        if let Some(a) = self.allocations.get(&five) {
-            if a.created_by == m.transaction_id {
-                return reply(a.created_response.clone());
-            }
-            return reply(signed_error(m, 437, "Allocation Mismatch", &auth.key));
-        }
-        match m.get(attr::REQUESTED_TRANSPORT) {
-            None => {
-                return reply(signed_error(
-                    m,
-                    400,
-                    "Bad Request: REQUESTED-TRANSPORT is required",
-                    &auth.key,
-                ));
-            }
-            Some(v) if v.len() != 4 || v[0] != 17 => {
-                return reply(signed_error(
-                    m,
-                    442,
-                    "Unsupported Transport Protocol",
-                    &auth.key,
-                ));
-            }
-            Some(_) => {}
-        }
-        if m.get(attr::RESERVATION_TOKEN).is_some() {
-            return reply(signed_error(
-                m,
-                508,
-                "Insufficient Capacity: reservations are not supported",
-                &auth.key,
-            ));
-        }
-        let want_v6 = match m.get(attr::REQUESTED_ADDRESS_FAMILY) {
-            None => false,
-            Some([0x01, ..]) => false,
-            Some([0x02, ..]) => true,
-            Some(_) => {
-                return reply(signed_error(
-                    m,
-                    440,
-                    "Address Family not Supported",
-                    &auth.key,
-                ));
-            }
-        };
-        let relay_ip = match (want_v6, self.cfg.relay_v4, self.cfg.relay_v6) {
-            (false, Some(v4), _) => IpAddr::V4(v4),
-            (true, _, Some(v6)) => IpAddr::V6(v6),
-            _ => {
-                return reply(signed_error(
-                    m,
-                    440,
-                    "Address Family not Supported",
-                    &auth.key,
-                ));
-            }
-        };
-        if self.per_user.get(&auth.username).copied().unwrap_or(0) >= self.cfg.user_quota {
-            return reply(signed_error(m, 486, "Allocation Quota Reached", &auth.key));
-        }
-        let even = m.get(attr::EVEN_PORT).is_some();
-        let Some(port) = self.free_port(relay_ip, even) else {
-            return reply(signed_error(m, 508, "Insufficient Capacity", &auth.key));
-        };
-        if self.allocations.len() >= self.cfg.total_quota {
-            return reply(signed_error(m, 508, "Insufficient Capacity", &auth.key));
-        }
-        let lifetime = self.lifetime(m);
-        let relay = SocketAddr::new(relay_ip, port);
-        let response = self.allocate_response(
-            m.transaction_id,
-            relay,
-            lifetime.as_secs() as u32,
-            five.client,
-            &auth.key,
-        );
-        *self.per_user.entry(auth.username.clone()).or_default() += 1;
-        self.by_relay.insert(relay, five);
-        self.allocations.insert(
-            five,
-            Allocation {
-                relay,
-                username: auth.username,
-                key: auth.key,
-                expires_ms: now_ms + lifetime.as_millis() as u64,
-                created_by: m.transaction_id,
-                created_response: response.clone(),
-                lifetime_s: lifetime.as_secs() as u32,
-                bind_attempts: 0,
-                permissions: HashMap::new(),
-                channels: HashMap::new(),
-                peer_channels: HashMap::new(),
-                bucket: Bucket {
-                    tokens: self.cfg.bandwidth_bytes_per_s as f64,
-                    last_ms: now_ms,
-                },
-            },
-        );
-        self.stats.allocations_created += 1;
-        vec![Output::Bind {
-            relay,
-            client: five,
-            response,
-        }]
-    }
-
-    fn allocate_response(
-        &self,
-        tid: [u8; 12],
-        relay: SocketAddr,
-        lifetime_s: u32,
-        mapped: SocketAddr,
-        key: &[u8],
-    ) -> Vec<u8> {
-        MessageBuilder::new(method::ALLOCATE, Class::Success, tid)
-            .add_xor_address(attr::XOR_RELAYED_ADDRESS, relay)
-            .add_u32(attr::LIFETIME, lifetime_s)
-            .add_xor_address(attr::XOR_MAPPED_ADDRESS, mapped)
-            .add(attr::SOFTWARE, self.cfg.software.as_bytes())
-            .integrity(key)
-            .fingerprint()
-            .finish()
-    }
-
-    fn lifetime(&self, m: &Message<'_>) -> Duration {
-        match m.u32(attr::LIFETIME) {
-            Ok(Some(s)) => Duration::from_secs(u64::from(s))
-                .max(self.cfg.default_lifetime)
-                .min(self.cfg.max_lifetime),
-            _ => self.cfg.default_lifetime,
-        }
-    }
-
-    fn free_port(&mut self, ip: IpAddr, even: bool) -> Option<u16> {
-        let (lo, hi) = self.cfg.relay_ports;
-        let span = u32::from(hi - lo) + 1;
-        for _ in 0..span {
-            let p = self.next_port;
-            self.next_port = if p >= hi { lo } else { p + 1 };
-            if even && p % 2 == 1 {
-                continue;
-            }
-            if !self.by_relay.contains_key(&SocketAddr::new(ip, p)) {
-                return Some(p);
-            }
-        }
-        None
-    }
-
-    /// The shell could not bind `relay` (another process holds the port): the allocation
-    /// moves to another port, up to 16 tries, after which it is undone and the client told.
-    pub fn bind_failed(&mut self, relay: SocketAddr) -> Vec<Output> {
-        // The search below runs while the failed port still counts as taken.
-        let Some(five) = self.by_relay.get(&relay).copied() else {
-            return Vec::new();
-        };
-        let attempts = self
-            .allocations
-            .get(&five)
-            .map_or(u8::MAX, |a| a.bind_attempts);
-        let next = if attempts < 16 {
-            self.free_port(relay.ip(), false)
-        } else {
-            None
-        };
-        let Some(port) = next else {
-            let Some(a) = self.remove(five) else {
-                return Vec::new();
-            };
-            let Ok(m) = Message::parse(&a.created_response) else {
-                return Vec::new();
-            };
-            return vec![Output::ToClient {
-                to: five,
-                bytes: signed_error(
-                    &m,
-                    508,
-                    "Insufficient Capacity: relay port unavailable",
-                    &a.key,
-                ),
-            }];
-        };
-        self.by_relay.remove(&relay);
-        let new_relay = SocketAddr::new(relay.ip(), port);
-        let a = self.allocations.get(&five).expect("looked up above");
-        let response =
-            self.allocate_response(a.created_by, new_relay, a.lifetime_s, five.client, &a.key);
-        let a = self.allocations.get_mut(&five).expect("looked up above");
-        a.relay = new_relay;
-        a.bind_attempts += 1;
-        a.created_response = response.clone();
-        self.by_relay.insert(new_relay, five);
-        vec![Output::Bind {
-            relay: new_relay,
-            client: five,
-            response,
-        }]
-    }
-
-    fn remove(&mut self, five: FiveTuple) -> Option<Allocation> {
-        let a = self.allocations.remove(&five)?;
-        self.by_relay.remove(&a.relay);
-        if let Some(n) = self.per_user.get_mut(&a.username) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_user.remove(&a.username);
-            }
-        }
-        Some(a)
-    }
-
-    fn refresh(
-        &mut self,
-        five: FiveTuple,
-        m: &Message<'_>,
-        auth: &Authed,
-        now_ms: u64,
-    ) -> Vec<Output> {
-        let requested = m.u32(attr::LIFETIME).ok().flatten();
-        if requested == Some(0) {
-            let a = self.remove(five).expect("checked by the caller");
-            let ok = MessageBuilder::answer(m, Class::Success)
-                .add_u32(attr::LIFETIME, 0)
-                .integrity(&auth.key)
-                .fingerprint()
-                .finish();
-            return vec![
-                Output::ToClient {
-                    to: five,
-                    bytes: ok,
-                },
-                Output::Release { relay: a.relay },
-            ];
-        }
-        let lifetime = self.lifetime(m);
-        let a = self
-            .allocations
-            .get_mut(&five)
-            .expect("checked by the caller");
-        a.expires_ms = now_ms + lifetime.as_millis() as u64;
-        vec![Output::ToClient {
-            to: five,
-            bytes: MessageBuilder::answer(m, Class::Success)
-                .add_u32(attr::LIFETIME, lifetime.as_secs() as u32)
-                .integrity(&auth.key)
-                .fingerprint()
-                .finish(),
-        }]
     }
 
     fn create_permission(
@@ -1011,23 +627,6 @@ impl Server {
             }
         }
         out
-    }
-}
-
-fn take(b: &mut Bucket, cap: u64, len: usize, now_ms: u64) -> bool {
-    if cap == 0 {
-        return true;
-    }
-    let cap = cap as f64;
-    let elapsed = now_ms.saturating_sub(b.last_ms) as f64 / 1000.0;
-    b.last_ms = now_ms;
-    // A one-second burst.
-    b.tokens = (b.tokens + elapsed * cap).min(cap);
-    if b.tokens >= len as f64 {
-        b.tokens -= len as f64;
-        true
-    } else {
-        false
     }
 }
 
