@@ -33,6 +33,7 @@ pub struct TurnConfig {
     pub users: Vec<String>,
     /// coturn-compatible REST secret (`static-auth-secret`).
     pub rest_secret: Option<String>,
+    /// Allocations per user at once (a REST user is the `user` of `expiry:user`).
     pub user_quota: usize,
     pub total_quota: usize,
     /// Relayed bytes per second per allocation; 0 = no cap.

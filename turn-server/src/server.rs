@@ -19,7 +19,7 @@ use crate::auth::Nonces;
 use crate::limits::{Bucket, take};
 use crate::peers;
 pub use crate::peers::{IpNet, denied_by_default};
-use crate::quota::UserQuotas;
+use crate::quota::{Owner, UserQuotas};
 use crate::stun::{self, Class, Message, MessageBuilder, attr, method};
 
 mod allocate;
@@ -55,7 +55,8 @@ pub struct Config {
     pub default_lifetime: Duration,
     pub max_lifetime: Duration,
     pub nonce_lifetime: Duration,
-    /// Allocations per user at once.
+    /// Allocations per user at once: per static user name, per REST `user` (of
+    /// `expiry:user`, so not per credential).
     pub user_quota: usize,
     /// Allocations in all.
     pub total_quota: usize,
@@ -139,6 +140,7 @@ pub struct Stats {
 struct Allocation {
     relay: SocketAddr,
     username: String,
+    owner: Owner,
     key: [u8; 16],
     expires_ms: u64,
     /// The transaction that created it (a retransmitted Allocate gets the same answer).
@@ -173,6 +175,8 @@ pub struct Server {
 
 struct Authed {
     username: String,
+    /// Whose `user_quota` its allocations count against.
+    owner: Owner,
     key: [u8; 16],
 }
 
@@ -206,17 +210,17 @@ impl Server {
         self.allocations.len()
     }
 
-    fn password(&self, username: &str, now_ms: u64) -> Result<String, AuthFailure> {
+    fn password(&self, username: &str, now_ms: u64) -> Result<(String, Owner), AuthFailure> {
         if let Some(p) = self.cfg.users.get(username) {
-            return Ok(p.clone());
+            return Ok((p.clone(), Owner::Static(username.to_owned())));
         }
         if let Some(secret) = &self.cfg.rest_secret {
-            return natter_signaling::turn::password(secret, username, now_s(now_ms)).map_err(
-                |e| match e {
+            return natter_signaling::turn::password(secret, username, now_s(now_ms))
+                .map(|p| (p, Owner::rest(username)))
+                .map_err(|e| match e {
                     natter_signaling::turn::CredentialError::Expired => AuthFailure::Expired,
                     natter_signaling::turn::CredentialError::Malformed => AuthFailure::UnknownUser,
-                },
-            );
+                });
         }
         Err(AuthFailure::UnknownUser)
     }
@@ -263,7 +267,7 @@ impl Server {
             self.auth_fail(AuthFailure::StaleNonce);
             return Err(challenge(self, 438, "Stale Nonce"));
         }
-        let password = match self.password(username, now_ms) {
+        let (password, owner) = match self.password(username, now_ms) {
             Ok(p) => p,
             Err(why) => {
                 self.auth_fail(why);
@@ -277,6 +281,7 @@ impl Server {
         }
         Ok(Authed {
             username: username.to_owned(),
+            owner,
             key,
         })
     }

@@ -362,6 +362,78 @@ fn bad_allocate_requests_and_quotas() {
 }
 
 #[test]
+fn the_user_quota_holds_across_fresh_rest_credentials_of_one_user() {
+    let mut s = server_with(|c| {
+        c.user_quota = 3;
+        c.total_quota = 100;
+        c.relay_ports = (50000, 50099);
+    });
+    let alloc = |b: &mut MessageBuilder| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    };
+    // One credential a second for "mallory", each a different username (`expiry:mallory`).
+    let mut granted = 0;
+    for i in 0..10u16 {
+        let cred =
+            natter_signaling::turn::mint(b"rest-secret", "mallory", T0 / 1000 + u64::from(i), 3600);
+        let out = Client::new(five(100 + i), &cred.username, &cred.password).call(
+            &mut s,
+            method::ALLOCATE,
+            alloc,
+            T0 + u64::from(i) * 1000,
+        );
+        match client_bytes(&out).map(|b| Message::parse(&b).unwrap().class) {
+            Some(Class::Success) => granted += 1,
+            _ => assert_eq!(error_code(&out), 486, "credential {i}"),
+        }
+    }
+    assert_eq!(
+        granted, 3,
+        "user_quota counts the user, not each credential"
+    );
+    // The same user with a username that is only an expiry counts as the user "", not as a
+    // user of its own per expiry.
+    for i in 0..4u16 {
+        let user = format!("{}", T0 / 1000 + 3600 + u64::from(i));
+        let pass = natter_signaling::turn::password(b"rest-secret", &user, T0 / 1000).unwrap();
+        let out =
+            Client::new(five(200 + i), &user, &pass).call(&mut s, method::ALLOCATE, alloc, T0);
+        if i < 3 {
+            assert!(matches!(&out[..], [Output::Bind { .. }]), "{i}: {out:?}");
+        } else {
+            assert_eq!(error_code(&out), 486);
+        }
+    }
+    // Another REST user still gets one, and so does the static user of the same name as
+    // a REST user: the two are different accounts.
+    let bob = natter_signaling::turn::mint(b"rest-secret", "bob", T0 / 1000, 3600);
+    Client::new(five(300), &bob.username, &bob.password).allocate(&mut s, T0);
+    let alice = natter_signaling::turn::mint(b"rest-secret", "alice", T0 / 1000, 3600);
+    for i in 0..3 {
+        Client::new(five(310 + i), &alice.username, &alice.password).allocate(&mut s, T0);
+    }
+    Client::new(five(320), "alice", "wonderland").allocate(&mut s, T0);
+    assert_eq!(s.allocation_count(), 3 + 3 + 1 + 3 + 1);
+    // A released allocation gives its place back to the user, whatever credential it used.
+    let first = natter_signaling::turn::mint(b"rest-secret", "mallory", T0 / 1000, 3600);
+    let mut c = Client::new(five(100), &first.username, &first.password);
+    let out = c.call(
+        &mut s,
+        method::REFRESH,
+        |b| {
+            b.add_u32(attr::LIFETIME, 0);
+        },
+        T0,
+    );
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Release { .. })),
+        "{out:?}"
+    );
+    let late = natter_signaling::turn::mint(b"rest-secret", "mallory", T0 / 1000 + 60, 3600);
+    Client::new(five(130), &late.username, &late.password).allocate(&mut s, T0 + 60_000);
+}
+
+#[test]
 fn permissions_refuse_denied_peers_unless_allow_listed() {
     let mut s = server();
     let mut c = Client::new(five(1), "alice", "wonderland");

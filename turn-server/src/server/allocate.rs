@@ -75,7 +75,7 @@ impl Server {
                 ));
             }
         };
-        if self.per_user.count(&auth.username) >= self.cfg.user_quota {
+        if self.per_user.count(&auth.owner) >= self.cfg.user_quota {
             return reply(signed_error(m, 486, "Allocation Quota Reached", &auth.key));
         }
         let even = m.get(attr::EVEN_PORT).is_some();
@@ -94,13 +94,14 @@ impl Server {
             five.client,
             &auth.key,
         );
-        self.per_user.add(&auth.username);
+        self.per_user.add(&auth.owner);
         self.by_relay.insert(relay, five);
         self.allocations.insert(
             five,
             Allocation {
                 relay,
                 username: auth.username,
+                owner: auth.owner,
                 key: auth.key,
                 expires_ms: now_ms + lifetime.as_millis() as u64,
                 created_by: m.transaction_id,
@@ -220,7 +221,7 @@ impl Server {
     pub(super) fn remove(&mut self, five: FiveTuple) -> Option<Allocation> {
         let a = self.allocations.remove(&five)?;
         self.by_relay.remove(&a.relay);
-        self.per_user.release(&a.username);
+        self.per_user.release(&a.owner);
         Some(a)
     }
 
