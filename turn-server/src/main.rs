@@ -61,8 +61,8 @@ struct Cli {
     /// REST secret shared with natter (coturn's static-auth-secret)
     #[arg(long, env = "NATTER_TURN_SECRET", hide_env_values = true)]
     rest_secret: Option<String>,
-    /// Allocations per user at once; a REST user is the part of `expiry:user` after the
-    /// `:`, so fresh credentials of one user share its quota [default: 10]
+    /// Allocations per user at once; a REST user is the part of expiry:user after the
+    /// colon, so fresh credentials of one user share its quota [default: 10]
     #[arg(long, env = "NATTER_TURN_USER_QUOTA")]
     user_quota: Option<usize>,
     /// Allocations in all [default: 10000]
