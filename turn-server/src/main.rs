@@ -13,9 +13,13 @@ natter-turn: STUN/TURN server (RFC 8489 / RFC 8656) for natter calls.
 
 Relays UDP for clients connected over UDP, TCP or TLS. Credentials are static long-term
 users (--user name:password) and/or coturn-compatible REST credentials (--rest-secret, the
-secret natter's messaging server mints short-lived credentials with). Relaying to loopback,
-private, link-local, multicast and unspecified addresses is refused unless --allow-peer
-lists them.
+secret natter's messaging server mints short-lived credentials with). Relaying to addresses
+that are no peer on the public Internet is refused unless --allow-peer lists them: IPv4
+this-network, private, CGNAT (100.64.0.0/10, with cloud metadata services), loopback,
+link-local, 192.0.0.0/24, benchmarking (198.18.0.0/15), multicast, reserved and broadcast;
+IPv6 IPv4-compatible (::/96), NAT64 (64:ff9b::/96, 64:ff9b:1::/48), unique-local,
+link-local, site-local and multicast. IPv4-mapped and 6to4 addresses count as the IPv4
+address inside them, and a NAT64 address must also pass for the IPv4 address it leads to.
 
 Settings come from the [turn] section of --config (the same file natter reads), then
 NATTER_TURN_* variables, then flags.";

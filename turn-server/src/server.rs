@@ -5,8 +5,9 @@
 //! [`Server::route_from_peer`]) that allocate nothing: the shell sends the bytes it already
 //! holds. Everything else (STUN requests and indications) goes through [`Server::handle`].
 //!
-//! Safety by default: relaying to loopback, private, link-local, multicast and unspecified
-//! addresses is refused (the CVE-2020-26262 class) unless an allow-list says otherwise;
+//! Safety by default: relaying to addresses that are no public Internet peer (loopback,
+//! private, CGNAT, link-local, reserved, NAT64, ...: see [`crate::peers`]) is refused (the
+//! CVE-2020-26262 class) unless an allow-list says otherwise;
 //! allocations per user are capped; each allocation has a byte-rate cap and bounded
 //! permission and channel tables; nonces are stateless and expire.
 

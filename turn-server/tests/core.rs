@@ -96,11 +96,19 @@ impl Client {
     }
 
     fn allocate(&mut self, s: &mut Server, now: u64) -> SocketAddr {
+        self.allocate_family(s, now, false)
+    }
+
+    /// Allocates an IPv6 relay (`v6`) or an IPv4 one.
+    fn allocate_family(&mut self, s: &mut Server, now: u64, v6: bool) -> SocketAddr {
         let out = self.call(
             s,
             method::ALLOCATE,
             |b| {
                 b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+                if v6 {
+                    b.add(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+                }
             },
             now,
         );
@@ -494,6 +502,92 @@ fn permissions_refuse_denied_peers_unless_allow_listed() {
             T0
         )),
         403
+    );
+}
+
+#[test]
+fn create_permission_refuses_cgnat_reserved_nat64_6to4_and_site_local_peers() {
+    let v6_relay = |c: &mut Config| c.relay_v6 = Some("2001:db8::1".parse().unwrap());
+    let mut s = server_with(v6_relay);
+    let mut c4 = Client::new(five(1), "alice", "wonderland");
+    assert!(c4.allocate(&mut s, T0).is_ipv4());
+    let mut c6 = Client::new(five(2), "alice", "wonderland");
+    assert!(c6.allocate_family(&mut s, T0, true).is_ipv6());
+    let mut verdict = |peer: &str| {
+        let peer: SocketAddr = peer.parse().unwrap();
+        let c = if peer.is_ipv4() { &mut c4 } else { &mut c6 };
+        let out = c.call(&mut s, method::CREATE_PERMISSION, peer_perm(peer), T0);
+        let m = Message::parse(&client_bytes(&out).unwrap()).unwrap().class;
+        if m == Class::Success {
+            200
+        } else {
+            error_code(&out)
+        }
+    };
+    for denied in [
+        "100.100.100.200:80",
+        "100.64.0.1:9",
+        "192.0.0.9:9",
+        "198.18.0.1:9",
+        "240.0.0.1:9",
+        "[::ffff:100.100.100.200]:80",
+        "[::a00:1]:9",
+        "[64:ff9b::a9fe:a9fe]:80",
+        "[64:ff9b::808:808]:9",
+        "[64:ff9b:1::1]:9",
+        "[2002:a00:1::1]:9",
+        "[2002:6464:64c8::1]:80",
+        "[fec0::1]:9",
+    ] {
+        assert_eq!(verdict(denied), 403, "{denied}");
+    }
+    for ok in [
+        "100.63.255.255:9",
+        "100.128.0.0:9",
+        "8.8.8.8:53",
+        "[2001:4860:4860::8888]:53",
+        "[2002:808:808::1]:9",
+    ] {
+        assert_eq!(verdict(ok), 200, "{ok}");
+    }
+
+    // The allow-list opens a range; NAT64 also needs the IPv4 it leads to allowed.
+    let mut s = server_with(|c| {
+        v6_relay(c);
+        c.allowed_peers = ["100.64.0.0/10", "64:ff9b::/96"]
+            .iter()
+            .map(|n| n.parse::<IpNet>().unwrap())
+            .collect();
+    });
+    let mut c4 = Client::new(five(1), "alice", "wonderland");
+    c4.allocate(&mut s, T0);
+    let mut c6 = Client::new(five(2), "alice", "wonderland");
+    c6.allocate_family(&mut s, T0, true);
+    let mut verdict = |c: &mut Client, peer: &str| {
+        let out = c.call(
+            &mut s,
+            method::CREATE_PERMISSION,
+            peer_perm(peer.parse().unwrap()),
+            T0,
+        );
+        let m = Message::parse(&client_bytes(&out).unwrap()).unwrap().class;
+        if m == Class::Success {
+            200
+        } else {
+            error_code(&out)
+        }
+    };
+    assert_eq!(verdict(&mut c4, "100.100.100.200:80"), 200);
+    assert_eq!(verdict(&mut c6, "[64:ff9b::808:808]:9"), 200);
+    assert_eq!(
+        verdict(&mut c6, "[64:ff9b::6464:64c8]:9"),
+        200,
+        "100.64/10 is allowed too"
+    );
+    assert_eq!(
+        verdict(&mut c6, "[64:ff9b::a00:1]:9"),
+        403,
+        "10.0.0.1 is not"
     );
 }
 
