@@ -36,7 +36,7 @@ pub struct TurnConfig {
     /// Allocations per user at once (a REST user is the `user` of `expiry:user`).
     pub user_quota: usize,
     pub total_quota: usize,
-    /// Relayed bytes per second per allocation; 0 = no cap.
+    /// Relayed bytes per second per allocation, both ways together; 0 = no cap.
     pub bandwidth_bytes_per_s: u64,
     pub default_lifetime_s: u64,
     pub max_lifetime_s: u64,
@@ -63,7 +63,7 @@ impl Default for TurnConfig {
             rest_secret: None,
             user_quota: 10,
             total_quota: 10_000,
-            bandwidth_bytes_per_s: 0,
+            bandwidth_bytes_per_s: crate::server::DEFAULT_BANDWIDTH_BYTES_PER_S,
             default_lifetime_s: 600,
             max_lifetime_s: 3600,
             nonce_lifetime_s: 600,

@@ -72,7 +72,8 @@ struct Cli {
     /// Allocations in all [default: 10000]
     #[arg(long, env = "NATTER_TURN_TOTAL_QUOTA")]
     total_quota: Option<usize>,
-    /// Relayed bytes per second per allocation; 0 = no cap [default: 0]
+    /// Relayed bytes per second per allocation, both ways together (1000000 is 8 Mbit/s,
+    /// enough for a 1:1 video call); 0 = no cap [default: 1000000]
     #[arg(long, env = "NATTER_TURN_BANDWIDTH")]
     bandwidth_bytes_per_s: Option<u64>,
     /// Peer networks (CIDR) allowed despite the default denial, comma-separated

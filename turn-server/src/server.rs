@@ -41,6 +41,13 @@ pub struct FiveTuple {
     pub server: SocketAddr,
 }
 
+/// The default per-allocation cap: 1,000,000 bytes/s (8 Mbit/s) both ways together, so 4
+/// Mbit/s each way. A 1:1 video call relays one 720p stream out and one in per allocation,
+/// each at most 2.5 Mbit/s (libwebrtc's ceiling for 720p) plus Opus, RTX and RTP/UDP/TURN
+/// headers: ~3 Mbit/s a way. Enough for that with room for a simulcast uplink, and it
+/// stops one credential from turning the relay into a bulk pipe.
+pub const DEFAULT_BANDWIDTH_BYTES_PER_S: u64 = 1_000_000;
+
 /// Server settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -61,7 +68,8 @@ pub struct Config {
     pub user_quota: usize,
     /// Allocations in all.
     pub total_quota: usize,
-    /// Relayed bytes per second per allocation, each way together; 0 = no cap.
+    /// Relayed bytes per second per allocation, both ways together, with a one-second
+    /// burst; 0 = no cap.
     pub bandwidth_bytes_per_s: u64,
     /// Peers allowed even where the default would deny (tests, LANs).
     pub allowed_peers: Vec<IpNet>,
@@ -84,7 +92,7 @@ impl Default for Config {
             nonce_lifetime: Duration::from_secs(600),
             user_quota: 10,
             total_quota: 10_000,
-            bandwidth_bytes_per_s: 0,
+            bandwidth_bytes_per_s: DEFAULT_BANDWIDTH_BYTES_PER_S,
             allowed_peers: Vec::new(),
             denied_peers: Vec::new(),
             software: "natter-turn".into(),

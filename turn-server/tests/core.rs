@@ -744,6 +744,42 @@ fn bandwidth_cap_drops_what_exceeds_it() {
 }
 
 #[test]
+fn the_default_configuration_caps_each_allocation_at_8_mbit_s() {
+    // The settings the binaries start from, not the test server's.
+    let t = natter_turn::config::TurnConfig {
+        rest_secret: Some("rest-secret".into()),
+        ..Default::default()
+    };
+    let (mut cfg, _) = t.build().unwrap();
+    cfg.realm = "natter.test".into();
+    let mut s = Server::new(cfg, [9; 32]);
+    let cred = natter_signaling::turn::mint(b"rest-secret", "u", T0 / 1000, 3600);
+    let mut c = Client::new(five(1), &cred.username, &cred.password);
+    let relay = c.allocate(&mut s, T0);
+    let peer: SocketAddr = "203.0.113.5:7000".parse().unwrap();
+    c.call(&mut s, method::CREATE_PERMISSION, peer_perm(peer), T0);
+    // A peer pushing 2 MB at once: one second's worth (1,000,000 bytes) gets through.
+    let passed = (0..2000)
+        .filter(|_| s.route_from_peer(relay, peer, 1000, T0).is_some())
+        .count();
+    assert_eq!(passed, 1000);
+    // Then 1,000,000 bytes a second, both ways together: half a second later, 250 kB to
+    // the peer and 250 kB from it.
+    let send = MessageBuilder::new(method::SEND, Class::Indication, [5; 12])
+        .add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+        .add(attr::DATA, &[0; 1000])
+        .finish();
+    let to_peer = (0..250)
+        .filter(|_| !s.handle(c.five, &send, T0 + 500).is_empty())
+        .count();
+    assert_eq!(to_peer, 250);
+    let from_peer = (0..1000)
+        .filter(|_| s.route_from_peer(relay, peer, 1000, T0 + 500).is_some())
+        .count();
+    assert_eq!(from_peer, 250);
+}
+
+#[test]
 fn relay_ports_run_out_and_failed_binds_are_undone() {
     let mut s = server_with(|c| {
         c.relay_ports = (50000, 50001);
