@@ -75,6 +75,8 @@ pub struct Config {
     pub allowed_peers: Vec<IpNet>,
     /// Peers always refused.
     pub denied_peers: Vec<IpNet>,
+    /// SOFTWARE of successful Allocate answers; answers an unauthenticated sender can get
+    /// (Binding, errors) carry none, as every byte of them can be reflected.
     pub software: String,
 }
 
@@ -245,6 +247,8 @@ impl Server {
         five: &FiveTuple,
         now_ms: u64,
     ) -> Result<Authed, Vec<u8>> {
+        // No SOFTWARE on error answers: they go to unauthenticated senders, and every byte
+        // is amplification.
         let challenge = |s: &Server, code: u16, reason: &str| {
             MessageBuilder::answer(m, Class::Error)
                 .add_error(code, reason)
@@ -253,13 +257,14 @@ impl Server {
                     attr::NONCE,
                     s.nonces.issue(five.client.ip(), now_ms).as_bytes(),
                 )
-                .add(attr::SOFTWARE, s.cfg.software.as_bytes())
                 .fingerprint()
                 .finish()
         };
         if !m.has_integrity() {
+            // The answer anyone can get by sending 28 bytes from a forged address: only
+            // what RFC 8489 §9.2.4 requires (no reason phrase, no SOFTWARE), 68 bytes.
             self.auth_fail(AuthFailure::NoCredentials);
-            return Err(challenge(self, 401, "Unauthorized"));
+            return Err(challenge(self, 401, ""));
         }
         let (Ok(Some(username)), Ok(Some(_realm)), Ok(Some(nonce))) = (
             m.string(attr::USERNAME, MAX_USERNAME),
@@ -343,7 +348,6 @@ impl Server {
             return reply(
                 MessageBuilder::answer(&m, Class::Success)
                     .add_xor_address(attr::XOR_MAPPED_ADDRESS, five.client)
-                    .add(attr::SOFTWARE, self.cfg.software.as_bytes())
                     .fingerprint()
                     .finish(),
             );

@@ -197,6 +197,124 @@ fn allocate_challenges_then_succeeds_with_long_term_and_rest_credentials() {
 }
 
 #[test]
+fn unauthenticated_answers_are_small_and_carry_no_software() {
+    // The shipped realm ("natter"), not the test server's.
+    let mut s = server_with(|c| c.realm = "natter".into());
+    let allocate = MessageBuilder::new(method::ALLOCATE, Class::Request, [1; 12])
+        .add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        .finish();
+    assert_eq!(allocate.len(), 28, "the smallest well-formed Allocate");
+    let challenge = client_bytes(&s.handle(five(1), &allocate, T0)).unwrap();
+    let bare = MessageBuilder::new(method::ALLOCATE, Class::Request, [2; 12]).finish();
+    let bare_challenge = client_bytes(&s.handle(five(1), &bare, T0)).unwrap();
+    let binding = MessageBuilder::new(method::BINDING, Class::Request, [3; 12]).finish();
+    let mapped = client_bytes(&s.handle(five(1), &binding, T0)).unwrap();
+    eprintln!(
+        "Allocate {} B -> 401 {} B ({:.2}x); bare Allocate {} B -> 401 {} B ({:.2}x); \
+         Binding {} B -> {} B ({:.2}x)",
+        allocate.len(),
+        challenge.len(),
+        challenge.len() as f64 / allocate.len() as f64,
+        bare.len(),
+        bare_challenge.len(),
+        bare_challenge.len() as f64 / bare.len() as f64,
+        binding.len(),
+        mapped.len(),
+        mapped.len() as f64 / binding.len() as f64,
+    );
+    // 401 = header 20 + ERROR-CODE 8 + REALM 12 + NONCE 20 + FINGERPRINT 8 = 68 bytes.
+    assert!(
+        challenge.len() * 2 <= allocate.len() * 5,
+        "401 of {} bytes to a {}-byte Allocate is more than 2.5x",
+        challenge.len(),
+        allocate.len()
+    );
+    assert!(
+        mapped.len() <= 2 * binding.len(),
+        "Binding answer of {} bytes to {}",
+        mapped.len(),
+        binding.len()
+    );
+    let m = Message::parse(&challenge).unwrap();
+    assert_eq!(code(&m), 401);
+    assert!(m.get(attr::REALM).is_some());
+    let nonce = m.string(attr::NONCE, 763).unwrap().unwrap();
+    assert!(nonce.len() <= 16, "nonce {nonce:?}");
+    assert_eq!(m.types().last(), Some(attr::FINGERPRINT));
+    // No SOFTWARE on any answer an unauthenticated sender can get.
+    let unknown = MessageBuilder::new(method::ALLOCATE, Class::Request, [4; 12])
+        .add(0x7777, b"")
+        .finish();
+    let mut c = Client::new(five(2), "alice", "wonderland");
+    c.nonce = nonce.to_owned();
+    let stale = s.handle(
+        five(2),
+        &c.request(method::ALLOCATE, |_| {}),
+        T0 + 3_600_000,
+    );
+    for (what, bytes) in [
+        ("401", challenge.clone()),
+        ("bare 401", bare_challenge),
+        ("Binding", mapped),
+        (
+            "420",
+            client_bytes(&s.handle(five(1), &unknown, T0)).unwrap(),
+        ),
+        ("438", client_bytes(&stale).unwrap()),
+    ] {
+        let m = Message::parse(&bytes).unwrap();
+        assert!(m.get(attr::SOFTWARE).is_none(), "{what} carries SOFTWARE");
+    }
+}
+
+#[test]
+fn short_nonces_are_bound_to_the_client_address_and_expire() {
+    let mut s = server();
+    let mut c = Client::new(five(1), "alice", "wonderland");
+    c.allocate(&mut s, T0);
+    let nonce = c.nonce.clone();
+    let refresh = |s: &mut Server, c: &mut Client, at: u64| {
+        let out = s.handle(c.five, &c.request(method::REFRESH, |_| {}), at);
+        let m = Message::parse(&client_bytes(&out).unwrap()).unwrap().class;
+        if m == Class::Success {
+            200
+        } else {
+            error_code(&out)
+        }
+    };
+    assert_eq!(refresh(&mut s, &mut c, T0 + 1000), 200);
+    // Each character of the nonce matters.
+    for i in 0..nonce.len() {
+        let mut forged = nonce.clone().into_bytes();
+        forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+        c.nonce = String::from_utf8(forged).unwrap();
+        assert_eq!(refresh(&mut s, &mut c, T0 + 1000), 438, "changed at {i}");
+    }
+    // Another address cannot use it (here: the same client after moving to another IP).
+    c.nonce = nonce.clone();
+    let mut moved = Client::new(
+        FiveTuple {
+            client: "198.51.100.8:1".parse().unwrap(),
+            ..five(1)
+        },
+        "alice",
+        "wonderland",
+    );
+    moved.nonce = nonce.clone();
+    let out = s.handle(
+        moved.five,
+        &moved.request(method::ALLOCATE, |b| {
+            b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        }),
+        T0 + 1000,
+    );
+    assert_eq!(error_code(&out), 438);
+    // It lasts nonce_lifetime (600 s) and not longer.
+    assert_eq!(refresh(&mut s, &mut c, T0 + 599_000), 200);
+    assert_eq!(refresh(&mut s, &mut c, T0 + 600_000), 438);
+}
+
+#[test]
 fn wrong_unknown_and_expired_credentials_are_refused() {
     let mut s = server();
     let alloc = |b: &mut MessageBuilder| {
