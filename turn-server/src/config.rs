@@ -41,6 +41,8 @@ pub struct TurnConfig {
     pub default_lifetime_s: u64,
     pub max_lifetime_s: u64,
     pub nonce_lifetime_s: u64,
+    /// Answers a second per source address to unauthenticated UDP requests; 0 = no limit.
+    pub unauth_answers_per_s: u32,
     /// Peer networks allowed despite the default denial (CIDR), e.g. `10.0.0.0/8` on a LAN.
     pub allow_peers: Vec<String>,
     /// Peer networks always refused (CIDR).
@@ -67,6 +69,7 @@ impl Default for TurnConfig {
             default_lifetime_s: 600,
             max_lifetime_s: 3600,
             nonce_lifetime_s: 600,
+            unauth_answers_per_s: crate::server::DEFAULT_UNAUTH_ANSWERS_PER_S,
             allow_peers: Vec::new(),
             deny_peers: Vec::new(),
         }
@@ -107,6 +110,7 @@ impl TurnConfig {
             user_quota: self.user_quota.max(1),
             total_quota: self.total_quota.max(1),
             bandwidth_bytes_per_s: self.bandwidth_bytes_per_s,
+            unauth_answers_per_s: self.unauth_answers_per_s,
             allowed_peers: parse_nets(&self.allow_peers)?,
             denied_peers: parse_nets(&self.deny_peers)?,
             ..Config::default()
@@ -229,6 +233,12 @@ pub fn render_metrics(stats: &crate::server::Stats, allocations: usize) -> Strin
         "counter",
         "Permissions or channels refused for a denied peer address",
         stats.refused_peers as f64,
+    );
+    line(
+        "natter_turn_dropped_unauthenticated_total",
+        "counter",
+        "Answers to unauthenticated UDP requests dropped: the source was over its rate",
+        stats.dropped_unauthenticated as f64,
     );
     line(
         "natter_turn_dropped_over_bandwidth_total",

@@ -76,6 +76,12 @@ struct Cli {
     /// enough for a 1:1 video call); 0 = no cap [default: 1000000]
     #[arg(long, env = "NATTER_TURN_BANDWIDTH")]
     bandwidth_bytes_per_s: Option<u64>,
+    /// Answers a second to UDP requests that did not authenticate (Binding, 401/438
+    /// challenges, errors), per source address (an IPv6 /64) with a one-second burst;
+    /// more are dropped unanswered, as their source may be forged to aim them at a
+    /// victim. 0 = no limit [default: 20]
+    #[arg(long, env = "NATTER_TURN_UNAUTH_ANSWERS_PER_S")]
+    unauth_answers_per_s: Option<u32>,
     /// Peer networks (CIDR) allowed despite the default denial, comma-separated
     #[arg(
         long = "allow-peer",
@@ -122,6 +128,7 @@ fn load(cli: &Cli) -> anyhow::Result<TurnConfig> {
         user_quota,
         total_quota,
         bandwidth_bytes_per_s,
+        unauth_answers_per_s,
         allow_peers,
         deny_peers
     );

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 pub use crate::auth::AuthFailure;
 use crate::auth::Nonces;
-use crate::limits::{Bucket, take};
+use crate::limits::{Bucket, SourceLimiter, take};
 use crate::peers;
 pub use crate::peers::{IpNet, denied_by_default};
 use crate::quota::{Owner, UserQuotas};
@@ -47,6 +47,13 @@ pub struct FiveTuple {
 /// headers: ~3 Mbit/s a way. Enough for that with room for a simulcast uplink, and it
 /// stops one credential from turning the relay into a bulk pipe.
 pub const DEFAULT_BANDWIDTH_BYTES_PER_S: u64 = 1_000_000;
+
+/// The default limit on answers to unauthenticated UDP requests per source address.
+/// Legitimate ones are few: one challenge per new allocation and a Binding now and then
+/// (browsers refresh server-reflexive candidates every ~10 s), so 20 a second serves a NAT
+/// with a hundred active users; a forged-source flood reflects at most 20 x 68 bytes
+/// (~11 kbit/s) at any one victim.
+pub const DEFAULT_UNAUTH_ANSWERS_PER_S: u32 = 20;
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -78,6 +85,9 @@ pub struct Config {
     /// SOFTWARE of successful Allocate answers; answers an unauthenticated sender can get
     /// (Binding, errors) carry none, as every byte of them can be reflected.
     pub software: String,
+    /// Answers a second, per source address (IPv6: per /64), to UDP requests that did not
+    /// authenticate (Binding, challenges, errors); one-second burst; 0 = no limit.
+    pub unauth_answers_per_s: u32,
 }
 
 impl Default for Config {
@@ -98,6 +108,7 @@ impl Default for Config {
             allowed_peers: Vec::new(),
             denied_peers: Vec::new(),
             software: "natter-turn".into(),
+            unauth_answers_per_s: DEFAULT_UNAUTH_ANSWERS_PER_S,
         }
     }
 }
@@ -146,6 +157,8 @@ pub struct Stats {
     pub auth_failures: HashMap<&'static str, u64>,
     pub refused_peers: u64,
     pub dropped_over_bandwidth: u64,
+    /// Answers to unauthenticated UDP requests not sent: the source was over its rate.
+    pub dropped_unauthenticated: u64,
 }
 
 struct Allocation {
@@ -177,6 +190,7 @@ pub struct PeerRoute {
 pub struct Server {
     cfg: Config,
     nonces: Nonces,
+    unauthenticated: SourceLimiter,
     allocations: HashMap<FiveTuple, Allocation>,
     by_relay: HashMap<SocketAddr, FiveTuple>,
     per_user: UserQuotas,
@@ -204,6 +218,7 @@ impl Server {
         let next_port = lo + (r % span) as u16;
         Server {
             nonces: Nonces::new(nonce_key, cfg.nonce_lifetime),
+            unauthenticated: SourceLimiter::new(cfg.unauth_answers_per_s),
             cfg,
             allocations: HashMap::new(),
             by_relay: HashMap::new(),
@@ -320,6 +335,17 @@ impl Server {
         None
     }
 
+    /// Whether an answer to a request that did not authenticate may go to `five`: over UDP,
+    /// where the source address may be forged, only within the source's rate.
+    fn admit_unauthenticated(&mut self, five: &FiveTuple, now_ms: u64) -> bool {
+        if five.transport != Transport::Udp || self.unauthenticated.admit(five.client.ip(), now_ms)
+        {
+            return true;
+        }
+        self.stats.dropped_unauthenticated += 1;
+        false
+    }
+
     /// A STUN packet from a client (a request or an indication).
     pub fn handle(&mut self, five: FiveTuple, bytes: &[u8], now_ms: u64) -> Vec<Output> {
         let Ok(m) = Message::parse(bytes) else {
@@ -335,6 +361,9 @@ impl Server {
         }
         let unknown = m.unknown_required();
         if !unknown.is_empty() {
+            if !self.admit_unauthenticated(&five, now_ms) {
+                return Vec::new();
+            }
             let list: Vec<u8> = unknown.iter().flat_map(|t| t.to_be_bytes()).collect();
             return reply(
                 MessageBuilder::answer(&m, Class::Error)
@@ -345,6 +374,9 @@ impl Server {
             );
         }
         if m.method == method::BINDING {
+            if !self.admit_unauthenticated(&five, now_ms) {
+                return Vec::new();
+            }
             return reply(
                 MessageBuilder::answer(&m, Class::Success)
                     .add_xor_address(attr::XOR_MAPPED_ADDRESS, five.client)
@@ -354,7 +386,8 @@ impl Server {
         }
         let auth = match self.authenticate(&m, &five, now_ms) {
             Ok(a) => a,
-            Err(e) => return reply(e),
+            Err(e) if self.admit_unauthenticated(&five, now_ms) => return reply(e),
+            Err(_) => return Vec::new(),
         };
         match m.method {
             method::ALLOCATE => self.allocate(five, &m, auth, now_ms),
@@ -619,6 +652,7 @@ impl Server {
 
     /// Expires allocations, permissions and channels.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Output> {
+        self.unauthenticated.prune(now_ms);
         let expired: Vec<FiveTuple> = self
             .allocations
             .iter()

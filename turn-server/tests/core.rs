@@ -268,6 +268,71 @@ fn unauthenticated_answers_are_small_and_carry_no_software() {
 }
 
 #[test]
+fn unauthenticated_answers_are_rate_limited_per_source_address() {
+    let mut s = server();
+    let at = |ip: &str, port: u16, transport: Transport| FiveTuple {
+        transport,
+        client: SocketAddr::new(ip.parse().unwrap(), port),
+        server: "192.0.2.1:3478".parse().unwrap(),
+    };
+    let allocate = |i: u16| {
+        let mut tid = [0; 12];
+        tid[..2].copy_from_slice(&i.to_be_bytes());
+        MessageBuilder::new(method::ALLOCATE, Class::Request, tid)
+            .add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .finish()
+    };
+    let binding = MessageBuilder::new(method::BINDING, Class::Request, [3; 12]).finish();
+    let flood = |s: &mut Server, ip: &str, n: u16, now: u64| {
+        (0..n)
+            .filter(|i| {
+                !s.handle(at(ip, 1000 + i, Transport::Udp), &allocate(*i), now)
+                    .is_empty()
+            })
+            .count()
+    };
+    // A client of that address that authenticated before the flood.
+    let mut c = Client::new(at("198.51.100.7", 1, Transport::Udp), "alice", "wonderland");
+    c.allocate(&mut s, T0);
+
+    // The flood, from any port of one address: the default 20 a second (one-second
+    // burst; the client's challenge took one), then nothing, Binding included.
+    assert_eq!(flood(&mut s, "198.51.100.7", 500, T0), 19);
+    assert!(s.handle(c.five, &binding, T0).is_empty());
+    assert_eq!(s.stats.dropped_unauthenticated, 500 - 19 + 1);
+    // Another source is answered meanwhile; an authenticated client of the flooded one too.
+    assert_eq!(
+        error_code(&s.handle(at("203.0.113.9", 5000, Transport::Udp), &allocate(1), T0)),
+        401
+    );
+    let out = c.call(&mut s, method::REFRESH, |_| {}, T0);
+    assert_eq!(
+        Message::parse(&client_bytes(&out).unwrap()).unwrap().class,
+        Class::Success
+    );
+    // Over TCP and TLS the source address cannot be forged: not limited.
+    for t in [Transport::Tcp, Transport::Tls] {
+        assert_eq!(
+            error_code(&s.handle(at("198.51.100.7", 9, t), &allocate(9), T0)),
+            401
+        );
+    }
+    // It is a rate, not a ban: 20 a second again.
+    assert_eq!(flood(&mut s, "198.51.100.7", 500, T0 + 100), 2);
+    assert_eq!(flood(&mut s, "198.51.100.7", 500, T0 + 5000), 20);
+    // IPv6: one /64 is one source; another /64 is another.
+    assert_eq!(flood(&mut s, "2001:db8:1:2::1", 30, T0), 20);
+    assert_eq!(flood(&mut s, "2001:db8:1:2:ffff::9", 30, T0), 0);
+    assert_eq!(flood(&mut s, "2001:db8:1:3::1", 30, T0), 20);
+    // An IPv4 client seen as IPv4-mapped (a dual-stack listener) is its IPv4 address.
+    assert_eq!(flood(&mut s, "::ffff:203.0.113.50", 30, T0), 20);
+    assert_eq!(flood(&mut s, "::ffff:203.0.113.51", 30, T0), 20);
+    // The table forgets sources whose bucket is full again.
+    s.tick(T0 + 10_000);
+    assert_eq!(flood(&mut s, "2001:db8:1:2::1", 30, T0 + 10_000), 20);
+}
+
+#[test]
 fn short_nonces_are_bound_to_the_client_address_and_expire() {
     let mut s = server();
     let mut c = Client::new(five(1), "alice", "wonderland");
