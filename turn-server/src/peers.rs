@@ -348,8 +348,15 @@ mod tests {
 
     #[test]
     fn lists_override_the_default_and_deny_wins() {
-        // (allow, deny, address, allowed?, why)
-        let cases: &[(&[&str], &[&str], &str, bool, &str)] = &[
+        /// (allow, deny, address, allowed?, why)
+        type Case = (
+            &'static [&'static str],
+            &'static [&'static str],
+            &'static str,
+            bool,
+            &'static str,
+        );
+        let cases: &[Case] = &[
             (&["10.0.0.0/8"], &[], "10.1.2.3", true, "allow-listed"),
             (
                 &["10.0.0.0/8"],
