@@ -13,6 +13,7 @@ pub mod peers;
 mod quota;
 pub mod server;
 pub mod shell;
+mod streams;
 pub mod stun;
 
 pub use shell::{Bound, Listeners, Turn};

@@ -82,6 +82,13 @@ struct Cli {
     /// victim. 0 = no limit [default: 20]
     #[arg(long, env = "NATTER_TURN_UNAUTH_ANSWERS_PER_S")]
     unauth_answers_per_s: Option<u32>,
+    /// TCP/TLS: seconds a connection may go without a complete STUN or ChannelData
+    /// message, from when it connects, before it is closed; one holding a live allocation
+    /// stays open until that expires (refreshes count). A client that leaves more than 256
+    /// KiB or 1024 messages unread in the server (beyond its socket buffer) is cut off at
+    /// once [default: 30]
+    #[arg(long, env = "NATTER_TURN_TCP_IDLE_TIMEOUT_S")]
+    tcp_idle_timeout_s: Option<u64>,
     /// Peer networks (CIDR) allowed despite the default denial, comma-separated
     #[arg(
         long = "allow-peer",
@@ -129,6 +136,7 @@ fn load(cli: &Cli) -> anyhow::Result<TurnConfig> {
         total_quota,
         bandwidth_bytes_per_s,
         unauth_answers_per_s,
+        tcp_idle_timeout_s,
         allow_peers,
         deny_peers
     );

@@ -21,6 +21,7 @@ use crate::limits::{Bucket, SourceLimiter, take};
 use crate::peers;
 pub use crate::peers::{IpNet, denied_by_default};
 use crate::quota::{Owner, UserQuotas};
+use crate::streams::Streams;
 use crate::stun::{self, Class, Message, MessageBuilder, attr, method};
 
 mod allocate;
@@ -88,6 +89,10 @@ pub struct Config {
     /// Answers a second, per source address (IPv6: per /64), to UDP requests that did not
     /// authenticate (Binding, challenges, errors); one-second burst; 0 = no limit.
     pub unauth_answers_per_s: u32,
+    /// TCP/TLS connections are closed after this long without a complete STUN or
+    /// ChannelData message, from the time they connect; one holding a live allocation stays
+    /// open until the allocation expires (its refreshes are messages).
+    pub stream_idle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -109,6 +114,7 @@ impl Default for Config {
             denied_peers: Vec::new(),
             software: "natter-turn".into(),
             unauth_answers_per_s: DEFAULT_UNAUTH_ANSWERS_PER_S,
+            stream_idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -144,6 +150,11 @@ pub enum Output {
     Release {
         relay: SocketAddr,
     },
+    /// Close the TCP/TLS connection of `client`: it brought no complete message for the
+    /// idle timeout and holds no live allocation. (Its allocation is gone already.)
+    Close {
+        client: FiveTuple,
+    },
 }
 
 /// Counters the shell exports.
@@ -159,6 +170,11 @@ pub struct Stats {
     pub dropped_over_bandwidth: u64,
     /// Answers to unauthenticated UDP requests not sent: the source was over its rate.
     pub dropped_unauthenticated: u64,
+    /// TCP/TLS connections closed for being idle.
+    pub closed_idle_streams: u64,
+    /// TCP/TLS connections cut off because they left too much unread (counted by the
+    /// shell, which holds what is queued toward them).
+    pub cut_off_streams: u64,
 }
 
 struct Allocation {
@@ -191,6 +207,7 @@ pub struct Server {
     cfg: Config,
     nonces: Nonces,
     unauthenticated: SourceLimiter,
+    streams: Streams,
     allocations: HashMap<FiveTuple, Allocation>,
     by_relay: HashMap<SocketAddr, FiveTuple>,
     per_user: UserQuotas,
@@ -219,6 +236,9 @@ impl Server {
         Server {
             nonces: Nonces::new(nonce_key, cfg.nonce_lifetime),
             unauthenticated: SourceLimiter::new(cfg.unauth_answers_per_s),
+            // A TCP/TLS connection is there to carry an allocation: no more of them than
+            // allocations may exist.
+            streams: Streams::new(cfg.stream_idle_timeout.as_millis() as u64, cfg.total_quota),
             cfg,
             allocations: HashMap::new(),
             by_relay: HashMap::new(),
@@ -351,6 +371,7 @@ impl Server {
         let Ok(m) = Message::parse(bytes) else {
             return Vec::new(); // not STUN: dropped
         };
+        self.streams.message(&five, now_ms);
         let reply = |bytes: Vec<u8>| vec![Output::ToClient { to: five, bytes }];
         match m.class {
             Class::Request => {}
@@ -594,6 +615,7 @@ impl Server {
         len: usize,
         now_ms: u64,
     ) -> Option<(SocketAddr, SocketAddr)> {
+        self.streams.message(&five, now_ms);
         let (peer, expires) = *self.allocations.get(&five)?.channels.get(&channel)?;
         if expires <= now_ms {
             return None;
@@ -642,15 +664,23 @@ impl Server {
             .finish()
     }
 
+    /// A TCP/TLS client connected (`five`): from now on it has the idle timeout to send a
+    /// complete message. False when the server has as many connections as `total_quota`:
+    /// the shell closes this one.
+    pub fn stream_opened(&mut self, five: FiveTuple, now_ms: u64) -> bool {
+        self.streams.open(five, now_ms)
+    }
+
     /// A TCP/TLS client connection closed: its allocation goes (RFC 8656 §3.1).
     pub fn client_closed(&mut self, five: FiveTuple) -> Vec<Output> {
+        self.streams.close(&five);
         match self.remove(five) {
             Some(a) => vec![Output::Release { relay: a.relay }],
             None => Vec::new(),
         }
     }
 
-    /// Expires allocations, permissions and channels.
+    /// Expires allocations, permissions and channels; closes idle TCP/TLS connections.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Output> {
         self.unauthenticated.prune(now_ms);
         let expired: Vec<FiveTuple> = self
@@ -677,6 +707,15 @@ impl Server {
                 a.channels.remove(&c);
                 a.peer_channels.remove(&p);
             }
+        }
+        let allocations = &self.allocations;
+        for five in self
+            .streams
+            .idle(now_ms, |f| allocations.get(f).map(|a| a.expires_ms))
+        {
+            self.streams.close(&five);
+            self.stats.closed_idle_streams += 1;
+            out.push(Output::Close { client: five });
         }
         out
     }

@@ -1012,6 +1012,76 @@ fn relay_ports_run_out_and_failed_binds_are_undone() {
 }
 
 #[test]
+fn tcp_and_tls_streams_close_when_idle_unless_a_live_allocation_holds_them() {
+    let mut s = server_with(|c| c.total_quota = 4);
+    let stream = |port: u16, transport: Transport| FiveTuple {
+        transport,
+        ..five(port)
+    };
+    let closes = |out: &[Output]| -> Vec<FiveTuple> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Close { client } => Some(*client),
+                _ => None,
+            })
+            .collect()
+    };
+    let binding = MessageBuilder::new(method::BINDING, Class::Request, [3; 12]).finish();
+    // Silent from the start: closed 30 s (the default) after it connected.
+    let silent = stream(1, Transport::Tcp);
+    assert!(s.stream_opened(silent, T0));
+    // Chatty: a Binding at 20 s moves its deadline to 50 s; garbage (no complete STUN
+    // message) does not.
+    let chatty = stream(2, Transport::Tls);
+    assert!(s.stream_opened(chatty, T0));
+    // Holding an allocation (600 s, refreshed at 500 s): open while the allocation lives.
+    let holder = stream(3, Transport::Tcp);
+    assert!(s.stream_opened(holder, T0));
+    let mut c = Client::new(holder, "alice", "wonderland");
+    let relay = c.allocate(&mut s, T0 + 1000);
+
+    assert!(!s.handle(chatty, &binding, T0 + 20_000).is_empty());
+    assert!(closes(&s.tick(T0 + 29_999)).is_empty());
+    assert_eq!(closes(&s.tick(T0 + 30_000)), vec![silent]);
+    assert!(s.handle(chatty, &[0u8; 40], T0 + 40_000).is_empty());
+    assert!(closes(&s.tick(T0 + 49_999)).is_empty());
+    assert_eq!(closes(&s.tick(T0 + 50_000)), vec![chatty]);
+    assert!(
+        closes(&s.tick(T0 + 400_000)).is_empty(),
+        "its allocation holds it"
+    );
+    c.call(&mut s, method::REFRESH, |_| {}, T0 + 500_000);
+    assert!(closes(&s.tick(T0 + 1_099_999)).is_empty());
+    // The allocation expires (600 s after the refresh) and the stream, idle since, goes.
+    let out = s.tick(T0 + 1_100_000);
+    assert!(out.contains(&Output::Release { relay }), "{out:?}");
+    assert_eq!(closes(&out), vec![holder]);
+    assert_eq!(s.stats.closed_idle_streams, 3);
+
+    // Later: a stream closed by its client is forgotten; UDP 5-tuples are never streams.
+    const T1: u64 = T0 + 2_000_000;
+    let gone = stream(4, Transport::Tcp);
+    assert!(s.stream_opened(gone, T1));
+    s.client_closed(gone);
+    assert!(closes(&s.tick(T1 + 60_000)).is_empty());
+    let mut u = Client::new(five(5), "alice", "wonderland");
+    u.allocate(&mut s, T1);
+    assert!(closes(&s.tick(T1 + 300_000)).is_empty());
+
+    // The table holds at most total_quota streams.
+    let full: Vec<FiveTuple> = (10..14).map(|p| stream(p, Transport::Tcp)).collect();
+    for f in &full {
+        assert!(s.stream_opened(*f, T1));
+    }
+    assert!(
+        !s.stream_opened(stream(20, Transport::Tcp), T1),
+        "over the cap"
+    );
+    s.client_closed(full[0]);
+    assert!(s.stream_opened(stream(20, Transport::Tcp), T1));
+}
+
+#[test]
 fn garbage_never_panics_and_gets_no_answer() {
     let mut s = server();
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
