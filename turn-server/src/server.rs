@@ -9,7 +9,9 @@
 //! private, CGNAT, link-local, reserved, NAT64, ...: see [`crate::peers`]) is refused (the
 //! CVE-2020-26262 class) unless an allow-list says otherwise;
 //! allocations per user are capped; each allocation has a byte-rate cap and bounded
-//! permission and channel tables; nonces are stateless and expire.
+//! permission and channel tables; nonces are stateless and expire; answers to
+//! unauthenticated UDP requests are small and rate-limited per source; idle TCP/TLS
+//! connections are closed.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
