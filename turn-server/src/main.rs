@@ -86,7 +86,7 @@ struct Cli {
     /// message, from when it connects, before it is closed; one holding a live allocation
     /// stays open until that expires (refreshes count). A client that leaves more than 256
     /// KiB or 1024 messages unread in the server (beyond its socket buffer) is cut off at
-    /// once [default: 30]
+    /// once. At least 1 [default: 30]
     #[arg(long, env = "NATTER_TURN_TCP_IDLE_TIMEOUT_S")]
     tcp_idle_timeout_s: Option<u64>,
     /// Peer networks (CIDR) allowed despite the default denial, comma-separated
