@@ -306,8 +306,8 @@ struct Cli {
     turn_relay_ports: Option<String>,
 
     /// Built-in TURN: peer networks (CIDR) it may relay to despite the default refusal of
-    /// loopback/private/link-local ranges, e.g. 127.0.0.0/8 for calls on one machine
-    /// [config: turn.allow_peers]
+    /// non-public ranges (loopback, private, CGNAT, link-local, NAT64, ...: natter-turn
+    /// --help lists them), e.g. 127.0.0.0/8 for calls on one machine [config: turn.allow_peers]
     #[arg(
         long,
         env = "NATTER_TURN_ALLOW_PEERS",

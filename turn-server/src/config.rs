@@ -33,13 +33,19 @@ pub struct TurnConfig {
     pub users: Vec<String>,
     /// coturn-compatible REST secret (`static-auth-secret`).
     pub rest_secret: Option<String>,
+    /// Allocations per user at once (a REST user is the `user` of `expiry:user`).
     pub user_quota: usize,
     pub total_quota: usize,
-    /// Relayed bytes per second per allocation; 0 = no cap.
+    /// Relayed bytes per second per allocation, both ways together; 0 = no cap.
     pub bandwidth_bytes_per_s: u64,
     pub default_lifetime_s: u64,
     pub max_lifetime_s: u64,
     pub nonce_lifetime_s: u64,
+    /// Answers a second per source address to unauthenticated UDP requests; 0 = no limit.
+    pub unauth_answers_per_s: u32,
+    /// Seconds a TCP/TLS connection may go without a complete message (one with a live
+    /// allocation: until it expires); at least 1.
+    pub tcp_idle_timeout_s: u64,
     /// Peer networks allowed despite the default denial (CIDR), e.g. `10.0.0.0/8` on a LAN.
     pub allow_peers: Vec<String>,
     /// Peer networks always refused (CIDR).
@@ -62,10 +68,12 @@ impl Default for TurnConfig {
             rest_secret: None,
             user_quota: 10,
             total_quota: 10_000,
-            bandwidth_bytes_per_s: 0,
+            bandwidth_bytes_per_s: crate::server::DEFAULT_BANDWIDTH_BYTES_PER_S,
             default_lifetime_s: 600,
             max_lifetime_s: 3600,
             nonce_lifetime_s: 600,
+            unauth_answers_per_s: crate::server::DEFAULT_UNAUTH_ANSWERS_PER_S,
+            tcp_idle_timeout_s: 30,
             allow_peers: Vec::new(),
             deny_peers: Vec::new(),
         }
@@ -106,6 +114,8 @@ impl TurnConfig {
             user_quota: self.user_quota.max(1),
             total_quota: self.total_quota.max(1),
             bandwidth_bytes_per_s: self.bandwidth_bytes_per_s,
+            unauth_answers_per_s: self.unauth_answers_per_s,
+            stream_idle_timeout: Duration::from_secs(self.tcp_idle_timeout_s.max(1)),
             allowed_peers: parse_nets(&self.allow_peers)?,
             denied_peers: parse_nets(&self.deny_peers)?,
             ..Config::default()
@@ -228,6 +238,24 @@ pub fn render_metrics(stats: &crate::server::Stats, allocations: usize) -> Strin
         "counter",
         "Permissions or channels refused for a denied peer address",
         stats.refused_peers as f64,
+    );
+    line(
+        "natter_turn_dropped_unauthenticated_total",
+        "counter",
+        "Answers to unauthenticated UDP requests dropped: the source was over its rate",
+        stats.dropped_unauthenticated as f64,
+    );
+    line(
+        "natter_turn_closed_idle_streams_total",
+        "counter",
+        "TCP/TLS connections closed for sending no complete message within the idle timeout",
+        stats.closed_idle_streams as f64,
+    );
+    line(
+        "natter_turn_cut_off_streams_total",
+        "counter",
+        "TCP/TLS connections cut off for leaving too much unread",
+        stats.cut_off_streams as f64,
     );
     line(
         "natter_turn_dropped_over_bandwidth_total",

@@ -13,9 +13,13 @@ natter-turn: STUN/TURN server (RFC 8489 / RFC 8656) for natter calls.
 
 Relays UDP for clients connected over UDP, TCP or TLS. Credentials are static long-term
 users (--user name:password) and/or coturn-compatible REST credentials (--rest-secret, the
-secret natter's messaging server mints short-lived credentials with). Relaying to loopback,
-private, link-local, multicast and unspecified addresses is refused unless --allow-peer
-lists them.
+secret natter's messaging server mints short-lived credentials with). Relaying to addresses
+that are no peer on the public Internet is refused unless --allow-peer lists them: IPv4
+this-network, private, CGNAT (100.64.0.0/10, with cloud metadata services), loopback,
+link-local, 192.0.0.0/24, benchmarking (198.18.0.0/15), multicast, reserved and broadcast;
+IPv6 IPv4-compatible (::/96), NAT64 (64:ff9b::/96, 64:ff9b:1::/48), unique-local,
+link-local, site-local and multicast. IPv4-mapped and 6to4 addresses count as the IPv4
+address inside them, and a NAT64 address must also pass for the IPv4 address it leads to.
 
 Settings come from the [turn] section of --config (the same file natter reads), then
 NATTER_TURN_* variables, then flags.";
@@ -61,15 +65,30 @@ struct Cli {
     /// REST secret shared with natter (coturn's static-auth-secret)
     #[arg(long, env = "NATTER_TURN_SECRET", hide_env_values = true)]
     rest_secret: Option<String>,
-    /// Allocations per user at once [default: 10]
+    /// Allocations per user at once; a REST user is the part of expiry:user after the
+    /// colon, so fresh credentials of one user share its quota [default: 10]
     #[arg(long, env = "NATTER_TURN_USER_QUOTA")]
     user_quota: Option<usize>,
     /// Allocations in all [default: 10000]
     #[arg(long, env = "NATTER_TURN_TOTAL_QUOTA")]
     total_quota: Option<usize>,
-    /// Relayed bytes per second per allocation; 0 = no cap [default: 0]
+    /// Relayed bytes per second per allocation, both ways together (1000000 is 8 Mbit/s,
+    /// enough for a 1:1 video call); 0 = no cap [default: 1000000]
     #[arg(long, env = "NATTER_TURN_BANDWIDTH")]
     bandwidth_bytes_per_s: Option<u64>,
+    /// Answers a second to UDP requests that did not authenticate (Binding, 401/438
+    /// challenges, errors), per source address (an IPv6 /64) with a one-second burst;
+    /// more are dropped unanswered, as their source may be forged to aim them at a
+    /// victim. 0 = no limit [default: 20]
+    #[arg(long, env = "NATTER_TURN_UNAUTH_ANSWERS_PER_S")]
+    unauth_answers_per_s: Option<u32>,
+    /// TCP/TLS: seconds a connection may go without a complete STUN or ChannelData
+    /// message, from when it connects, before it is closed; one holding a live allocation
+    /// stays open until that expires (refreshes count). A client that leaves more than 256
+    /// KiB or 1024 messages unread in the server (beyond its socket buffer) is cut off at
+    /// once. At least 1 [default: 30]
+    #[arg(long, env = "NATTER_TURN_TCP_IDLE_TIMEOUT_S")]
+    tcp_idle_timeout_s: Option<u64>,
     /// Peer networks (CIDR) allowed despite the default denial, comma-separated
     #[arg(
         long = "allow-peer",
@@ -116,6 +135,8 @@ fn load(cli: &Cli) -> anyhow::Result<TurnConfig> {
         user_quota,
         total_quota,
         bandwidth_bytes_per_s,
+        unauth_answers_per_s,
+        tcp_idle_timeout_s,
         allow_peers,
         deny_peers
     );

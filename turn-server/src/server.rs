@@ -5,19 +5,28 @@
 //! [`Server::route_from_peer`]) that allocate nothing: the shell sends the bytes it already
 //! holds. Everything else (STUN requests and indications) goes through [`Server::handle`].
 //!
-//! Safety by default: relaying to loopback, private, link-local, multicast and unspecified
-//! addresses is refused (the CVE-2020-26262 class) unless an allow-list says otherwise;
+//! Safety by default: relaying to addresses that are no public Internet peer (loopback,
+//! private, CGNAT, link-local, reserved, NAT64, ...: see [`crate::peers`]) is refused (the
+//! CVE-2020-26262 class) unless an allow-list says otherwise;
 //! allocations per user are capped; each allocation has a byte-rate cap and bounded
-//! permission and channel tables; nonces are stateless and expire.
+//! permission and channel tables; nonces are stateless and expire; answers to
+//! unauthenticated UDP requests are small and rate-limited per source; idle TCP/TLS
+//! connections are closed.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
-
+pub use crate::auth::AuthFailure;
+use crate::auth::Nonces;
+use crate::limits::{Bucket, SourceLimiter, take};
+use crate::peers;
+pub use crate::peers::{IpNet, denied_by_default};
+use crate::quota::{Owner, UserQuotas};
+use crate::streams::Streams;
 use crate::stun::{self, Class, Message, MessageBuilder, attr, method};
+
+mod allocate;
 
 /// Client transport of a 5-tuple.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,77 +44,19 @@ pub struct FiveTuple {
     pub server: SocketAddr,
 }
 
-/// An IP network, for allow-lists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
+/// The default per-allocation cap: 1,000,000 bytes/s (8 Mbit/s) both ways together, so 4
+/// Mbit/s each way. A 1:1 video call relays one 720p stream out and one in per allocation,
+/// each at most 2.5 Mbit/s (libwebrtc's ceiling for 720p) plus Opus, RTX and RTP/UDP/TURN
+/// headers: ~3 Mbit/s a way. Enough for that with room for a simulcast uplink, and it
+/// stops one credential from turning the relay into a bulk pipe.
+pub const DEFAULT_BANDWIDTH_BYTES_PER_S: u64 = 1_000_000;
 
-impl IpNet {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let p = u32::from(self.prefix.min(32));
-                let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let p = u32::from(self.prefix.min(128));
-                let mask = if p == 0 { 0 } else { u128::MAX << (128 - p) };
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl std::str::FromStr for IpNet {
-    type Err = String;
-    fn from_str(s: &str) -> Result<IpNet, String> {
-        let (a, p) = s.split_once('/').unwrap_or((s, ""));
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| format!("{s:?} is not an address or CIDR"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = if p.is_empty() {
-            max
-        } else {
-            p.parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: bad prefix length"))?
-        };
-        Ok(IpNet { addr, prefix })
-    }
-}
-
-/// Whether relaying to `ip` is refused unless allow-listed: loopback, private (RFC 1918,
-/// fc00::/7), link-local, multicast, unspecified, broadcast, and IPv4 hidden in IPv6.
-pub fn denied_by_default(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_multicast()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 0
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return denied_by_default(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || first & 0xfe00 == 0xfc00
-                || first & 0xffc0 == 0xfe80
-        }
-    }
-}
+/// The default limit on answers to unauthenticated UDP requests per source address.
+/// Legitimate ones are few: one challenge per new allocation and a Binding now and then
+/// (browsers refresh server-reflexive candidates every ~10 s), so 20 a second serves a NAT
+/// with a hundred active users; a forged-source flood reflects at most 20 x 68 bytes
+/// (~11 kbit/s) at any one victim.
+pub const DEFAULT_UNAUTH_ANSWERS_PER_S: u32 = 20;
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -122,17 +73,28 @@ pub struct Config {
     pub default_lifetime: Duration,
     pub max_lifetime: Duration,
     pub nonce_lifetime: Duration,
-    /// Allocations per user at once.
+    /// Allocations per user at once: per static user name, per REST `user` (of
+    /// `expiry:user`, so not per credential).
     pub user_quota: usize,
     /// Allocations in all.
     pub total_quota: usize,
-    /// Relayed bytes per second per allocation, each way together; 0 = no cap.
+    /// Relayed bytes per second per allocation, both ways together, with a one-second
+    /// burst; 0 = no cap.
     pub bandwidth_bytes_per_s: u64,
     /// Peers allowed even where the default would deny (tests, LANs).
     pub allowed_peers: Vec<IpNet>,
     /// Peers always refused.
     pub denied_peers: Vec<IpNet>,
+    /// SOFTWARE of successful Allocate answers; answers an unauthenticated sender can get
+    /// (Binding, errors) carry none, as every byte of them can be reflected.
     pub software: String,
+    /// Answers a second, per source address (IPv6: per /64), to UDP requests that did not
+    /// authenticate (Binding, challenges, errors); one-second burst; 0 = no limit.
+    pub unauth_answers_per_s: u32,
+    /// TCP/TLS connections are closed after this long without a complete STUN or
+    /// ChannelData message, from the time they connect; one holding a live allocation stays
+    /// open until the allocation expires (its refreshes are messages).
+    pub stream_idle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -149,10 +111,12 @@ impl Default for Config {
             nonce_lifetime: Duration::from_secs(600),
             user_quota: 10,
             total_quota: 10_000,
-            bandwidth_bytes_per_s: 0,
+            bandwidth_bytes_per_s: DEFAULT_BANDWIDTH_BYTES_PER_S,
             allowed_peers: Vec::new(),
             denied_peers: Vec::new(),
             software: "natter-turn".into(),
+            unauth_answers_per_s: DEFAULT_UNAUTH_ANSWERS_PER_S,
+            stream_idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -164,30 +128,6 @@ const MAX_PERMISSIONS: usize = 64;
 const MAX_CHANNELS: usize = 256;
 const MAX_USERNAME: usize = 512;
 const MAX_REALM_NONCE: usize = 763;
-
-/// Why a request failed authentication (metrics label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AuthFailure {
-    NoCredentials,
-    UnknownUser,
-    Expired,
-    StaleNonce,
-    BadIntegrity,
-    WrongUser,
-}
-
-impl AuthFailure {
-    pub fn label(self) -> &'static str {
-        match self {
-            AuthFailure::NoCredentials => "no_credentials",
-            AuthFailure::UnknownUser => "unknown_user",
-            AuthFailure::Expired => "expired",
-            AuthFailure::StaleNonce => "stale_nonce",
-            AuthFailure::BadIntegrity => "bad_integrity",
-            AuthFailure::WrongUser => "wrong_user",
-        }
-    }
-}
 
 /// What the shell must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -212,6 +152,11 @@ pub enum Output {
     Release {
         relay: SocketAddr,
     },
+    /// Close the TCP/TLS connection of `client`: it brought no complete message for the
+    /// idle timeout and holds no live allocation. (Its allocation is gone already.)
+    Close {
+        client: FiveTuple,
+    },
 }
 
 /// Counters the shell exports.
@@ -225,16 +170,19 @@ pub struct Stats {
     pub auth_failures: HashMap<&'static str, u64>,
     pub refused_peers: u64,
     pub dropped_over_bandwidth: u64,
-}
-
-struct Bucket {
-    tokens: f64,
-    last_ms: u64,
+    /// Answers to unauthenticated UDP requests not sent: the source was over its rate.
+    pub dropped_unauthenticated: u64,
+    /// TCP/TLS connections closed for being idle.
+    pub closed_idle_streams: u64,
+    /// TCP/TLS connections cut off because they left too much unread (counted by the
+    /// shell, which holds what is queued toward them).
+    pub cut_off_streams: u64,
 }
 
 struct Allocation {
     relay: SocketAddr,
     username: String,
+    owner: Owner,
     key: [u8; 16],
     expires_ms: u64,
     /// The transaction that created it (a retransmitted Allocate gets the same answer).
@@ -259,17 +207,20 @@ pub struct PeerRoute {
 
 pub struct Server {
     cfg: Config,
-    /// Signs nonces (random per process).
-    nonce_key: [u8; 32],
+    nonces: Nonces,
+    unauthenticated: SourceLimiter,
+    streams: Streams,
     allocations: HashMap<FiveTuple, Allocation>,
     by_relay: HashMap<SocketAddr, FiveTuple>,
-    per_user: HashMap<String, usize>,
+    per_user: UserQuotas,
     next_port: u16,
     pub stats: Stats,
 }
 
 struct Authed {
     username: String,
+    /// Whose `user_quota` its allocations count against.
+    owner: Owner,
     key: [u8; 16],
 }
 
@@ -285,11 +236,15 @@ impl Server {
         let r = u32::from_le_bytes([nonce_key[0], nonce_key[1], nonce_key[2], nonce_key[3]]);
         let next_port = lo + (r % span) as u16;
         Server {
+            nonces: Nonces::new(nonce_key, cfg.nonce_lifetime),
+            unauthenticated: SourceLimiter::new(cfg.unauth_answers_per_s),
+            // A TCP/TLS connection is there to carry an allocation: no more of them than
+            // allocations may exist.
+            streams: Streams::new(cfg.stream_idle_timeout.as_millis() as u64, cfg.total_quota),
             cfg,
-            nonce_key,
             allocations: HashMap::new(),
             by_relay: HashMap::new(),
-            per_user: HashMap::new(),
+            per_user: UserQuotas::default(),
             next_port,
             stats: Stats::default(),
         }
@@ -303,43 +258,17 @@ impl Server {
         self.allocations.len()
     }
 
-    fn nonce(&self, client: IpAddr, now_ms: u64) -> String {
-        let expiry = now_s(now_ms) + self.cfg.nonce_lifetime.as_secs();
-        format!("{expiry:016x}{}", self.nonce_tag(client, expiry))
-    }
-
-    fn nonce_tag(&self, client: IpAddr, expiry: u64) -> String {
-        let mut mac = Hmac::<Sha1>::new_from_slice(&self.nonce_key).expect("key");
-        mac.update(&expiry.to_be_bytes());
-        match client {
-            IpAddr::V4(a) => mac.update(&a.octets()),
-            IpAddr::V6(a) => mac.update(&a.octets()),
-        }
-        let tag = mac.finalize().into_bytes();
-        tag[..12].iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    fn nonce_valid(&self, nonce: &str, client: IpAddr, now_ms: u64) -> bool {
-        if nonce.len() != 16 + 24 || !nonce.is_ascii() {
-            return false;
-        }
-        let Ok(expiry) = u64::from_str_radix(&nonce[..16], 16) else {
-            return false;
-        };
-        expiry > now_s(now_ms) && nonce[16..] == self.nonce_tag(client, expiry)
-    }
-
-    fn password(&self, username: &str, now_ms: u64) -> Result<String, AuthFailure> {
+    fn password(&self, username: &str, now_ms: u64) -> Result<(String, Owner), AuthFailure> {
         if let Some(p) = self.cfg.users.get(username) {
-            return Ok(p.clone());
+            return Ok((p.clone(), Owner::Static(username.to_owned())));
         }
         if let Some(secret) = &self.cfg.rest_secret {
-            return natter_signaling::turn::password(secret, username, now_s(now_ms)).map_err(
-                |e| match e {
+            return natter_signaling::turn::password(secret, username, now_s(now_ms))
+                .map(|p| (p, Owner::rest(username)))
+                .map_err(|e| match e {
                     natter_signaling::turn::CredentialError::Expired => AuthFailure::Expired,
                     natter_signaling::turn::CredentialError::Malformed => AuthFailure::UnknownUser,
-                },
-            );
+                });
         }
         Err(AuthFailure::UnknownUser)
     }
@@ -355,18 +284,24 @@ impl Server {
         five: &FiveTuple,
         now_ms: u64,
     ) -> Result<Authed, Vec<u8>> {
+        // No SOFTWARE on error answers: they go to unauthenticated senders, and every byte
+        // is amplification.
         let challenge = |s: &Server, code: u16, reason: &str| {
             MessageBuilder::answer(m, Class::Error)
                 .add_error(code, reason)
                 .add(attr::REALM, s.cfg.realm.as_bytes())
-                .add(attr::NONCE, s.nonce(five.client.ip(), now_ms).as_bytes())
-                .add(attr::SOFTWARE, s.cfg.software.as_bytes())
+                .add(
+                    attr::NONCE,
+                    s.nonces.issue(five.client.ip(), now_ms).as_bytes(),
+                )
                 .fingerprint()
                 .finish()
         };
         if !m.has_integrity() {
+            // The answer anyone can get by sending 28 bytes from a forged address: only
+            // what RFC 8489 §9.2.4 requires (no reason phrase, no SOFTWARE), 68 bytes.
             self.auth_fail(AuthFailure::NoCredentials);
-            return Err(challenge(self, 401, "Unauthorized"));
+            return Err(challenge(self, 401, ""));
         }
         let (Ok(Some(username)), Ok(Some(_realm)), Ok(Some(nonce))) = (
             m.string(attr::USERNAME, MAX_USERNAME),
@@ -379,11 +314,11 @@ impl Server {
                 "Bad Request: USERNAME, REALM and NONCE are required",
             ));
         };
-        if !self.nonce_valid(nonce, five.client.ip(), now_ms) {
+        if !self.nonces.valid(nonce, five.client.ip(), now_ms) {
             self.auth_fail(AuthFailure::StaleNonce);
             return Err(challenge(self, 438, "Stale Nonce"));
         }
-        let password = match self.password(username, now_ms) {
+        let (password, owner) = match self.password(username, now_ms) {
             Ok(p) => p,
             Err(why) => {
                 self.auth_fail(why);
@@ -397,17 +332,13 @@ impl Server {
         }
         Ok(Authed {
             username: username.to_owned(),
+            owner,
             key,
         })
     }
 
     fn peer_allowed(&mut self, peer: SocketAddr) -> bool {
-        let ip = match peer.ip() {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer.ip()),
-            ip => ip,
-        };
-        let ok = !self.cfg.denied_peers.iter().any(|n| n.contains(ip))
-            && (!denied_by_default(ip) || self.cfg.allowed_peers.iter().any(|n| n.contains(ip)));
+        let ok = peers::allowed(peer.ip(), &self.cfg.allowed_peers, &self.cfg.denied_peers);
         if !ok {
             self.stats.refused_peers += 1;
         }
@@ -426,11 +357,23 @@ impl Server {
         None
     }
 
+    /// Whether an answer to a request that did not authenticate may go to `five`: over UDP,
+    /// where the source address may be forged, only within the source's rate.
+    fn admit_unauthenticated(&mut self, five: &FiveTuple, now_ms: u64) -> bool {
+        if five.transport != Transport::Udp || self.unauthenticated.admit(five.client.ip(), now_ms)
+        {
+            return true;
+        }
+        self.stats.dropped_unauthenticated += 1;
+        false
+    }
+
     /// A STUN packet from a client (a request or an indication).
     pub fn handle(&mut self, five: FiveTuple, bytes: &[u8], now_ms: u64) -> Vec<Output> {
         let Ok(m) = Message::parse(bytes) else {
             return Vec::new(); // not STUN: dropped
         };
+        self.streams.message(&five, now_ms);
         let reply = |bytes: Vec<u8>| vec![Output::ToClient { to: five, bytes }];
         match m.class {
             Class::Request => {}
@@ -441,6 +384,9 @@ impl Server {
         }
         let unknown = m.unknown_required();
         if !unknown.is_empty() {
+            if !self.admit_unauthenticated(&five, now_ms) {
+                return Vec::new();
+            }
             let list: Vec<u8> = unknown.iter().flat_map(|t| t.to_be_bytes()).collect();
             return reply(
                 MessageBuilder::answer(&m, Class::Error)
@@ -451,17 +397,20 @@ impl Server {
             );
         }
         if m.method == method::BINDING {
+            if !self.admit_unauthenticated(&five, now_ms) {
+                return Vec::new();
+            }
             return reply(
                 MessageBuilder::answer(&m, Class::Success)
                     .add_xor_address(attr::XOR_MAPPED_ADDRESS, five.client)
-                    .add(attr::SOFTWARE, self.cfg.software.as_bytes())
                     .fingerprint()
                     .finish(),
             );
         }
         let auth = match self.authenticate(&m, &five, now_ms) {
             Ok(a) => a,
-            Err(e) => return reply(e),
+            Err(e) if self.admit_unauthenticated(&five, now_ms) => return reply(e),
+            Err(_) => return Vec::new(),
         };
         match m.method {
             method::ALLOCATE => self.allocate(five, &m, auth, now_ms),
@@ -490,265 +439,6 @@ impl Server {
                 &auth.key,
             )),
         }
-    }
-
-    fn allocate(
-        &mut self,
-        five: FiveTuple,
-        m: &Message<'_>,
-        auth: Authed,
-        now_ms: u64,
-    ) -> Vec<Output> {
-        let reply = |bytes: Vec<u8>| vec![Output::ToClient { to: five, bytes }];
-        if let Some(a) = self.allocations.get(&five) {
-            if a.created_by == m.transaction_id {
-                return reply(a.created_response.clone());
-            }
-            return reply(signed_error(m, 437, "Allocation Mismatch", &auth.key));
-        }
-        match m.get(attr::REQUESTED_TRANSPORT) {
-            None => {
-                return reply(signed_error(
-                    m,
-                    400,
-                    "Bad Request: REQUESTED-TRANSPORT is required",
-                    &auth.key,
-                ));
-            }
-            Some(v) if v.len() != 4 || v[0] != 17 => {
-                return reply(signed_error(
-                    m,
-                    442,
-                    "Unsupported Transport Protocol",
-                    &auth.key,
-                ));
-            }
-            Some(_) => {}
-        }
-        if m.get(attr::RESERVATION_TOKEN).is_some() {
-            return reply(signed_error(
-                m,
-                508,
-                "Insufficient Capacity: reservations are not supported",
-                &auth.key,
-            ));
-        }
-        let want_v6 = match m.get(attr::REQUESTED_ADDRESS_FAMILY) {
-            None => false,
-            Some([0x01, ..]) => false,
-            Some([0x02, ..]) => true,
-            Some(_) => {
-                return reply(signed_error(
-                    m,
-                    440,
-                    "Address Family not Supported",
-                    &auth.key,
-                ));
-            }
-        };
-        let relay_ip = match (want_v6, self.cfg.relay_v4, self.cfg.relay_v6) {
-            (false, Some(v4), _) => IpAddr::V4(v4),
-            (true, _, Some(v6)) => IpAddr::V6(v6),
-            _ => {
-                return reply(signed_error(
-                    m,
-                    440,
-                    "Address Family not Supported",
-                    &auth.key,
-                ));
-            }
-        };
-        if self.per_user.get(&auth.username).copied().unwrap_or(0) >= self.cfg.user_quota {
-            return reply(signed_error(m, 486, "Allocation Quota Reached", &auth.key));
-        }
-        let even = m.get(attr::EVEN_PORT).is_some();
-        let Some(port) = self.free_port(relay_ip, even) else {
-            return reply(signed_error(m, 508, "Insufficient Capacity", &auth.key));
-        };
-        if self.allocations.len() >= self.cfg.total_quota {
-            return reply(signed_error(m, 508, "Insufficient Capacity", &auth.key));
-        }
-        let lifetime = self.lifetime(m);
-        let relay = SocketAddr::new(relay_ip, port);
-        let response = self.allocate_response(
-            m.transaction_id,
-            relay,
-            lifetime.as_secs() as u32,
-            five.client,
-            &auth.key,
-        );
-        *self.per_user.entry(auth.username.clone()).or_default() += 1;
-        self.by_relay.insert(relay, five);
-        self.allocations.insert(
-            five,
-            Allocation {
-                relay,
-                username: auth.username,
-                key: auth.key,
-                expires_ms: now_ms + lifetime.as_millis() as u64,
-                created_by: m.transaction_id,
-                created_response: response.clone(),
-                lifetime_s: lifetime.as_secs() as u32,
-                bind_attempts: 0,
-                permissions: HashMap::new(),
-                channels: HashMap::new(),
-                peer_channels: HashMap::new(),
-                bucket: Bucket {
-                    tokens: self.cfg.bandwidth_bytes_per_s as f64,
-                    last_ms: now_ms,
-                },
-            },
-        );
-        self.stats.allocations_created += 1;
-        vec![Output::Bind {
-            relay,
-            client: five,
-            response,
-        }]
-    }
-
-    fn allocate_response(
-        &self,
-        tid: [u8; 12],
-        relay: SocketAddr,
-        lifetime_s: u32,
-        mapped: SocketAddr,
-        key: &[u8],
-    ) -> Vec<u8> {
-        MessageBuilder::new(method::ALLOCATE, Class::Success, tid)
-            .add_xor_address(attr::XOR_RELAYED_ADDRESS, relay)
-            .add_u32(attr::LIFETIME, lifetime_s)
-            .add_xor_address(attr::XOR_MAPPED_ADDRESS, mapped)
-            .add(attr::SOFTWARE, self.cfg.software.as_bytes())
-            .integrity(key)
-            .fingerprint()
-            .finish()
-    }
-
-    fn lifetime(&self, m: &Message<'_>) -> Duration {
-        match m.u32(attr::LIFETIME) {
-            Ok(Some(s)) => Duration::from_secs(u64::from(s))
-                .max(self.cfg.default_lifetime)
-                .min(self.cfg.max_lifetime),
-            _ => self.cfg.default_lifetime,
-        }
-    }
-
-    fn free_port(&mut self, ip: IpAddr, even: bool) -> Option<u16> {
-        let (lo, hi) = self.cfg.relay_ports;
-        let span = u32::from(hi - lo) + 1;
-        for _ in 0..span {
-            let p = self.next_port;
-            self.next_port = if p >= hi { lo } else { p + 1 };
-            if even && p % 2 == 1 {
-                continue;
-            }
-            if !self.by_relay.contains_key(&SocketAddr::new(ip, p)) {
-                return Some(p);
-            }
-        }
-        None
-    }
-
-    /// The shell could not bind `relay` (another process holds the port): the allocation
-    /// moves to another port, up to 16 tries, after which it is undone and the client told.
-    pub fn bind_failed(&mut self, relay: SocketAddr) -> Vec<Output> {
-        // The search below runs while the failed port still counts as taken.
-        let Some(five) = self.by_relay.get(&relay).copied() else {
-            return Vec::new();
-        };
-        let attempts = self
-            .allocations
-            .get(&five)
-            .map_or(u8::MAX, |a| a.bind_attempts);
-        let next = if attempts < 16 {
-            self.free_port(relay.ip(), false)
-        } else {
-            None
-        };
-        let Some(port) = next else {
-            let Some(a) = self.remove(five) else {
-                return Vec::new();
-            };
-            let Ok(m) = Message::parse(&a.created_response) else {
-                return Vec::new();
-            };
-            return vec![Output::ToClient {
-                to: five,
-                bytes: signed_error(
-                    &m,
-                    508,
-                    "Insufficient Capacity: relay port unavailable",
-                    &a.key,
-                ),
-            }];
-        };
-        self.by_relay.remove(&relay);
-        let new_relay = SocketAddr::new(relay.ip(), port);
-        let a = self.allocations.get(&five).expect("looked up above");
-        let response =
-            self.allocate_response(a.created_by, new_relay, a.lifetime_s, five.client, &a.key);
-        let a = self.allocations.get_mut(&five).expect("looked up above");
-        a.relay = new_relay;
-        a.bind_attempts += 1;
-        a.created_response = response.clone();
-        self.by_relay.insert(new_relay, five);
-        vec![Output::Bind {
-            relay: new_relay,
-            client: five,
-            response,
-        }]
-    }
-
-    fn remove(&mut self, five: FiveTuple) -> Option<Allocation> {
-        let a = self.allocations.remove(&five)?;
-        self.by_relay.remove(&a.relay);
-        if let Some(n) = self.per_user.get_mut(&a.username) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_user.remove(&a.username);
-            }
-        }
-        Some(a)
-    }
-
-    fn refresh(
-        &mut self,
-        five: FiveTuple,
-        m: &Message<'_>,
-        auth: &Authed,
-        now_ms: u64,
-    ) -> Vec<Output> {
-        let requested = m.u32(attr::LIFETIME).ok().flatten();
-        if requested == Some(0) {
-            let a = self.remove(five).expect("checked by the caller");
-            let ok = MessageBuilder::answer(m, Class::Success)
-                .add_u32(attr::LIFETIME, 0)
-                .integrity(&auth.key)
-                .fingerprint()
-                .finish();
-            return vec![
-                Output::ToClient {
-                    to: five,
-                    bytes: ok,
-                },
-                Output::Release { relay: a.relay },
-            ];
-        }
-        let lifetime = self.lifetime(m);
-        let a = self
-            .allocations
-            .get_mut(&five)
-            .expect("checked by the caller");
-        a.expires_ms = now_ms + lifetime.as_millis() as u64;
-        vec![Output::ToClient {
-            to: five,
-            bytes: MessageBuilder::answer(m, Class::Success)
-                .add_u32(attr::LIFETIME, lifetime.as_secs() as u32)
-                .integrity(&auth.key)
-                .fingerprint()
-                .finish(),
-        }]
     }
 
     fn create_permission(
@@ -927,6 +617,7 @@ impl Server {
         len: usize,
         now_ms: u64,
     ) -> Option<(SocketAddr, SocketAddr)> {
+        self.streams.message(&five, now_ms);
         let (peer, expires) = *self.allocations.get(&five)?.channels.get(&channel)?;
         if expires <= now_ms {
             return None;
@@ -975,16 +666,25 @@ impl Server {
             .finish()
     }
 
+    /// A TCP/TLS client connected (`five`): from now on it has the idle timeout to send a
+    /// complete message. False when the server has as many connections as `total_quota`:
+    /// the shell closes this one.
+    pub fn stream_opened(&mut self, five: FiveTuple, now_ms: u64) -> bool {
+        self.streams.open(five, now_ms)
+    }
+
     /// A TCP/TLS client connection closed: its allocation goes (RFC 8656 §3.1).
     pub fn client_closed(&mut self, five: FiveTuple) -> Vec<Output> {
+        self.streams.close(&five);
         match self.remove(five) {
             Some(a) => vec![Output::Release { relay: a.relay }],
             None => Vec::new(),
         }
     }
 
-    /// Expires allocations, permissions and channels.
+    /// Expires allocations, permissions and channels; closes idle TCP/TLS connections.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Output> {
+        self.unauthenticated.prune(now_ms);
         let expired: Vec<FiveTuple> = self
             .allocations
             .iter()
@@ -1010,24 +710,16 @@ impl Server {
                 a.peer_channels.remove(&p);
             }
         }
+        let allocations = &self.allocations;
+        for five in self
+            .streams
+            .idle(now_ms, |f| allocations.get(f).map(|a| a.expires_ms))
+        {
+            self.streams.close(&five);
+            self.stats.closed_idle_streams += 1;
+            out.push(Output::Close { client: five });
+        }
         out
-    }
-}
-
-fn take(b: &mut Bucket, cap: u64, len: usize, now_ms: u64) -> bool {
-    if cap == 0 {
-        return true;
-    }
-    let cap = cap as f64;
-    let elapsed = now_ms.saturating_sub(b.last_ms) as f64 / 1000.0;
-    b.last_ms = now_ms;
-    // A one-second burst.
-    b.tokens = (b.tokens + elapsed * cap).min(cap);
-    if b.tokens >= len as f64 {
-        b.tokens -= len as f64;
-        true
-    } else {
-        false
     }
 }
 

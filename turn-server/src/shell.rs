@@ -1,10 +1,13 @@
 //! The async shell around the TURN core: UDP and TCP (and TLS) listeners, one UDP socket
 //! per relay, a timer. Tasks only move bytes; every decision is the core's, taken under one
 //! short lock. Datagrams are sent with `try_send_to`: a full socket buffer drops the packet,
-//! as the network would, instead of stalling everything behind it.
+//! as the network would, instead of stalling everything behind it. Toward a TCP/TLS client
+//! at most [`STREAM_BUFFER_BYTES`] wait in the server: past that it is not reading, and is
+//! cut off; the core closes connections that go idle ([`Output::Close`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,14 +23,47 @@ use crate::stun::{self, ChannelData};
 
 /// Largest datagram relayed.
 const MAX_DATAGRAM: usize = 65_536;
-/// Queued frames per TCP/TLS client before new ones are dropped.
+/// Frames queued toward a TCP/TLS client at most.
 const TCP_QUEUE: usize = 1024;
+/// Bytes queued in the server toward a TCP/TLS client at most, on top of what its socket
+/// buffer holds: a client that leaves more unread (it stopped reading) is cut off. 256 KiB
+/// is several keyframe bursts, and a quarter of a second at the default bandwidth cap;
+/// media later than that is of no use, and 10,000 such clients cost 2.5 GiB at worst.
+pub const STREAM_BUFFER_BYTES: usize = 256 * 1024;
+/// What a queued frame costs beyond its bytes (counted against [`STREAM_BUFFER_BYTES`], so
+/// many tiny frames cannot hide behind it).
+const FRAME_OVERHEAD: usize = 32;
 
 /// Where a client's bytes go back to.
 #[derive(Clone)]
 enum ClientSink {
     Udp(Arc<UdpSocket>),
-    Stream(mpsc::Sender<Vec<u8>>),
+    Stream(StreamSink),
+}
+
+/// The way to a TCP/TLS client's writer task.
+#[derive(Clone)]
+struct StreamSink {
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Bytes queued and not yet written to the socket (with [`FRAME_OVERHEAD`] each).
+    queued: Arc<AtomicUsize>,
+    /// Ends the connection (idle, cut off, or the server stopping).
+    close: CancellationToken,
+    /// Set when it was cut off for leaving too much unread.
+    overflowed: Arc<AtomicBool>,
+}
+
+impl StreamSink {
+    /// Queues a frame; a client with [`TCP_QUEUE`] frames or [`STREAM_BUFFER_BYTES`] unread
+    /// is not reading, and is cut off instead of buffered for without end.
+    fn send(&self, frame: Vec<u8>) {
+        let cost = frame.len() + FRAME_OVERHEAD;
+        let before = self.queued.fetch_add(cost, Ordering::Relaxed);
+        if before + cost > STREAM_BUFFER_BYTES || self.tx.try_send(frame).is_err() {
+            self.overflowed.store(true, Ordering::Relaxed);
+            self.close.cancel();
+        }
+    }
 }
 
 struct Relay {
@@ -40,7 +76,7 @@ struct State {
     relays: HashMap<SocketAddr, Relay>,
     /// UDP listeners by local address; stream clients by 5-tuple.
     udp: HashMap<SocketAddr, Arc<UdpSocket>>,
-    streams: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
+    streams: HashMap<FiveTuple, StreamSink>,
 }
 
 impl State {
@@ -247,6 +283,11 @@ impl Turn {
                         r.task.abort();
                     }
                 }
+                Output::Close { client } => {
+                    if let Some(s) = self.state.lock().unwrap().streams.get(&client) {
+                        s.close.cancel();
+                    }
+                }
             }
         }
     }
@@ -257,9 +298,7 @@ impl Turn {
             Some(ClientSink::Udp(s)) => {
                 let _ = s.try_send_to(&bytes, to.client);
             }
-            Some(ClientSink::Stream(tx)) => {
-                let _ = tx.try_send(bytes);
-            }
+            Some(ClientSink::Stream(s)) => s.send(bytes),
             None => {}
         }
     }
@@ -341,17 +380,15 @@ impl Turn {
                 buf[2..4].copy_from_slice(&(n as u16).to_be_bytes());
                 let _ = s.try_send_to(&buf[..4 + n], client.client);
             }
-            (Some(ch), ClientSink::Stream(tx)) => {
+            (Some(ch), ClientSink::Stream(s)) => {
                 let mut out = Vec::with_capacity(n + 8);
                 ChannelData::write(ch, data, true, &mut out);
-                let _ = tx.try_send(out);
+                s.send(out);
             }
             (None, ClientSink::Udp(s)) => {
                 let _ = s.try_send_to(&Server::data_indication(peer, data), client.client);
             }
-            (None, ClientSink::Stream(tx)) => {
-                let _ = tx.try_send(Server::data_indication(peer, data));
-            }
+            (None, ClientSink::Stream(s)) => s.send(Server::data_indication(peer, data)),
         }
     }
 
@@ -360,7 +397,11 @@ impl Turn {
             let (stream, from) = tokio::select! {
                 r = l.accept() => match r {
                     Ok(x) => x,
-                    Err(_) => continue,
+                    Err(_) => {
+                        // Out of descriptors, most likely: wait instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
                 },
                 _ = self.stop.cancelled() => return,
             };
@@ -369,28 +410,46 @@ impl Turn {
                 Ok(a) => a,
                 Err(_) => continue,
             };
+            let five = FiveTuple {
+                transport: if tls.is_some() {
+                    Transport::Tls
+                } else {
+                    Transport::Tcp
+                },
+                client: from,
+                server: local,
+            };
+            // Registered from the accept on, so the idle timeout covers a TLS handshake too.
+            let (tx, rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
+            let sink = StreamSink {
+                tx,
+                queued: Arc::new(AtomicUsize::new(0)),
+                close: self.stop.child_token(),
+                overflowed: Arc::new(AtomicBool::new(false)),
+            };
+            {
+                let now = self.now_ms();
+                let mut st = self.state.lock().unwrap();
+                if !st.core.stream_opened(five, now) {
+                    continue; // as many connections as allocations may exist: refused
+                }
+                st.streams.insert(five, sink.clone());
+            }
             let me = self.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
                 match tls {
-                    None => {
-                        let five = FiveTuple {
-                            transport: Transport::Tcp,
-                            client: from,
-                            server: local,
-                        };
-                        me.serve_stream(stream, five).await;
-                    }
+                    None => me.serve_stream(stream, five, sink, rx).await,
                     Some(acceptor) => {
                         let accept =
                             tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
-                        if let Ok(Ok(s)) = accept.await {
-                            let five = FiveTuple {
-                                transport: Transport::Tls,
-                                client: from,
-                                server: local,
-                            };
-                            me.serve_stream(s, five).await;
+                        let accepted = tokio::select! {
+                            r = accept => r.ok().and_then(Result::ok),
+                            _ = sink.close.cancelled() => None,
+                        };
+                        match accepted {
+                            Some(s) => me.serve_stream(s, five, sink, rx).await,
+                            None => me.stream_ended(five, &sink),
                         }
                     }
                 }
@@ -398,19 +457,25 @@ impl Turn {
         }
     }
 
-    /// One TCP or TLS client: framed STUN/ChannelData both ways until it closes.
-    async fn serve_stream<S>(self, stream: S, five: FiveTuple)
-    where
+    /// One TCP or TLS client: framed STUN/ChannelData both ways until it closes, is idle
+    /// too long, or leaves too much unread.
+    async fn serve_stream<S>(
+        self,
+        stream: S,
+        five: FiveTuple,
+        sink: StreamSink,
+        mut rx: mpsc::Receiver<Vec<u8>>,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let (mut rd, mut wr) = tokio::io::split(stream);
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
-        self.state.lock().unwrap().streams.insert(five, tx);
+        let queued = sink.queued.clone();
         let writer = tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
                 if wr.write_all(&b).await.is_err() {
                     return;
                 }
+                queued.fetch_sub(b.len() + FRAME_OVERHEAD, Ordering::Relaxed);
             }
         });
         let mut buf: Vec<u8> = Vec::with_capacity(8192);
@@ -421,7 +486,7 @@ impl Turn {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 },
-                _ = self.stop.cancelled() => break,
+                _ = sink.close.cancelled() => break,
             };
             buf.extend_from_slice(&chunk[..n]);
             while let Some(len) = stun::tcp_frame_len(&buf) {
@@ -436,9 +501,17 @@ impl Turn {
             }
         }
         writer.abort();
+        self.stream_ended(five, &sink);
+    }
+
+    /// A TCP/TLS connection is over: the core forgets it and its allocation.
+    fn stream_ended(&self, five: FiveTuple, sink: &StreamSink) {
         let outs = {
             let mut st = self.state.lock().unwrap();
             st.streams.remove(&five);
+            if sink.overflowed.load(Ordering::Relaxed) {
+                st.core.stats.cut_off_streams += 1;
+            }
             st.core.client_closed(five)
         };
         self.apply(outs);
