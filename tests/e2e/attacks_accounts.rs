@@ -46,12 +46,18 @@ async fn wrong_code_guesses_are_capped_across_codes_and_the_owner_can_still_regi
             .dev_code
             .unwrap();
         for _ in 0..5 {
-            let r = attacker.verify(&victim_phone, &wrong(&code, guesses), "x").await;
+            let r = attacker
+                .verify(&victim_phone, &wrong(&code, guesses), "x")
+                .await;
             let c = err_code(r);
             if guesses < 6 {
                 assert_eq!(c, ErrorCode::Unauthorized, "guess {guesses}");
             } else {
-                assert_eq!(c, ErrorCode::RateLimited, "guess {guesses}: the day's budget is spent");
+                assert_eq!(
+                    c,
+                    ErrorCode::RateLimited,
+                    "guess {guesses}: the day's budget is spent"
+                );
             }
             guesses += 1;
         }
@@ -221,7 +227,12 @@ async fn stored_bytes_and_open_uploads_are_capped_per_user() {
     assert_eq!(e.code, ErrorCode::LimitExceeded);
     assert!(e.message.contains("quota"), "{}", e.message);
     // Nothing was left behind by the refusals, and another user is not affected.
-    assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(s.data_dir.join("uploads"))
+            .unwrap()
+            .count(),
+        0
+    );
     let b = s.register().await;
     http.upload_create(&b.token, 1_048_576).await.unwrap();
 }
@@ -245,7 +256,12 @@ fn development_mode_on_a_public_address_is_refused_unless_forced() {
     let s = TestServer::start_at(
         &dir.path().join("forced"),
         "0.0.0.0:0",
-        &["--allow-account-takeover-dev-mode", "true", "--turn-enabled", "false"],
+        &[
+            "--allow-account-takeover-dev-mode",
+            "true",
+            "--turn-enabled",
+            "false",
+        ],
     );
     assert!(s.base.contains(":"));
 }

@@ -233,7 +233,10 @@ async fn repeating_a_call_offer_to_an_offline_user_leaves_one_missed_call() {
         Ok(ServerFrame::CallStarted { .. })
     ));
     for _ in 0..10 {
-        assert_eq!(code(aconn.request(offer()).await), Some(ErrorCode::Conflict));
+        assert_eq!(
+            code(aconn.request(offer()).await),
+            Some(ErrorCode::Conflict)
+        );
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let db = open_db(&s.data_dir);
@@ -381,7 +384,10 @@ async fn re_subscribing_to_presence_is_counted() {
     assert!(conn.request(sub()).await.is_ok());
     // The same five again: already subscribed, still five look-ups.
     assert!(conn.request(sub()).await.is_ok());
-    assert_eq!(code(conn.request(sub()).await), Some(ErrorCode::RateLimited));
+    assert_eq!(
+        code(conn.request(sub()).await),
+        Some(ErrorCode::RateLimited)
+    );
 }
 
 #[tokio::test]
@@ -405,13 +411,19 @@ async fn groups_created_per_hour_are_capped() {
         panic!("{err}")
     };
     assert_eq!(e.code, ErrorCode::RateLimited);
-    assert!(e.retry_after_ms.unwrap() > 3_000_000, "about an hour: {e:?}");
+    assert!(
+        e.retry_after_ms.unwrap() > 3_000_000,
+        "about an hour: {e:?}"
+    );
     // Three groups, three notices for the peer: nothing from the refused one.
     let db = open_db(&s.data_dir);
     assert_eq!(
         count(
             &db,
-            &format!("SELECT COUNT(*) FROM queue WHERE device = {}", peer.device.0)
+            &format!(
+                "SELECT COUNT(*) FROM queue WHERE device = {}",
+                peer.device.0
+            )
         ),
         3
     );
@@ -461,5 +473,8 @@ async fn a_flood_past_the_store_queue_is_refused_at_once_with_overloaded() {
         sent
     );
     let m = s.metrics().await;
-    assert_eq!(metric(&m, "natter_messaging_overloaded_total"), overloaded as f64);
+    assert_eq!(
+        metric(&m, "natter_messaging_overloaded_total"),
+        overloaded as f64
+    );
 }

@@ -86,7 +86,10 @@ async fn events_for_a_client_that_does_not_read_are_bounded_in_bytes() {
             break;
         }
     }
-    assert_eq!(cut, 1.0, "cut off for bytes waiting, long before the write timeout");
+    assert_eq!(
+        cut, 1.0,
+        "cut off for bytes waiting, long before the write timeout"
+    );
     let grown = s.rss_kib().saturating_sub(rss_before);
     assert!(grown < 64 * 1024, "server memory grew {grown} KiB");
     // It was told why, if it ever reads again.
@@ -103,7 +106,11 @@ async fn the_hello_deadline_holds_while_the_server_cannot_write() {
     // Junk before hello: every frame gets an error back, which this client never reads.
     let flood = tokio::spawn(async move {
         for _ in 0..200_000 {
-            if sink.feed(raw::json(serde_json::json!({"type": "nope"}))).await.is_err() {
+            if sink
+                .feed(raw::json(serde_json::json!({"type": "nope"})))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -142,7 +149,9 @@ async fn slow_http_clients_are_closed_after_the_read_timeout() {
     let mut silent = TcpStream::connect(&addr).await.unwrap();
     // Sends half a header and stops.
     let mut half = TcpStream::connect(&addr).await.unwrap();
-    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     // Dribbles a header a byte every 200 ms: never finishes in time.
     let mut dribble = TcpStream::connect(&addr).await.unwrap();
     let dribbler = tokio::spawn(async move {
@@ -158,7 +167,10 @@ async fn slow_http_clients_are_closed_after_the_read_timeout() {
         let t = closed_within(tcp, Duration::from_secs(5)).await;
         assert!(t.is_some(), "{name}: still open after 5 s");
         let t = t0.elapsed();
-        assert!(t >= Duration::from_millis(900), "{name}: closed after {t:?}");
+        assert!(
+            t >= Duration::from_millis(900),
+            "{name}: closed after {t:?}"
+        );
     }
     assert!(dribbler.await.unwrap(), "the dribbling client was cut off");
 }
@@ -173,7 +185,11 @@ async fn a_kept_alive_http_connection_that_goes_quiet_is_closed() {
         .unwrap();
     let mut buf = [0u8; 1024];
     let n = tcp.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
     let t = closed_within(&mut tcp, Duration::from_secs(5)).await;
     assert!(t.is_some(), "an idle kept-alive connection stays open");
 }
@@ -199,7 +215,10 @@ async fn a_stalled_upload_body_is_cut_off_and_keeps_what_arrived() {
     assert!(read.is_ok(), "answered and closed within 5 s");
     let text = String::from_utf8_lossy(&resp);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(text.to_ascii_lowercase().contains("upload-offset: 10"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("upload-offset: 10"),
+        "{text}"
+    );
     let status = http.upload_status(&a.token, &id).await.unwrap();
     assert_eq!(status.offset, 10);
 }

@@ -48,9 +48,11 @@ pub async fn next_frame(stream: &mut RawStream) -> Option<ServerFrame> {
 
 /// Sends `hello` and reads up to `queue_empty`.
 pub async fn hello(sink: &mut RawSink, stream: &mut RawStream, token: &str) {
-    sink.send(json(serde_json::json!({"type": "hello", "id": 1, "token": token})))
-        .await
-        .unwrap();
+    sink.send(json(
+        serde_json::json!({"type": "hello", "id": 1, "token": token}),
+    ))
+    .await
+    .unwrap();
     loop {
         match next_frame(stream).await.expect("welcome and queue_empty") {
             ServerFrame::QueueEmpty {} => return,

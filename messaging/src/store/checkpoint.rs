@@ -77,7 +77,11 @@ fn run(path: &Path, commits: &Commits) {
         seen = now;
         // (busy, frames in the WAL, frames copied): logged only when it falls behind.
         match db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
         }) {
             Ok((_, log, done)) if log - done > 100_000 => {
                 tracing::warn!(log, done, "WAL checkpoint falls behind");

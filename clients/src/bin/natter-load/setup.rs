@@ -4,7 +4,9 @@ use anyhow::{Context, Result, bail};
 use natter_client::content::Content;
 use natter_client::crypto::Machine;
 use natter_client::protocol::codec::Encoding;
-use natter_client::protocol::{ClientFrame, DeviceId, Envelope, GroupId, OpaqueBytes, ServerFrame, UserId};
+use natter_client::protocol::{
+    ClientFrame, DeviceId, Envelope, GroupId, OpaqueBytes, ServerFrame, UserId,
+};
 use natter_client::{ConnectOptions, Connection, Credentials, HttpClient};
 
 use crate::register_many;
@@ -20,7 +22,11 @@ pub struct SenderSetup {
     pub machine: Option<Machine>,
 }
 
-pub async fn setup_connection(http: &HttpClient, c: &Credentials, enc: Encoding) -> Result<Connection> {
+pub async fn setup_connection(
+    http: &HttpClient,
+    c: &Credentials,
+    enc: Encoding,
+) -> Result<Connection> {
     let opts = ConnectOptions {
         encoding: enc,
         ..Default::default()

@@ -20,7 +20,9 @@ use natter_client::protocol::codec::Encoding;
 use natter_client::protocol::{
     ClientFrame, Conv, Envelope, ErrorCode, OpaqueBytes, QueueItem, ServerFrame,
 };
-use natter_client::{ClientError, ConnectOptions, Connection, Credentials, Event, Events, HttpClient};
+use natter_client::{
+    ClientError, ConnectOptions, Connection, Credentials, Event, Events, HttpClient,
+};
 use tokio::sync::Mutex;
 
 use crate::cpu_us;
@@ -300,7 +302,12 @@ fn next_frame(
 
 /// Sends at its share of the run's rate until the run stops, and acks the receipts that
 /// come back.
-async fn sender(mut conn: Connection, mut s: SenderSetup, cfg: SenderCfg, run: Arc<Run>) -> SenderSetup {
+async fn sender(
+    mut conn: Connection,
+    mut s: SenderSetup,
+    cfg: SenderCfg,
+    run: Arc<Run>,
+) -> SenderSetup {
     let events = conn.take_events();
     let conn = Arc::new(conn);
     let acker = tokio::spawn(ack_all(conn.clone(), events));
@@ -312,7 +319,8 @@ async fn sender(mut conn: Connection, mut s: SenderSetup, cfg: SenderCfg, run: A
         }) => {
             if run.in_window(t) {
                 run.sent_in_window.fetch_add(1, Ordering::Relaxed);
-                run.expected_in_window.fetch_add(deliveries, Ordering::Relaxed);
+                run.expected_in_window
+                    .fetch_add(deliveries, Ordering::Relaxed);
             }
         }
         Err(ClientError::Server(e)) if e.code == ErrorCode::Overloaded => {
@@ -470,8 +478,7 @@ async fn run_once(
         let pid = o.server_pid?;
         tokio::time::sleep_until((epoch + Duration::from_nanos(run.measure_from_ns)).into()).await;
         let a = cpu_us(pid).ok()?;
-        tokio::time::sleep_until((epoch + Duration::from_nanos(run.measure_until_ns)).into())
-            .await;
+        tokio::time::sleep_until((epoch + Duration::from_nanos(run.measure_until_ns)).into()).await;
         let b = cpu_us(pid).ok()?;
         Some(b.saturating_sub(a))
     };
@@ -502,7 +509,11 @@ async fn run_once(
     };
     let recovery_ms = probe_rate.map(|_| {
         let limit_us = (o.p99_limit_ms * 1000.0) as u64;
-        let probe = run.probe_latencies.try_lock().map(|v| v.clone()).unwrap_or_default();
+        let probe = run
+            .probe_latencies
+            .try_lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
         probe
             .iter()
             .filter(|(_, lat)| *lat > limit_us)
@@ -643,15 +654,8 @@ pub async fn throughput(
     if overload {
         let base = knee.map_or(rates.first().copied().unwrap_or(1000) as f64, |k| k.0);
         let rate = 2.0 * base;
-        let (mid, _, runs) = step(
-            http,
-            o,
-            &mut w,
-            rate,
-            Some(PROBE_SHARE * base),
-            "overload",
-        )
-        .await?;
+        let (mid, _, runs) =
+            step(http, o, &mut w, rate, Some(PROBE_SHARE * base), "overload").await?;
         let p99 = median(runs.iter().map(|r| r.p99_ms).collect());
         let window_s = (o.step - o.warmup).as_secs_f64();
         let refused_pct = median(
