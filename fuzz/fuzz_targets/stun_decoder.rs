@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = m.xor_addresses(t);
         }
         let _ = m.string(attr::USERNAME, 513);
+        let _ = m.string(attr::REALM, 763);
         let _ = m.string(attr::NONCE, 763);
         let _ = m.u32(attr::LIFETIME);
         let _ = m.check_integrity(b"key");
