@@ -25,16 +25,54 @@ struct Input {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Offer { from: u8, call: u8, to: u8, video: bool, sdp: String, online: u8 },
-    Ringing { from: u8, call: u8 },
-    Accept { from: u8, call: u8, sdp: String },
-    Decline { from: u8, call: u8 },
-    Cancel { from: u8, call: u8 },
-    Hangup { from: u8, call: u8 },
-    Ice { from: u8, call: u8, candidate: String, mid: Option<String>, index: Option<u16> },
-    Update { from: u8, call: u8, offer: bool, sdp: String },
-    Disconnect { device: u8 },
-    Tick { advance_ms: u32 },
+    Offer {
+        from: u8,
+        call: u8,
+        to: u8,
+        video: bool,
+        sdp: String,
+        online: u8,
+    },
+    Ringing {
+        from: u8,
+        call: u8,
+    },
+    Accept {
+        from: u8,
+        call: u8,
+        sdp: String,
+    },
+    Decline {
+        from: u8,
+        call: u8,
+    },
+    Cancel {
+        from: u8,
+        call: u8,
+    },
+    Hangup {
+        from: u8,
+        call: u8,
+    },
+    Ice {
+        from: u8,
+        call: u8,
+        candidate: String,
+        mid: Option<String>,
+        index: Option<u16>,
+    },
+    Update {
+        from: u8,
+        call: u8,
+        offer: bool,
+        sdp: String,
+    },
+    Disconnect {
+        device: u8,
+    },
+    Tick {
+        advance_ms: u32,
+    },
 }
 
 /// Device `i % 6`: users 1, 2, 3 with devices 10/11, 20/21, 30/31.
@@ -60,7 +98,14 @@ fuzz_target!(|input: Input| {
     let mut parties: HashMap<String, HashSet<DeviceId>> = HashMap::new();
     for op in input.ops.into_iter().take(128) {
         let (frame, from) = match &op {
-            Op::Offer { from, call, to, video, sdp, .. } => (
+            Op::Offer {
+                from,
+                call,
+                to,
+                video,
+                sdp,
+                ..
+            } => (
                 ClientFrame::CallOffer {
                     id: 1,
                     call_id: call_id(*call),
@@ -71,10 +116,20 @@ fuzz_target!(|input: Input| {
                 *from,
             ),
             Op::Accept { from, call, sdp } => (
-                ClientFrame::CallAccept { id: 1, call_id: call_id(*call), sdp: sdp.clone() },
+                ClientFrame::CallAccept {
+                    id: 1,
+                    call_id: call_id(*call),
+                    sdp: sdp.clone(),
+                },
                 *from,
             ),
-            Op::Ice { from, call, candidate, mid, index } => (
+            Op::Ice {
+                from,
+                call,
+                candidate,
+                mid,
+                index,
+            } => (
                 ClientFrame::CallIce {
                     id: 1,
                     call_id: call_id(*call),
@@ -86,11 +141,20 @@ fuzz_target!(|input: Input| {
                 },
                 *from,
             ),
-            Op::Update { from, call, offer, sdp } => (
+            Op::Update {
+                from,
+                call,
+                offer,
+                sdp,
+            } => (
                 ClientFrame::CallUpdate {
                     id: 1,
                     call_id: call_id(*call),
-                    kind: if *offer { SdpKind::Offer } else { SdpKind::Answer },
+                    kind: if *offer {
+                        SdpKind::Offer
+                    } else {
+                        SdpKind::Answer
+                    },
                     sdp: sdp.clone(),
                 },
                 *from,
@@ -108,7 +172,14 @@ fuzz_target!(|input: Input| {
         let from = party(from);
         let result = match op {
             Op::Offer { online, .. } => {
-                let ClientFrame::CallOffer { call_id, to: callee, media, sdp, .. } = &frame else {
+                let ClientFrame::CallOffer {
+                    call_id,
+                    to: callee,
+                    media,
+                    sdp,
+                    ..
+                } = &frame
+                else {
                     unreachable!()
                 };
                 // The callee's devices that are online, chosen by the bits of `online`.
@@ -119,7 +190,12 @@ fuzz_target!(|input: Input| {
                 let out = r.offer(from, call_id, *callee, *media, sdp, &devices, now);
                 if let Ok(actions) = &out {
                     for a in actions {
-                        if let Action::Send { device, call_id: id, event: CallEvent::Incoming { sdp: got, .. } } = a {
+                        if let Action::Send {
+                            device,
+                            call_id: id,
+                            event: CallEvent::Incoming { sdp: got, .. },
+                        } = a
+                        {
                             assert_eq!(got, sdp, "the offer's SDP is passed on unchanged");
                             assert_eq!(id, call_id);
                             let p = parties.entry(id.clone()).or_default();
@@ -127,7 +203,10 @@ fuzz_target!(|input: Input| {
                             p.insert(*device);
                         }
                     }
-                    parties.entry(call_id.clone()).or_default().insert(from.device);
+                    parties
+                        .entry(call_id.clone())
+                        .or_default()
+                        .insert(from.device);
                 }
                 out
             }
@@ -143,20 +222,40 @@ fuzz_target!(|input: Input| {
             Op::Decline { call, .. } => r.decline(from, &call_id(call), now),
             Op::Cancel { call, .. } => r.cancel(from, &call_id(call), now),
             Op::Hangup { call, .. } => r.hangup(from, &call_id(call), now),
-            Op::Ice { call, candidate, mid, index, .. } => {
-                let c = IceCandidate { candidate, sdp_mid: mid, sdp_mline_index: index };
+            Op::Ice {
+                call,
+                candidate,
+                mid,
+                index,
+                ..
+            } => {
+                let c = IceCandidate {
+                    candidate,
+                    sdp_mid: mid,
+                    sdp_mline_index: index,
+                };
                 let out = r.ice(from, &call_id(call), c.clone());
                 if let Ok(actions) = &out {
                     for a in actions {
-                        if let Action::Send { event: CallEvent::Ice { candidate, .. }, .. } = a {
+                        if let Action::Send {
+                            event: CallEvent::Ice { candidate, .. },
+                            ..
+                        } = a
+                        {
                             assert_eq!(*candidate, c, "a candidate is passed on unchanged");
                         }
                     }
                 }
                 out
             }
-            Op::Update { call, offer, sdp, .. } => {
-                let kind = if offer { SdpKind::Offer } else { SdpKind::Answer };
+            Op::Update {
+                call, offer, sdp, ..
+            } => {
+                let kind = if offer {
+                    SdpKind::Offer
+                } else {
+                    SdpKind::Answer
+                };
                 r.update(from, &call_id(call), kind, &sdp)
             }
             Op::Disconnect { device } => Ok(r.disconnected(party(device).device, now)),
@@ -166,9 +265,17 @@ fuzz_target!(|input: Input| {
             }
         };
         for a in result.unwrap_or_default() {
-            if let Action::Send { device, call_id, event } = &a {
+            if let Action::Send {
+                device,
+                call_id,
+                event,
+            } = &a
+            {
                 let allowed = parties.get(call_id).is_some_and(|p| p.contains(device));
-                assert!(allowed, "{event:?} about {call_id} went to {device:?}, not a party");
+                assert!(
+                    allowed,
+                    "{event:?} about {call_id} went to {device:?}, not a party"
+                );
             }
         }
         // A call joins two users and a user is in one call at most: three users, one call.

@@ -21,7 +21,11 @@ thread_local! {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(m) = Message::parse(data) {
-        for t in [attr::XOR_PEER_ADDRESS, attr::XOR_MAPPED_ADDRESS, attr::XOR_RELAYED_ADDRESS] {
+        for t in [
+            attr::XOR_PEER_ADDRESS,
+            attr::XOR_MAPPED_ADDRESS,
+            attr::XOR_RELAYED_ADDRESS,
+        ] {
             let _ = m.xor_address(t);
             let _ = m.xor_addresses(t);
         }

@@ -32,10 +32,19 @@ struct Step {
 enum Action {
     Request(Request),
     /// ChannelData from the client (the data path the shell runs without `handle`).
-    ChannelData { channel: u16, data: Vec<u8> },
+    ChannelData {
+        channel: u16,
+        data: Vec<u8>,
+    },
     /// A packet from a peer to the relay of allocation number `relay` (in creation order).
-    FromPeer { relay: u8, peer: Peer, len: u16 },
-    BindFailed { relay: u8 },
+    FromPeer {
+        relay: u8,
+        peer: Peer,
+        len: u16,
+    },
+    BindFailed {
+        relay: u8,
+    },
     ClientClosed,
     Tick,
 }
@@ -67,7 +76,9 @@ enum Method {
 enum User {
     LongTerm,
     /// A REST credential minted with the server's secret, `ttl` seconds from now (0: expired).
-    Rest { ttl: u8 },
+    Rest {
+        ttl: u8,
+    },
     Unknown,
 }
 
@@ -99,10 +110,9 @@ impl Peer {
             ),
             Peer::Loopback(p) => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), p),
             Peer::Private(p) => SocketAddr::new(Ipv4Addr::new(10, 0, 0, 1).into(), p),
-            Peer::MappedV4(p) => SocketAddr::new(
-                Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().into(),
-                p,
-            ),
+            Peer::MappedV4(p) => {
+                SocketAddr::new(Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().into(), p)
+            }
             Peer::Unspecified => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
             Peer::Any(a) => a,
         }
@@ -201,8 +211,8 @@ fuzz_target!(|steps: Vec<Step>| {
                     && (r.stale_nonce || !nonces.contains_key(&five.client.ip()))
                 {
                     // Learn a nonce the way a client does: from the 401 challenge.
-                    let probe = MessageBuilder::new(method::ALLOCATE, Class::Request, [9; 12])
-                        .finish();
+                    let probe =
+                        MessageBuilder::new(method::ALLOCATE, Class::Request, [9; 12]).finish();
                     for o in s.handle(five, &probe, now) {
                         if let Output::ToClient { bytes, .. } = o {
                             let m = Message::parse(&bytes).expect("challenge parses");
@@ -290,7 +300,12 @@ fuzz_target!(|steps: Vec<Step>| {
             Action::ChannelData { channel, mut data } => {
                 data.truncate(usize::from(u16::MAX));
                 let mut framed = Vec::new();
-                ChannelData::write(channel, &data, five.transport != Transport::Udp, &mut framed);
+                ChannelData::write(
+                    channel,
+                    &data,
+                    five.transport != Transport::Udp,
+                    &mut framed,
+                );
                 match ChannelData::parse(&framed, five.transport != Transport::Udp) {
                     Ok((cd, _)) => {
                         assert_eq!((cd.channel, cd.data), (channel, &data[..]));
@@ -306,10 +321,12 @@ fuzz_target!(|steps: Vec<Step>| {
                 }
                 Vec::new()
             }
-            Action::BindFailed { relay } => match relays.get(usize::from(relay) % relays.len().max(1)) {
-                Some(r) => s.bind_failed(*r),
-                None => Vec::new(),
-            },
+            Action::BindFailed { relay } => {
+                match relays.get(usize::from(relay) % relays.len().max(1)) {
+                    Some(r) => s.bind_failed(*r),
+                    None => Vec::new(),
+                }
+            }
             Action::ClientClosed => s.client_closed(five),
             Action::Tick => s.tick(now),
         };

@@ -204,7 +204,10 @@ impl World {
             if let CallEvent::Ended { reason } = event {
                 let e = ended.entry(id.to_owned()).or_insert((*reason, Vec::new()));
                 assert_eq!(e.0, *reason, "call {id} ended with two reasons");
-                assert!(!e.1.contains(&device), "{device:?} told twice that {id} ended");
+                assert!(
+                    !e.1.contains(&device),
+                    "{device:?} told twice that {id} ended"
+                );
                 e.1.push(device);
             }
         }
@@ -226,9 +229,9 @@ impl World {
                     reason,
                     EndReason::Timeout | EndReason::Cancelled | EndReason::Unavailable
                 );
-            let pos = notices.iter().position(
-                |a| matches!(a, Action::Missed { call_id, .. } if *call_id == id),
-            );
+            let pos = notices
+                .iter()
+                .position(|a| matches!(a, Action::Missed { call_id, .. } if *call_id == id));
             match (wants_notice, pos) {
                 (true, Some(i)) => {
                     let notice = notices.remove(i);
@@ -251,7 +254,10 @@ impl World {
             }
             out.insert(id, reason);
         }
-        assert!(notices.is_empty(), "missed-call notices without an ending: {notices:?}");
+        assert!(
+            notices.is_empty(),
+            "missed-call notices without an ending: {notices:?}"
+        );
         out
     }
 
@@ -261,13 +267,21 @@ impl World {
         let result = self.apply(op);
         if let Err(code) = result {
             // A refused request changes nothing.
-            assert_eq!(self.router.len(), len_before, "{op:?} refused with {code:?}");
+            assert_eq!(
+                self.router.len(),
+                len_before,
+                "{op:?} refused with {code:?}"
+            );
             assert_eq!(self.router.next_deadline(), deadline_before);
         }
         // One call per user, and the router agrees with the observer on how many there are.
         let mut seen = BTreeSet::new();
         for c in self.calls.values() {
-            assert!(seen.insert(c.caller.user), "{:?} in two calls", c.caller.user);
+            assert!(
+                seen.insert(c.caller.user),
+                "{:?} in two calls",
+                c.caller.user
+            );
             assert!(seen.insert(c.callee), "{:?} in two calls", c.callee);
         }
         assert_eq!(self.router.len(), self.calls.len());
@@ -297,7 +311,13 @@ impl World {
                 call,
                 online,
                 video,
-            } => self.offer(party(from), UserId(to as u64 + 1), &call_id(call), online, video),
+            } => self.offer(
+                party(from),
+                UserId(to as u64 + 1),
+                &call_id(call),
+                online,
+                video,
+            ),
             Op::Ringing { from, call } => {
                 let (from, id) = (party(from), call_id(call));
                 let out = self.router.ringing(from, &id);
@@ -431,7 +451,10 @@ impl World {
                         None => Err(ErrorCode::Forbidden),
                     },
                 };
-                assert_eq!(out.as_ref().map_err(|e| e.code), want.as_ref().map_err(|c| *c));
+                assert_eq!(
+                    out.as_ref().map_err(|e| e.code),
+                    want.as_ref().map_err(|c| *c)
+                );
                 let c = self.calls.get_mut(&id).unwrap();
                 if let Some(held) = c.rung.get_mut(&from.device)
                     && out.is_ok()
@@ -462,7 +485,10 @@ impl World {
                         },
                     }]),
                 };
-                assert_eq!(out.as_ref().map_err(|e| e.code), want.as_ref().map_err(|c| *c));
+                assert_eq!(
+                    out.as_ref().map_err(|e| e.code),
+                    want.as_ref().map_err(|c| *c)
+                );
                 out.map(|_| ()).map_err(|e| e.code)
             }
             Op::Disconnect { device } => {
@@ -617,7 +643,10 @@ impl World {
                 },
             })
             .collect();
-        assert_eq!(rest, want, "the offer rings every online callee device once");
+        assert_eq!(
+            rest, want,
+            "the offer rings every online callee device once"
+        );
         self.calls.insert(
             id.to_owned(),
             Call {
@@ -689,7 +718,10 @@ impl World {
             {
                 let to_caller = device == caller;
                 let incoming = matches!(event, CallEvent::Incoming { .. });
-                assert!(to_caller != incoming, "{event:?} to {device:?} about offer {id}");
+                assert!(
+                    to_caller != incoming,
+                    "{event:?} to {device:?} about offer {id}"
+                );
                 continue;
             }
             let call = self
@@ -755,6 +787,9 @@ fn a_ring_timeout_past_the_end_of_time_rings_until_answered() {
         )
         .unwrap();
     assert_eq!(out.len(), 1);
-    assert!(r.tick(now + 365 * 24 * 3_600_000).is_empty(), "still ringing a year later");
+    assert!(
+        r.tick(now + 365 * 24 * 3_600_000).is_empty(),
+        "still ringing a year later"
+    );
     assert!(r.accept(bob, "c", "answer").is_ok());
 }
