@@ -737,7 +737,7 @@ impl World {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(2048))]
 
     #[test]
     fn router_keeps_its_contract(ops in prop::collection::vec(op(), 1..80)) {
