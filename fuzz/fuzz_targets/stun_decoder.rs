@@ -21,11 +21,16 @@ thread_local! {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(m) = Message::parse(data) {
-        for t in [attr::XOR_PEER_ADDRESS, attr::XOR_MAPPED_ADDRESS, attr::XOR_RELAYED_ADDRESS] {
+        for t in [
+            attr::XOR_PEER_ADDRESS,
+            attr::XOR_MAPPED_ADDRESS,
+            attr::XOR_RELAYED_ADDRESS,
+        ] {
             let _ = m.xor_address(t);
             let _ = m.xor_addresses(t);
         }
         let _ = m.string(attr::USERNAME, 513);
+        let _ = m.string(attr::REALM, 763);
         let _ = m.string(attr::NONCE, 763);
         let _ = m.u32(attr::LIFETIME);
         let _ = m.check_integrity(b"key");

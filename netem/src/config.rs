@@ -7,6 +7,11 @@ use serde::Deserialize;
 
 use crate::capacity::{Capacity, Step};
 
+/// Longest delay, jitter, reordering hold or queue wait a configuration may ask for (a day).
+/// Far past any path worth emulating, and it keeps every computed release time within what
+/// `Duration` holds (a larger finite value made `Link::send` panic).
+pub const MAX_TIME_MS: f64 = 86_400_000.0;
+
 /// Shape of the jitter added to the fixed delay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -160,15 +165,24 @@ impl Impairment {
                 Ok(())
             }
         };
-        nonneg("delay_ms", self.delay_ms)?;
-        nonneg("jitter_ms", self.jitter_ms)?;
+        let time_ms = |name: &str, v: f64| {
+            nonneg(name, v)?;
+            if v > MAX_TIME_MS {
+                return Err(format!(
+                    "{name} must be at most {MAX_TIME_MS} (a day), got {v}"
+                ));
+            }
+            Ok(())
+        };
+        time_ms("delay_ms", self.delay_ms)?;
+        time_ms("jitter_ms", self.jitter_ms)?;
         if let Some(m) = self.jitter_max_ms {
-            nonneg("jitter_max_ms", m)?;
+            time_ms("jitter_max_ms", m)?;
         }
         pct("loss_pct", self.loss_pct)?;
         pct("duplicate_pct", self.duplicate_pct)?;
         pct("reorder_pct", self.reorder_pct)?;
-        nonneg("reorder_ms", self.reorder_ms)?;
+        time_ms("reorder_ms", self.reorder_ms)?;
         if let Some(ge) = &self.gilbert_elliott {
             pct("gilbert_elliott.p_pct", ge.p_pct)?;
             pct("gilbert_elliott.r_pct", ge.r_pct)?;
@@ -197,6 +211,13 @@ impl Impairment {
         let mut last = -1.0;
         for s in &self.capacity {
             nonneg("capacity.at_s", s.at_s)?;
+            if s.at_s > MAX_TIME_MS / 1000.0 {
+                return Err(format!(
+                    "capacity.at_s must be at most {} (a day), got {}",
+                    MAX_TIME_MS / 1000.0,
+                    s.at_s
+                ));
+            }
             nonneg("capacity.kbps", s.kbps)?;
             if s.at_s <= last {
                 return Err("capacity steps must be in increasing at_s order".into());
@@ -207,7 +228,7 @@ impl Impairment {
             return Err("set either queue_bytes or queue_ms, not both".into());
         }
         if let Some(q) = self.queue_ms {
-            nonneg("queue_ms", q)?;
+            time_ms("queue_ms", q)?;
         }
         if self.overhead_bytes > 65_535 {
             return Err("overhead_bytes must be ≤ 65535".into());

@@ -409,7 +409,8 @@ impl CallRouter {
                 media,
                 started_ms: now_ms,
                 phase: Phase::Ringing {
-                    deadline_ms: now_ms + self.ring_timeout_ms,
+                    // A timeout near u64::MAX means "ring until answered", not an overflow.
+                    deadline_ms: now_ms.saturating_add(self.ring_timeout_ms),
                     rung: online.into_iter().map(|d| (d, Vec::new())).collect(),
                     ringing_reported: false,
                 },
