@@ -42,6 +42,8 @@ pub struct Metrics {
     pub hello_timeouts: IntCounter,
     /// Jobs waiting for the storage thread (sampled when scraped).
     pub store_queue: IntGauge,
+    /// Time the writer spent on its own WAL checkpoints (between batches).
+    pub store_checkpoint: Histogram,
 }
 
 impl Metrics {
@@ -157,6 +159,19 @@ impl Metrics {
             "Jobs waiting for the storage thread",
         )
         .unwrap();
+        let store_checkpoint = Histogram::with_opts(
+            HistogramOpts::new(
+                "natter_messaging_store_checkpoint_seconds",
+                "Time the storage writer spent on a WAL checkpoint between batches",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            ]),
+        )
+        .unwrap();
+        registry
+            .register(Box::new(store_checkpoint.clone()))
+            .unwrap();
         for c in [&overloaded, &hello_timeouts] {
             registry.register(Box::new(c.clone())).unwrap();
         }
@@ -202,6 +217,7 @@ impl Metrics {
             slow_consumers,
             hello_timeouts,
             store_queue,
+            store_checkpoint,
         }
     }
 

@@ -421,6 +421,9 @@ impl Core {
                 }
             }
             self.run_batch(jobs);
+            if self.commits.writer_should_checkpoint() {
+                self.checkpoint_between_batches();
+            }
         }
         // Jobs that arrived after the stop request are answered, not dropped.
         while let Ok(msg) = rx.try_recv() {
@@ -433,6 +436,22 @@ impl Core {
             tracing::warn!("WAL checkpoint on shutdown failed: {e}");
         }
         tracing::debug!("storage thread stopped");
+    }
+
+    /// Copies what the background checkpointer has not yet copied, so that the next
+    /// transaction starts the WAL over (see `checkpoint`).
+    fn checkpoint_between_batches(&mut self) {
+        let started = Instant::now();
+        match self
+            .db
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
+        {
+            Ok(_) => self.commits.writer_checkpointed(),
+            Err(e) => tracing::warn!("WAL checkpoint by the writer failed: {e}"),
+        }
+        self.metrics
+            .store_checkpoint
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// A job left the queue: its admission slot is free again.

@@ -84,6 +84,7 @@ pub async fn setup(
         }
         rec_out.push((r.clone(), Recipient { machine }));
     }
+    eprintln!("recipients ready");
     let mut out = Vec::new();
     for (i, s) in senders.iter().enumerate() {
         let to = recipients[i].clone();

@@ -362,8 +362,14 @@ async fn sender(
                 let c = conn.clone();
                 inflight.push(async move { (t, deliveries, c.request_once(frame).await) });
                 // Open loop: the next send is due on the schedule, not after this answer.
-                let rate = (run.rate_at(t) * cfg.share).max(0.001);
+                let rate = run.rate_at(t) * cfg.share;
+                if rate <= 0.0 {
+                    break;
+                }
                 next_at += Duration::from_secs_f64(1.0 / rate);
+                if next_at.as_nanos() as u64 >= run.probe_until_ns {
+                    break;
+                }
             }
             Some(r) = inflight.next(), if !inflight.is_empty() => record(r),
         }
@@ -434,6 +440,11 @@ async fn run_once(
         );
     }
     // Every socket is up: time starts now.
+    eprintln!(
+        "run {}: {} sockets connected, offering {rate:.0} msgs/s",
+        w.runs,
+        2 * w.senders.len()
+    );
     let epoch = Instant::now();
     let lead = Duration::from_millis(200).as_nanos() as u64;
     let run = Arc::new(Run {
