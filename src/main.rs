@@ -218,8 +218,9 @@ struct Cli {
     #[arg(long, env = "NATTER_HTTP_READ_TIMEOUT_MS", value_name = "MS")]
     http_read_timeout_ms: Option<u64>,
 
-    /// Admission control: requests are refused with `overloaded` once the storage queue
-    /// holds more than this many milliseconds of work [config: messaging.store_queue_target_ms; default: 50]
+    /// Admission control's target wait in the storage queue: once jobs wait longer for
+    /// 100 ms on end, or a burst would take five times this to drain, requests are refused
+    /// at once with `overloaded` [config: messaging.store_queue_target_ms; default: 20]
     #[arg(long, env = "NATTER_STORE_QUEUE_TARGET_MS", value_name = "MS")]
     store_queue_target_ms: Option<u64>,
 

@@ -66,8 +66,9 @@ pub struct MessagingConfig {
     /// connection its next request's); an upload body must keep arriving (one chunk at least
     /// this often).
     pub http_read_timeout_ms: u64,
-    /// Admission control: when the storage queue holds more work than this many
-    /// milliseconds of its recent throughput, client requests are refused with `overloaded`.
+    /// Admission control's target wait in the storage queue: when jobs have waited longer
+    /// than this for 100 ms on end (a standing queue), or a burst would take more than five
+    /// times this to drain, client requests are refused at once with `overloaded`.
     pub store_queue_target_ms: u64,
     /// Admission control: the storage queue never holds more client jobs than this.
     pub store_queue_max_jobs: u32,
@@ -135,7 +136,7 @@ impl Default for MessagingConfig {
             max_outbound_bytes: 4 * 1024 * 1024,
             write_timeout_ms: 30_000,
             http_read_timeout_ms: 15_000,
-            store_queue_target_ms: 50,
+            store_queue_target_ms: 20,
             store_queue_max_jobs: 20_000,
             allow_account_takeover_dev_mode: false,
             limits: Limits::default(),

@@ -55,8 +55,9 @@ type Completion = Box<dyn FnOnce(bool) + Send>;
 type Job = Box<dyn FnOnce(Option<&mut Core>) -> Completion + Send>;
 
 enum Msg {
-    /// A job; each holds a slot of the admission control's count until taken.
-    Job(Job),
+    /// A job, and when it was sent; each holds a slot of the admission control's count
+    /// until taken.
+    Job(Job, Instant),
     Stop,
 }
 
@@ -171,7 +172,8 @@ impl Store {
     }
 
     fn send(&self, job: Job) {
-        if let Err(mpsc::SendError(Msg::Job(job))) = self.tx.send(Msg::Job(job)) {
+        if let Err(mpsc::SendError(Msg::Job(job, _))) = self.tx.send(Msg::Job(job, Instant::now()))
+        {
             // The thread is gone: answer the caller rather than dropping the request.
             self.admission.release();
             job(None)(false);
@@ -354,6 +356,8 @@ pub struct Core {
     admission: Arc<Admission>,
     /// Counts commits for the checkpoint thread.
     commits: Arc<Commits>,
+    /// The writer's clock for admission control.
+    started: Instant,
 }
 
 impl Core {
@@ -399,6 +403,7 @@ impl Core {
             dedup_since_ms,
             admission,
             commits: Arc::default(),
+            started: Instant::now(),
         })
     }
 
@@ -406,13 +411,20 @@ impl Core {
         let mut stop = false;
         while !stop {
             let first = match rx.recv() {
-                Ok(Msg::Job(j)) => self.taken(j),
+                Ok(Msg::Job(j, sent)) => {
+                    // The oldest job of the batch: how long the queue made it wait.
+                    let now = Instant::now();
+                    let waited = now.saturating_duration_since(sent).as_nanos() as u64;
+                    let clock = now.saturating_duration_since(self.started).as_nanos() as u64;
+                    self.admission.observe_sojourn(waited, clock);
+                    self.taken(j)
+                }
                 Ok(Msg::Stop) | Err(_) => break,
             };
             let mut jobs = vec![first];
             while jobs.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(Msg::Job(j)) => jobs.push(self.taken(j)),
+                    Ok(Msg::Job(j, _)) => jobs.push(self.taken(j)),
                     Ok(Msg::Stop) => {
                         stop = true;
                         break;
@@ -427,7 +439,7 @@ impl Core {
         }
         // Jobs that arrived after the stop request are answered, not dropped.
         while let Ok(msg) = rx.try_recv() {
-            if let Msg::Job(j) = msg {
+            if let Msg::Job(j, _) = msg {
                 self.taken(j)(None)(false);
             }
         }
