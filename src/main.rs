@@ -220,7 +220,7 @@ struct Cli {
 
     /// Admission control's target wait in the storage queue: once jobs wait longer for
     /// 100 ms on end, or a burst would take five times this to drain, requests are refused
-    /// at once with `overloaded` [config: messaging.store_queue_target_ms; default: 20]
+    /// at once with `overloaded` [config: messaging.store_queue_target_ms; default: 10]
     #[arg(long, env = "NATTER_STORE_QUEUE_TARGET_MS", value_name = "MS")]
     store_queue_target_ms: Option<u64>,
 

@@ -136,7 +136,7 @@ impl Default for MessagingConfig {
             max_outbound_bytes: 4 * 1024 * 1024,
             write_timeout_ms: 30_000,
             http_read_timeout_ms: 15_000,
-            store_queue_target_ms: 20,
+            store_queue_target_ms: 10,
             store_queue_max_jobs: 20_000,
             allow_account_takeover_dev_mode: false,
             limits: Limits::default(),
