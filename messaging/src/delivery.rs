@@ -120,7 +120,9 @@ impl Delivery {
             }
             if self.refetch {
                 // A push arrived while we were reading; it may have missed the snapshot.
-                out.next = Some(self.begin_fetch());
+                // Read again, but only within the ack window: a device that stops acking
+                // must not be replayed without bound (the next ack starts the read).
+                out.next = self.maybe_fetch();
             } else {
                 self.mode = Mode::Live;
             }

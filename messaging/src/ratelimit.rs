@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::Rate;
 
+/// Relative rounding slack when comparing tokens with a cost.
+const SLACK: f64 = 1e-9;
+
 /// One token bucket.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenBucket {
@@ -31,14 +34,18 @@ impl TokenBucket {
 
     /// Takes `cost` tokens, or says how long until they would be there. A cost above the
     /// burst can never be paid and waits for a full bucket.
+    /// The wait is rounded up to whole milliseconds (what clients are told), and a bucket a
+    /// few ulps short of the cost counts as full enough: refills in `f64` add up a hair
+    /// short, and a client that waited as told must get its token.
     pub fn take(&mut self, rate: Rate, cost: f64, now: Instant) -> Result<(), Duration> {
         self.refill(rate, now);
-        if self.tokens >= cost {
-            self.tokens -= cost;
+        if self.tokens + SLACK * cost.max(1.0) >= cost {
+            self.tokens = (self.tokens - cost).max(0.0);
             return Ok(());
         }
         let missing = cost.min(rate.burst) - self.tokens;
-        Err(Duration::from_secs_f64((missing / rate.per_s).max(0.001)))
+        let ms = (missing / rate.per_s * 1000.0).ceil().max(1.0);
+        Err(Duration::from_millis(ms as u64))
     }
 
     /// True when the bucket has refilled completely (it can be forgotten).

@@ -135,9 +135,9 @@ pub fn take<K: std::hash::Hash + Eq + Clone>(
     key: &K,
     cost: f64,
 ) -> Result<(), ProtocolError> {
-    limiter
-        .take(key, cost, Instant::now())
-        .map_err(|wait| ProtocolError::rate_limited(wait.as_millis().max(1) as u64))
+    limiter.take(key, cost, Instant::now()).map_err(|wait| {
+        ProtocolError::rate_limited(wait.as_nanos().div_ceil(1_000_000).max(1) as u64)
+    })
 }
 
 pub struct AppState {
