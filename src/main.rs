@@ -143,7 +143,7 @@ struct Cli {
     #[arg(long, env = "NATTER_LIMIT_SEND", value_name = "BURST:RATE")]
     limit_send: Option<Rate>,
 
-    /// Registration code requests per phone number [config: messaging.limits.register_phone; default: 3:0.0167]
+    /// Registration code requests per phone number [config: messaging.limits.register_phone; default: 3:0.000833333, one per 20 minutes]
     #[arg(long, env = "NATTER_LIMIT_REGISTER_PHONE", value_name = "BURST:RATE")]
     limit_register_phone: Option<Rate>,
 

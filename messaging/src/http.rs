@@ -31,6 +31,10 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::CodeDelivery;
 use crate::conn;
+use crate::http_parse::{
+    check_append, choose_encoding, parse_range_start, parse_u64_header, valid_blob_hash,
+    valid_upload_id,
+};
 use crate::state::{NetKey, SharedState, take};
 use crate::store::{AuthInfo, Core, Registered, normalize_phone, now_ms, random_bytes};
 
@@ -261,37 +265,6 @@ async fn metrics(State(st): State<SharedState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
-/// Picks the encoding from `Sec-WebSocket-Protocol`, in the client's order of preference.
-/// `Ok(None)`: the client asked for none (JSON, without echoing a subprotocol).
-fn choose_encoding(headers: &HeaderMap) -> Result<Option<Encoding>, String> {
-    let offered: Vec<&str> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    if offered.is_empty() {
-        return Ok(None);
-    }
-    let mut first_error = None;
-    for name in &offered {
-        match Encoding::from_subprotocol(name) {
-            Ok(Some(enc)) => return Ok(Some(enc)),
-            Ok(None) => {}
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    Err(first_error.unwrap_or_else(|| {
-        format!(
-            "none of the offered subprotocols {offered:?} is supported; use natter.v1.json or natter.v1.bin"
-        )
-    }))
-}
-
 async fn ws_upgrade(
     State(st): State<SharedState>,
     headers: HeaderMap,
@@ -303,7 +276,11 @@ async fn ws_upgrade(
             "shutting down",
         )));
     }
-    let chosen = choose_encoding(&headers)
+    let offered = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .map(|v| v.as_bytes());
+    let chosen = choose_encoding(offered)
         .map_err(|m| ApiError(ProtocolError::new(ErrorCode::UnsupportedVersion, m)))?;
     let enc = chosen.unwrap_or(Encoding::Json);
     let mut ws = ws
@@ -466,16 +443,11 @@ const UPLOAD_LENGTH: HeaderName = HeaderName::from_static("upload-length");
 fn header_u64(headers: &HeaderMap, name: &HeaderName) -> ApiResult<Option<u64>> {
     match headers.get(name) {
         None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .map(Some)
-            .ok_or_else(|| {
-                ApiError(ProtocolError::invalid(format!(
-                    "header {name} must be a non-negative integer"
-                )))
-            }),
+        Some(v) => parse_u64_header(v.as_bytes()).map(Some).ok_or_else(|| {
+            ApiError(ProtocolError::invalid(format!(
+                "header {name} must be a non-negative integer"
+            )))
+        }),
     }
 }
 
@@ -498,20 +470,6 @@ fn upload_response(status: StatusCode, state: UploadState) -> Response {
     resp.headers_mut()
         .insert(UPLOAD_LENGTH, HeaderValue::from(length));
     resp
-}
-
-fn valid_upload_id(id: &str) -> bool {
-    id.len() == 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-}
-
-fn valid_blob_hash(hash: &str) -> bool {
-    hash.len() == 64
-        && hash
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 fn io_err(e: std::io::Error) -> ApiError {
@@ -628,22 +586,8 @@ async fn upload_append(
             "header Upload-Offset is required (HEAD the upload to learn it)",
         ))
     })?;
-    if offset != current {
-        return Err(ApiError(ProtocolError::new(
-            ErrorCode::Conflict,
-            format!("the upload is at offset {current}, not {offset}"),
-        )));
-    }
-    let remaining = length - current;
     let declared = header_u64(&headers, &header::CONTENT_LENGTH)?;
-    if let Some(n) = declared
-        && n > remaining
-    {
-        return Err(ApiError(ProtocolError::new(
-            ErrorCode::TooLarge,
-            format!("{n} bytes would pass the declared length; {remaining} remain"),
-        )));
-    }
+    let remaining = check_append(length, current, offset, declared)?;
     take(
         &st.limits.blob_bytes,
         &auth.device,
@@ -775,18 +719,10 @@ async fn blob_get(
         .call(move |core: &mut Core| core.blob_size(&h, now_ms()))
         .await?
         .ok_or_else(not_found)?;
-    let start = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+    let start = match headers.get(header::RANGE) {
         None => 0,
-        Some(r) => r
-            .strip_prefix("bytes=")
-            .and_then(|r| r.strip_suffix('-'))
-            .and_then(|n| n.parse::<u64>().ok())
-            .filter(|n| *n < size)
-            .ok_or_else(|| {
-                ApiError(ProtocolError::invalid(format!(
-                    "only `Range: bytes=N-` with N below {size} is supported"
-                )))
-            })?,
+        Some(r) => parse_range_start(r.as_bytes(), size)
+            .map_err(|m| ApiError(ProtocolError::invalid(m)))?,
     };
     let mut file = tokio::fs::File::open(st.blob_dir.join(&hash))
         .await
@@ -825,44 +761,4 @@ async fn blob_get(
         );
     }
     Ok(resp)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn encoding_is_chosen_in_client_order() {
-        let mut h = HeaderMap::new();
-        assert_eq!(choose_encoding(&h), Ok(None));
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("chat, natter.v1.json, natter.v1.bin"),
-        );
-        assert_eq!(choose_encoding(&h), Ok(Some(Encoding::Json)));
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("natter.v9.bin"),
-        );
-        assert!(choose_encoding(&h).unwrap_err().contains("version 9"));
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("natter.v9.bin, natter.v1.bin"),
-        );
-        assert_eq!(choose_encoding(&h), Ok(Some(Encoding::Binary)));
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("chat"),
-        );
-        assert!(choose_encoding(&h).is_err());
-    }
-
-    #[test]
-    fn ids_and_hashes_are_strict_hex() {
-        assert!(valid_upload_id("0123456789abcdef0123456789abcdef"));
-        assert!(!valid_upload_id("../etc/passwd"));
-        assert!(!valid_upload_id("0123456789ABCDEF0123456789ABCDEF"));
-        assert!(valid_blob_hash(&"a".repeat(64)));
-        assert!(!valid_blob_hash(&"a".repeat(63)));
-    }
 }

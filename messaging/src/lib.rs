@@ -7,6 +7,7 @@
 pub mod calls;
 pub mod config;
 pub mod delivery;
+pub mod http_parse;
 pub mod hub;
 pub mod metrics;
 pub mod outbound;

@@ -255,8 +255,8 @@ async fn repeating_a_call_offer_to_an_offline_user_leaves_one_missed_call() {
 
 #[tokio::test]
 async fn a_declined_caller_cannot_keep_the_callee_busy() {
-    // Default limits for calls: three offers to the same user, then one per 5 minutes.
-    let s = TestServer::start_with(&["--limit", "call_offer_pair=3:0.0033333"]);
+    // The default limits for calls: three offers to the same user, then one per 5 minutes.
+    let s = TestServer::start_with_default_limits(&[]);
     let (_, aconn) = s.user().await;
     let (b, mut bconn) = s.user().await;
     for i in 0..3 {
@@ -308,10 +308,7 @@ async fn a_declined_caller_cannot_keep_the_callee_busy() {
 
 #[tokio::test]
 async fn the_default_call_limits_stop_the_fourth_offer_to_the_same_user() {
-    let s = TestServer::start_with(&[
-        "--limit",
-        "call_offer_pair=3:0.0033333333333333335,call_offer=10:0.1",
-    ]);
+    let s = TestServer::start_with_default_limits(&[]);
     let (_, aconn) = s.user().await;
     let b = s.register().await; // offline: each offer ends at once
     for i in 0..4 {

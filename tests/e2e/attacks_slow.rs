@@ -44,6 +44,9 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout_and_lose
         .await;
     assert_eq!(cut, 1.0, "cut off for a blocked write");
     assert!(t0.elapsed() >= Duration::from_millis(1500));
+    // The socket really is gone: reading now finds its end (after what was in flight).
+    let end = tokio::time::timeout(Duration::from_secs(20), raw::drain_to_close(&mut stream)).await;
+    assert!(end.is_ok(), "the server closed the socket");
     // What it never read is still queued: a well-behaved reconnect gets all of it.
     drop((sink, stream));
     let mut bconn = s.connect(&b).await;
@@ -125,7 +128,10 @@ async fn the_hello_deadline_holds_while_the_server_cannot_write() {
         .await;
     assert_eq!(closed, 1.0, "closed at the hello deadline");
     flood.abort();
-    drop(stream);
+    // And the socket is closed: reading finds its end after the error frames in flight.
+    let mut stream = stream;
+    let end = tokio::time::timeout(Duration::from_secs(20), raw::drain_to_close(&mut stream)).await;
+    assert!(end.is_ok(), "the server closed the socket");
 }
 
 async fn closed_within(tcp: &mut TcpStream, within: Duration) -> Option<Duration> {

@@ -88,8 +88,22 @@ impl TestServer {
         Self::start_at(data_dir, "127.0.0.1:0", args)
     }
 
+    /// A server on a fresh data directory with the built-in limits, not the tests' generous
+    /// ones (for tests of the defaults themselves).
+    pub fn start_with_default_limits(args: &[&str]) -> TestServer {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("data");
+        let mut s = Self::launch(&dir, "127.0.0.1:0", args, false);
+        s._tmp = Some(tmp);
+        s
+    }
+
     /// A server on `data_dir` listening on `listen` (to come back where clients expect it).
     pub fn start_at(data_dir: &Path, listen: &str, args: &[&str]) -> TestServer {
+        Self::launch(data_dir, listen, args, true)
+    }
+
+    fn launch(data_dir: &Path, listen: &str, args: &[&str], test_limits: bool) -> TestServer {
         let log = data_dir.with_extension("log");
         std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
         let log_file = std::fs::OpenOptions::new()
@@ -111,7 +125,11 @@ impl TestServer {
             .arg(data_dir)
             .args(turn)
             .args(["--log", "info"])
-            .args(test_limits_except(args))
+            .args(if test_limits {
+                test_limits_except(args)
+            } else {
+                Vec::new()
+            })
             .args(args)
             .stdout(Stdio::piped())
             .stderr(log_file)

@@ -23,7 +23,9 @@ use natter_client::args::parse_duration;
 use natter_client::protocol::codec::Encoding;
 use natter_client::{Credentials, HttpClient};
 
+mod durable;
 mod idle;
+mod reliability;
 mod setup;
 mod throughput;
 
@@ -50,6 +52,34 @@ struct Cli {
     encoding: Encoding,
     #[command(subcommand)]
     cmd: Command,
+}
+
+/// The server that `storm` and `chaos` run, kill and restart themselves.
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// The natter binary.
+    #[arg(long, default_value = "target/release/natter")]
+    natter: std::path::PathBuf,
+    /// Port it listens on (127.0.0.1).
+    #[arg(long, default_value_t = 18_190)]
+    port: u16,
+    /// Its data directory (created; kept across restarts).
+    #[arg(long)]
+    data_dir: std::path::PathBuf,
+    /// More arguments for the server, e.g. --server-arg=--sync --server-arg=normal.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    extra: Vec<String>,
+}
+
+impl ServerArgs {
+    fn opts(&self) -> reliability::ServerOpts {
+        reliability::ServerOpts {
+            natter: self.natter.clone(),
+            port: self.port,
+            data_dir: self.data_dir.clone(),
+            extra: self.extra.clone(),
+        }
+    }
 }
 
 fn parse_encoding(s: &str) -> Result<Encoding, String> {
@@ -108,6 +138,51 @@ enum Command {
         /// PID of the server: its CPU time (/proc/PID/stat) per message sent is reported.
         #[arg(long)]
         server_pid: Option<u32>,
+    },
+    /// Reconnect storm: N clients connected while messages flow to them; the server is
+    /// SIGKILLed and restarted (natter-load runs it); every client reconnects with jittered
+    /// backoff. Reports how long until all were back, the server's peak memory, and the check
+    /// of every client's log (each acknowledged message exactly once, in order).
+    Storm {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Clients (receivers), each a registered user with one device.
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        /// Sending users; each writes to its share of the clients.
+        #[arg(long, default_value_t = 20)]
+        senders: usize,
+        /// Messages sent to each client.
+        #[arg(long, default_value_t = 2)]
+        messages_per_client: u64,
+        /// Source addresses 127.0.0.A to 127.0.0.B used round robin, as A-B.
+        #[arg(long, default_value = "2-17")]
+        sources: String,
+        /// Every client must be back within this long.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        within: Duration,
+        /// Seed of the clients' backoff jitter.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Chaos: steady 1:1 load while the server (run by natter-load) is SIGKILLed and
+    /// restarted, or SIGSTOPped and continued, at random moments drawn from --seed; then
+    /// every client's log is checked. Exits non-zero on any loss, duplicate, reordering or
+    /// message never sent; the same seed replays the same schedule.
+    Chaos {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Sender/receiver pairs.
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        /// Messages per second, all senders together.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        /// How long the chaos lasts.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Memory per idle authenticated socket: registers N users, connects them all, waits, and
     /// reads the server's resident memory before and after.
@@ -172,6 +247,42 @@ async fn run(cli: Cli) -> Result<()> {
                 server_pid,
             };
             throughput::throughput(&http, &opts, &rates, stop_on_failure, overload).await
+        }
+        Command::Storm {
+            server,
+            clients,
+            senders,
+            messages_per_client,
+            sources,
+            within,
+            seed,
+        } => {
+            reliability::storm(&reliability::StormOpts {
+                server: server.opts(),
+                clients,
+                senders,
+                messages_per_client,
+                sources,
+                seed,
+                within,
+            })
+            .await
+        }
+        Command::Chaos {
+            server,
+            pairs,
+            rate,
+            duration,
+            seed,
+        } => {
+            reliability::chaos(&reliability::ChaosOpts {
+                server: server.opts(),
+                pairs,
+                rate,
+                duration,
+                seed,
+            })
+            .await
         }
         Command::Idle {
             connections,
