@@ -42,9 +42,16 @@ impl Encoding {
         let (version, enc) = rest
             .split_once('.')
             .ok_or_else(|| format!("malformed subprotocol {name:?}"))?;
+        // Canonical digits only ("+1" and "01" would parse as 1): the server echoes the
+        // name it chose, and it must be one the client offered (RFC 6455 §4.1).
+        let canonical = !version.is_empty()
+            && version.bytes().all(|b| b.is_ascii_digit())
+            && (version.len() == 1 || !version.starts_with('0'));
         let version: u32 = version
             .parse()
-            .map_err(|_| format!("malformed subprotocol {name:?}"))?;
+            .ok()
+            .filter(|_| canonical)
+            .ok_or_else(|| format!("malformed subprotocol {name:?}"))?;
         if version != PROTOCOL_VERSION {
             return Err(format!(
                 "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
@@ -471,6 +478,11 @@ mod tests {
         assert_eq!(Encoding::from_subprotocol("chat"), Ok(None));
         assert!(Encoding::from_subprotocol("natter.v2.json").is_err());
         assert!(Encoding::from_subprotocol("natter.v1.xml").is_err());
+        // Found by fuzzing: these parsed as version 1, and the server then echoed a name
+        // the client never offered.
+        for odd in ["natter.v+1.bin", "natter.v01.json", "natter.v.bin"] {
+            assert!(Encoding::from_subprotocol(odd).is_err(), "{odd}");
+        }
         for enc in [Encoding::Json, Encoding::Binary] {
             assert_eq!(Encoding::from_subprotocol(enc.subprotocol()), Ok(Some(enc)));
             assert!(SUBPROTOCOLS.contains(&enc.subprotocol()));
