@@ -20,6 +20,11 @@ fn err_code(r: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {
     }
 }
 
+/// Asks for a code for `phone` (development mode returns it).
+async fn dev_code(c: &HttpClient, phone: &str) -> String {
+    c.request_code(phone).await.unwrap().dev_code.unwrap()
+}
+
 /// A six-digit code that is not `right`.
 fn wrong(right: &str, i: u32) -> String {
     let n: u32 = right.parse().unwrap();
@@ -39,12 +44,7 @@ async fn wrong_code_guesses_are_capped_across_codes_and_the_owner_can_still_regi
     // Five wrong guesses burn a code; a new code must not give five more.
     let mut guesses = 0;
     for _round in 0..3 {
-        let code = attacker
-            .request_code(&victim_phone)
-            .await
-            .unwrap()
-            .dev_code
-            .unwrap();
+        let code = dev_code(&attacker, &victim_phone).await;
         for _ in 0..5 {
             let r = attacker
                 .verify(&victim_phone, &wrong(&code, guesses), "x")
@@ -63,24 +63,14 @@ async fn wrong_code_guesses_are_capped_across_codes_and_the_owner_can_still_regi
         }
     }
     // Even the right code is refused to that network now (it would be guess number 16).
-    let code = attacker
-        .request_code(&victim_phone)
-        .await
-        .unwrap()
-        .dev_code
-        .unwrap();
+    let code = dev_code(&attacker, &victim_phone).await;
     assert_eq!(
         err_code(attacker.verify(&victim_phone, &code, "x").await),
         ErrorCode::RateLimited
     );
     // The owner, from another network, gets a fresh code and registers.
     let owner = from_net(&s, 77);
-    let code = owner
-        .request_code(&victim_phone)
-        .await
-        .unwrap()
-        .dev_code
-        .unwrap();
+    let code = dev_code(&owner, &victim_phone).await;
     let creds = owner.verify(&victim_phone, &code, "mine").await.unwrap();
     assert!(creds.primary);
 }
@@ -97,7 +87,7 @@ async fn the_per_number_cap_holds_against_many_networks() {
     let mut refused_at = None;
     for (i, net) in (10..20u8).enumerate() {
         let c = from_net(&s, net);
-        let code = c.request_code(&target).await.unwrap().dev_code.unwrap();
+        let code = dev_code(&c, &target).await;
         let r = c.verify(&target, &wrong(&code, 0), "x").await;
         if err_code(r) == ErrorCode::RateLimited {
             refused_at = Some(i);
@@ -119,18 +109,8 @@ async fn codes_go_out_at_most_three_then_one_per_twenty_minutes_by_default() {
     for _ in 0..3 {
         http.request_code(&target).await.unwrap();
     }
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/register/request", s.base))
-        .json(&serde_json::json!({ "phone": target }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 429);
-    let retry: u64 = resp.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (status, retry, code) = s.refused_code_request(&target).await;
+    assert_eq!((status, code.as_str()), (429, "rate_limited"));
     assert!((1150..=1200).contains(&retry), "{retry} s");
 }
 

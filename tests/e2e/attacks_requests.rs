@@ -9,6 +9,17 @@ use natter_client::protocol::{ClientFrame, Conv, ErrorCode, GroupId, ServerFrame
 
 use crate::common::*;
 
+/// An audio call offer of `call_id` to `to`.
+fn offer(call_id: &str, to: UserId) -> ClientFrame {
+    ClientFrame::CallOffer {
+        id: 0,
+        call_id: call_id.into(),
+        to,
+        media: Media::Audio,
+        sdp: "v=0".into(),
+    }
+}
+
 fn code(r: Result<ServerFrame, ClientError>) -> Option<ErrorCode> {
     match r {
         Ok(_) => None,
@@ -104,13 +115,7 @@ fn every_frame(peer: UserId) -> Vec<ClientFrame> {
             presence: None,
             read_receipts: None,
         },
-        ClientFrame::CallOffer {
-            id: 0,
-            call_id: call.clone(),
-            to: peer,
-            media: Media::Audio,
-            sdp: "v=0".into(),
-        },
+        offer(&call, peer),
         ClientFrame::CallRinging {
             id: 0,
             call_id: call.clone(),
@@ -221,20 +226,13 @@ async fn repeating_a_call_offer_to_an_offline_user_leaves_one_missed_call() {
     let s = TestServer::start();
     let (_, aconn) = s.user().await;
     let b = s.register().await; // never connects
-    let offer = || ClientFrame::CallOffer {
-        id: 0,
-        call_id: "same-id".into(),
-        to: b.user,
-        media: Media::Audio,
-        sdp: "v=0".into(),
-    };
     assert!(matches!(
-        aconn.request(offer()).await,
+        aconn.request(offer("same-id", b.user)).await,
         Ok(ServerFrame::CallStarted { .. })
     ));
     for _ in 0..10 {
         assert_eq!(
-            code(aconn.request(offer()).await),
+            code(aconn.request(offer("same-id", b.user)).await),
             Some(ErrorCode::Conflict)
         );
     }
@@ -261,15 +259,7 @@ async fn a_declined_caller_cannot_keep_the_callee_busy() {
     let (b, mut bconn) = s.user().await;
     for i in 0..3 {
         let call_id = format!("c{i}");
-        let started = aconn
-            .request(ClientFrame::CallOffer {
-                id: 0,
-                call_id: call_id.clone(),
-                to: b.user,
-                media: Media::Audio,
-                sdp: "v=0".into(),
-            })
-            .await;
+        let started = aconn.request(offer(&call_id, b.user)).await;
         assert!(matches!(started, Ok(ServerFrame::CallStarted { .. })));
         recv_until(&mut bconn, |f| matches!(f, ServerFrame::Call { .. })).await;
         bconn
@@ -277,16 +267,7 @@ async fn a_declined_caller_cannot_keep_the_callee_busy() {
             .await
             .unwrap();
     }
-    let err = aconn
-        .request(ClientFrame::CallOffer {
-            id: 0,
-            call_id: "c3".into(),
-            to: b.user,
-            media: Media::Audio,
-            sdp: "v=0".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = aconn.request(offer("c3", b.user)).await.unwrap_err();
     let ClientError::Server(e) = err else {
         panic!("{err}")
     };
@@ -294,15 +275,7 @@ async fn a_declined_caller_cannot_keep_the_callee_busy() {
     assert!(e.retry_after_ms.unwrap() > 60_000, "{e:?}");
     // Someone else can still call them.
     let (_, cconn) = s.user().await;
-    let other = cconn
-        .request(ClientFrame::CallOffer {
-            id: 0,
-            call_id: "from-c".into(),
-            to: b.user,
-            media: Media::Audio,
-            sdp: "v=0".into(),
-        })
-        .await;
+    let other = cconn.request(offer("from-c", b.user)).await;
     assert!(matches!(other, Ok(ServerFrame::CallStarted { .. })));
 }
 
@@ -312,15 +285,7 @@ async fn the_default_call_limits_stop_the_fourth_offer_to_the_same_user() {
     let (_, aconn) = s.user().await;
     let b = s.register().await; // offline: each offer ends at once
     for i in 0..4 {
-        let r = aconn
-            .request(ClientFrame::CallOffer {
-                id: 0,
-                call_id: format!("c{i}"),
-                to: b.user,
-                media: Media::Audio,
-                sdp: "v=0".into(),
-            })
-            .await;
+        let r = aconn.request(offer(&format!("c{i}"), b.user)).await;
         if i < 3 {
             assert!(matches!(r, Ok(ServerFrame::CallStarted { .. })), "{r:?}");
         } else {

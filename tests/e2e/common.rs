@@ -491,6 +491,29 @@ pub fn try_metric(text: &str, name: &str) -> Option<f64> {
 }
 
 impl TestServer {
+    /// Asks for a registration code for `phone` over plain HTTP and expects a refusal:
+    /// returns its status, `Retry-After` (seconds) and error code.
+    pub async fn refused_code_request(&self, phone: &str) -> (u16, u64, String) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/register/request", self.base))
+            .json(&serde_json::json!({ "phone": phone }))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let retry: u64 = resp.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        (
+            status,
+            retry,
+            body["code"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
     /// The server's `/metrics` text.
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("{}/metrics", self.base))

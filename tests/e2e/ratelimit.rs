@@ -39,21 +39,10 @@ async fn registration_codes_are_limited_per_phone_with_retry_after() {
     let http = s.http();
     http.request_code(&phone).await.unwrap();
     http.request_code(&phone).await.unwrap();
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/register/request", s.base))
-        .json(&serde_json::json!({ "phone": phone }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 429);
-    let retry: u64 = resp.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (status, retry, code) = s.refused_code_request(&phone).await;
+    assert_eq!(status, 429);
     assert!((90..=100).contains(&retry), "{retry}");
-    let body: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(body["code"], "rate_limited");
+    assert_eq!(code, "rate_limited");
     // Another number is not affected.
     http.request_code(&crate::common::phone()).await.unwrap();
 }

@@ -548,9 +548,13 @@ async fn run_once(
     })
 }
 
-fn sustained(r: &RunResult, rate: f64, limit_ms: f64) -> bool {
+/// Most of the offered messages a sustained run may have refused with `overloaded` (a
+/// moment's stall on a shared machine; the client retries them).
+const MAX_REFUSED_SHARE: f64 = 0.001;
+
+fn sustained(r: &RunResult, rate: f64, limit_ms: f64, window_s: f64) -> bool {
     r.errors == 0
-        && r.overloaded == 0
+        && (r.overloaded as f64) <= MAX_REFUSED_SHARE * r.offered * window_s
         && r.complete >= 0.99
         && r.achieved >= 0.95 * rate
         && r.p99_ms < limit_ms
@@ -575,6 +579,7 @@ async fn step(
     probe_rate: Option<f64>,
     label: &str,
 ) -> Result<(RunResult, bool, Vec<RunResult>)> {
+    let window_s = (o.step - o.warmup).as_secs_f64();
     let mut runs = Vec::new();
     for k in 0..o.repeat {
         let r = run_once(http, o, w, rate, probe_rate).await?;
@@ -596,7 +601,7 @@ async fn step(
             r.complete,
             opt(r.server_us_per_msg),
             opt(r.recovery_ms),
-            sustained(&r, rate, o.p99_limit_ms),
+            sustained(&r, rate, o.p99_limit_ms, window_s),
         );
         runs.push(r);
         // Let the server's queues drain before the next run.
@@ -604,7 +609,7 @@ async fn step(
     }
     let ok = runs
         .iter()
-        .filter(|r| sustained(r, rate, o.p99_limit_ms))
+        .filter(|r| sustained(r, rate, o.p99_limit_ms, window_s))
         .count();
     let mut by_rate = runs.clone();
     by_rate.sort_by(|a, b| a.achieved.total_cmp(&b.achieved));
