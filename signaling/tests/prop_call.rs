@@ -15,12 +15,13 @@
 //! * the first accept wins, the other ringing devices hear "answered elsewhere", and
 //!   candidates a ringing device sent follow its answer in order;
 //! * a call rings no longer than the ring timeout, and `next_deadline` says when it ends;
+//! * a call id offered once is refused (`conflict`) if offered again within the hour;
 //! * once every device has disconnected, the router holds nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use natter_signaling::call::{
-    Action, CallEvent, CallRouter, EndReason, IceCandidate, Media, Party, SdpKind,
+    Action, CallEvent, CallRouter, EndReason, IceCandidate, Media, Party, SdpKind, USED_IDS_KEPT_MS,
 };
 use natter_signaling::{DeviceId, ErrorCode, UserId};
 use proptest::prelude::*;
@@ -40,10 +41,15 @@ fn party(i: usize) -> Party {
     }
 }
 
-fn call_id(c: usize) -> String {
-    // Few ids, so they collide, get reused after a call ends, and race (glare compares ids).
-    format!("c{}", c % 4)
+/// Few call slots, so that calls collide and race (glare compares ids). An offered id may not
+/// be offered again (for `USED_IDS_KEPT_MS`), so each slot takes a fresh id for its next
+/// offer — except when the op asks to reuse the old one, which must be refused.
+fn call_id(c: usize, generation: u32) -> String {
+    format!("c{}-{generation}", c % 4)
 }
+
+/// The `online` bits of an offer op that ask to offer the slot's used id again (one op in eight).
+const REUSE: u8 = 0xE0;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -150,6 +156,10 @@ struct World {
     calls: HashMap<String, Call>,
     now: u64,
     candidates: u64,
+    /// Each call slot's current id generation.
+    generations: HashMap<usize, u32>,
+    /// Ids offered so far, with when.
+    used: HashMap<String, u64>,
 }
 
 fn sends(actions: &[Action]) -> Vec<(DeviceId, &str, &CallEvent)> {
@@ -180,7 +190,28 @@ impl World {
             calls: HashMap::new(),
             now: 0,
             candidates: 0,
+            generations: HashMap::new(),
+            used: HashMap::new(),
         }
+    }
+
+    /// The id a call slot stands for now.
+    fn id(&self, call: usize) -> String {
+        call_id(
+            call,
+            self.generations.get(&(call % 4)).copied().unwrap_or(0),
+        )
+    }
+
+    /// The id an offer in `call`'s slot uses: a fresh one once the current one was offered,
+    /// unless the op asks to reuse it.
+    fn offer_id(&mut self, call: usize, online: u8) -> String {
+        let id = self.id(call);
+        if self.used.contains_key(&id) && online & REUSE != REUSE {
+            *self.generations.entry(call % 4).or_default() += 1;
+            return self.id(call);
+        }
+        id
     }
 
     fn call_of(&self, user: UserId) -> Option<&str> {
@@ -311,15 +342,12 @@ impl World {
                 call,
                 online,
                 video,
-            } => self.offer(
-                party(from),
-                UserId(to as u64 + 1),
-                &call_id(call),
-                online,
-                video,
-            ),
+            } => {
+                let id = self.offer_id(call, online);
+                self.offer(party(from), UserId(to as u64 + 1), &id, online, video)
+            }
             Op::Ringing { from, call } => {
-                let (from, id) = (party(from), call_id(call));
+                let (from, id) = (party(from), self.id(call));
                 let out = self.router.ringing(from, &id);
                 let call = self.expect_call(&id, &out)?;
                 match (&out, call.answered_by) {
@@ -346,7 +374,7 @@ impl World {
                 out.map(|_| ()).map_err(|e| e.code)
             }
             Op::Accept { from, call } => {
-                let (from, id) = (party(from), call_id(call));
+                let (from, id) = (party(from), self.id(call));
                 let out = self.router.accept(from, &id, "answer");
                 let call = self.expect_call(&id, &out)?;
                 let may = call.answered_by.is_none() && call.rung.contains_key(&from.device);
@@ -392,21 +420,21 @@ impl World {
                 Ok(())
             }
             Op::Decline { from, call } => {
-                let (from, id) = (party(from), call_id(call));
+                let (from, id) = (party(from), self.id(call));
                 let out = self.router.decline(from, &id, self.now);
                 let call = self.expect_call(&id, &out)?;
                 let may = call.answered_by.is_none() && call.rung.contains_key(&from.device);
                 self.expect_ending(out, may, Some(from.device), &id, EndReason::Declined)
             }
             Op::Cancel { from, call } => {
-                let (from, id) = (party(from), call_id(call));
+                let (from, id) = (party(from), self.id(call));
                 let out = self.router.cancel(from, &id, self.now);
                 let call = self.expect_call(&id, &out)?;
                 let may = call.answered_by.is_none() && call.caller.device == from.device;
                 self.expect_ending(out, may, Some(from.device), &id, EndReason::Cancelled)
             }
             Op::Hangup { from, call } => {
-                let (from, id) = (party(from), call_id(call));
+                let (from, id) = (party(from), self.id(call));
                 let out = self.router.hangup(from, &id, self.now);
                 let call = self.expect_call(&id, &out)?;
                 // Before an answer the caller's hangup cancels and a ringing device's declines.
@@ -418,7 +446,7 @@ impl World {
                 self.expect_ending(out, may, Some(from.device), &id, reason)
             }
             Op::Ice { from, call } => {
-                let (from, id) = (party(from), call_id(call));
+                let (from, id) = (party(from), self.id(call));
                 self.candidates += 1;
                 let candidate = IceCandidate {
                     candidate: format!("candidate:{}", self.candidates),
@@ -464,7 +492,7 @@ impl World {
                 out.map(|_| ()).map_err(|e| e.code)
             }
             Op::Update { from, call, offer } => {
-                let (from, id) = (party(from), call_id(call));
+                let (from, id) = (party(from), self.id(call));
                 let kind = if offer {
                     SdpKind::Offer
                 } else {
@@ -563,11 +591,16 @@ impl World {
             .router
             .offer(caller, id, callee, media, "offer", &online, self.now);
         // What the contract says must happen, in the order the router decides it.
+        let recently_used = self
+            .used
+            .get(id)
+            .is_some_and(|&at| at + USED_IDS_KEPT_MS > self.now);
         let expected_error = if callee == caller.user {
             Some(ErrorCode::Invalid)
-        } else if self.calls.contains_key(id) {
+        } else if self.calls.contains_key(id) || recently_used {
             Some(ErrorCode::Conflict)
         } else {
+            self.used.insert(id.to_owned(), self.now);
             None
         };
         let glare = self
