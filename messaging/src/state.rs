@@ -169,3 +169,40 @@ impl AppState {
 }
 
 pub type SharedState = Arc<AppState>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> NetKey {
+        NetKey::of(s.parse().unwrap())
+    }
+
+    #[test]
+    fn ipv6_addresses_count_per_64_and_mapped_ipv4_as_ipv4() {
+        // One subscriber's /64: every address in it is one network.
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            key("2001:db8:1:2:ffff:ffff:ffff:fffe")
+        );
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("2001:db8:1:2::1").as_text(), "2001:db8:1:2::/64");
+        // IPv4 by the address, whether it comes as IPv4 or IPv4-mapped IPv6.
+        assert_eq!(key("192.0.2.7"), key("::ffff:192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        assert_eq!(key("192.0.2.7").as_text(), "192.0.2.7");
+    }
+
+    #[test]
+    fn the_register_limit_is_shared_across_a_64() {
+        let l: RateLimiter<NetKey> = RateLimiter::new(crate::config::Rate::new(2.0, 0.001));
+        for a in ["2001:db8::1", "2001:db8::2"] {
+            take(&l, &key(a), 1.0).unwrap();
+        }
+        assert!(
+            take(&l, &key("2001:db8::3"), 1.0).is_err(),
+            "a third address of the /64"
+        );
+        take(&l, &key("2001:db8:0:1::1"), 1.0).unwrap();
+    }
+}
