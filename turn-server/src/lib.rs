@@ -1,6 +1,7 @@
 //! natter's STUN/TURN server (RFC 8489 / RFC 8656).
 //!
-//! * [`stun`]: the message and ChannelData codec, decoded in place and bounded.
+//! * [`stun`]: the message and ChannelData codec (the `natter-stun` crate), decoded in place
+//!   and bounded.
 //! * [`server`]: the sans-IO TURN core: allocations, permissions, channels, auth, limits;
 //!   with [`peers`] (which peer addresses may be relayed to) and private pieces for nonces,
 //!   quotas and token buckets.
@@ -14,6 +15,7 @@ mod quota;
 pub mod server;
 pub mod shell;
 mod streams;
-pub mod stun;
+/// The codec lives in `natter-stun`, shared with natter-media's TURN client.
+pub use natter_stun as stun;
 
 pub use shell::{Bound, Listeners, Turn};

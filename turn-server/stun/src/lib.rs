@@ -276,6 +276,27 @@ impl<'a> Message<'a> {
             .collect()
     }
 
+    /// ERROR-CODE as (code, reason phrase); the phrase is cut at 128 characters (RFC 8489
+    /// §14.8 bounds it so) and must be UTF-8.
+    pub fn error_code(&self) -> Result<Option<(u16, &'a str)>, Error> {
+        let Some(v) = self.get(attr::ERROR_CODE) else {
+            return Ok(None);
+        };
+        if v.len() < 4 || v.len() > 4 + 763 {
+            return Err(Error::BadAttribute);
+        }
+        let code = u16::from(v[2] & 0x07) * 100 + u16::from(v[3]);
+        if !(300..700).contains(&code) || v[3] > 99 {
+            return Err(Error::BadAttribute);
+        }
+        let reason = std::str::from_utf8(&v[4..]).map_err(|_| Error::BadAttribute)?;
+        let cut = reason
+            .char_indices()
+            .nth(128)
+            .map_or(reason.len(), |(i, _)| i);
+        Ok(Some((code, &reason[..cut])))
+    }
+
     pub fn has_integrity(&self) -> bool {
         self.integrity_at.is_some()
     }
@@ -545,6 +566,25 @@ mod tests {
         let mut broken = RFC5769_REQUEST;
         broken[30] ^= 1;
         assert_eq!(Message::parse(&broken).unwrap_err(), Error::Fingerprint);
+    }
+
+    #[test]
+    fn error_codes_decode_with_their_reason_and_bad_ones_are_refused() {
+        let tid = [3u8; 12];
+        let mut b = MessageBuilder::new(method::ALLOCATE, Class::Error, tid);
+        b.add_error(438, "Stale Nonce");
+        let raw = b.into_bytes();
+        let m = Message::parse(&raw).unwrap();
+        assert_eq!(m.error_code().unwrap(), Some((438, "Stale Nonce")));
+        let mut b = MessageBuilder::new(method::ALLOCATE, Class::Error, tid);
+        b.add(attr::ERROR_CODE, &[0, 0, 4, 120]);
+        let raw = b.into_bytes();
+        assert_eq!(
+            Message::parse(&raw).unwrap().error_code(),
+            Err(Error::BadAttribute)
+        );
+        let raw = MessageBuilder::new(method::ALLOCATE, Class::Success, tid).into_bytes();
+        assert_eq!(Message::parse(&raw).unwrap().error_code(), Ok(None));
     }
 
     #[test]
