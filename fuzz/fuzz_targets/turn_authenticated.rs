@@ -192,7 +192,7 @@ fn check_output(out: &Output, relays: &mut Vec<SocketAddr>) {
             );
             relays.push(*relay);
         }
-        Output::ToPeer { .. } | Output::Release { .. } => {}
+        Output::ToPeer { .. } | Output::Release { .. } | Output::Close { .. } => {}
     }
 }
 
