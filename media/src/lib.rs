@@ -1,3 +1,11 @@
-//! Bandwidth estimation (GCC over transport-wide CC feedback), codec adaptation and media E2EE.
+//! natter's media stack: a call's media session on str0m and what it needs around it.
 //!
-//! Reserved by the workspace layout in DESIGN.md; nothing is implemented here yet.
+//! * [`turn_client`]: a sans-IO TURN client (RFC 8656) that gives a session relay
+//!   candidates, sharing natter-turn's STUN codec (`natter-stun`).
+//!
+//! The str0m session, the audio/video pipelines, bandwidth-driven adaptation and SFrame
+//! framing come next (see the media and bandwidth issues).
+
+pub mod turn_client;
+
+pub use turn_client::{TurnClient, TurnConfig, TurnError, TurnEvent, TurnStats, TurnTransport};
