@@ -11,7 +11,7 @@
 
 pub mod account;
 pub mod args;
-pub mod audio;
+pub use natter_media::audio;
 pub mod call_media;
 pub mod calls;
 pub mod client;

@@ -1,0 +1,698 @@
+//! A call's media session, sans-IO: one str0m [`Rtc`] carrying Opus both ways, its local
+//! candidates (host, server-reflexive from a STUN Binding, relayed through a
+//! [`TurnClient`]), and the audio pipelines. Fed datagrams (and TURN stream bytes) and the
+//! time; it returns what to send where and what happened. [`shell::MediaSession`] owns the
+//! sockets and drives it on tokio.
+
+pub mod audio_pipe;
+pub mod shell;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use natter_signaling::call::IceCandidate;
+use natter_stun::{Class, Message, MessageBuilder, attr, method};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+
+use crate::audio::{AudioSource, ReceiveStats};
+use crate::ice_servers::{Servers, TurnServer};
+use crate::turn_client::{TurnClient, TurnConfig, TurnEvent, TurnTransport};
+use audio_pipe::{AudioDecoder, AudioEncoder};
+
+/// How a call's media is made.
+#[derive(Debug, Clone)]
+pub struct MediaOptions {
+    pub source: AudioSource,
+    /// The tone expected from the other side (for the continuity figure), if any.
+    pub expect_tone: Option<f32>,
+    /// Offer only relayed candidates (the ICE transport policy `relay`).
+    pub relay_only: bool,
+    /// Write what is received (decoded) to this WAV file.
+    pub wav_out: Option<std::path::PathBuf>,
+    /// Opus target bitrate, bits per second.
+    pub bitrate: i32,
+    /// Local UDP addresses media binds. A wildcard (`0.0.0.0:0`, the default) means every
+    /// non-loopback interface; a concrete address binds just that one.
+    pub udp_bind: Vec<String>,
+}
+
+impl Default for MediaOptions {
+    fn default() -> Self {
+        MediaOptions {
+            source: AudioSource::Tone { freq: 440.0 },
+            expect_tone: Some(440.0),
+            relay_only: false,
+            wav_out: None,
+            bitrate: 32_000,
+            udp_bind: vec!["0.0.0.0:0".to_owned()],
+        }
+    }
+}
+
+/// What one side of a call measured.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CallStats {
+    pub frames_sent: u64,
+    #[serde(flatten)]
+    pub received: ReceiveStats,
+    /// From the session's creation to the first decoded frame.
+    pub first_audio_ms: Option<u64>,
+}
+
+impl CallStats {
+    /// Decoded frames out of those that should have arrived (received + lost), in percent.
+    pub fn decoded_pct(&self) -> f64 {
+        let expected = self.received.frames_received + self.received.frames_lost;
+        if expected == 0 {
+            return 0.0;
+        }
+        100.0 * self.received.frames_decoded as f64 / expected as f64
+    }
+
+    /// Decoded frames in which the expected tone was heard, in percent of those decoded.
+    pub fn tone_pct(&self) -> f64 {
+        if self.received.frames_decoded == 0 {
+            return 0.0;
+        }
+        100.0 * self.received.tone_frames as f64 / self.received.frames_decoded as f64
+    }
+}
+
+/// Where bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A datagram from the local socket `from` to `to`.
+    Udp { from: SocketAddr, to: SocketAddr },
+    /// The TCP stream to TURN server number `turn` (see [`Session::turn_streams`]).
+    Stream { turn: usize },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub via: Via,
+    pub bytes: Vec<u8>,
+}
+
+/// Connection state, as a user would name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaState {
+    New,
+    Connecting,
+    Connected,
+    Disconnected,
+    Failed,
+    Closed,
+}
+
+impl std::fmt::Display for MediaState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            MediaState::New => "new",
+            MediaState::Connecting => "connecting",
+            MediaState::Connected => "connected",
+            MediaState::Disconnected => "disconnected",
+            MediaState::Failed => "failed",
+            MediaState::Closed => "closed",
+        };
+        f.write_str(s)
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    /// A local candidate to trickle to the peer.
+    LocalCandidate(IceCandidate),
+    State(MediaState),
+    /// Something the user should know about (a TURN server refused us, say).
+    Warning(String),
+}
+
+/// Why a session call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaError {
+    #[error("media: {0}")]
+    Rtc(String),
+    #[error("media: the SDP is not valid: {0}")]
+    BadSdp(String),
+    #[error("media: the ICE candidate is not valid: {0}")]
+    BadCandidate(String),
+    #[error("media: no audio was negotiated")]
+    NoAudio,
+    #[error("media: {0}")]
+    Audio(String),
+    #[error("media: no local address to use ({0})")]
+    NoAddress(String),
+    #[error("the media connection is {0}")]
+    NotConnected(MediaState),
+}
+
+fn rtc_err(e: impl std::fmt::Display) -> MediaError {
+    MediaError::Rtc(e.to_string())
+}
+
+/// One server-reflexive probe: a STUN Binding from a local socket.
+struct StunProbe {
+    local: SocketAddr,
+    server: SocketAddr,
+    tid: [u8; 12],
+    bytes: Vec<u8>,
+    next_send: Instant,
+    sends: u32,
+}
+
+const STUN_PROBE_SENDS: u32 = 5;
+const STUN_PROBE_RTO: Duration = Duration::from_millis(250);
+const FRAME_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A relay: a TURN allocation reached from a local UDP socket or over a TCP stream.
+struct Relay {
+    server: TurnServer,
+    /// The local UDP socket for a UDP server.
+    local: Option<SocketAddr>,
+    client: TurnClient,
+    relayed: Option<SocketAddr>,
+}
+
+/// The sans-IO session: see the module documentation.
+pub struct Session {
+    rtc: Rtc,
+    opts: MediaOptions,
+    created: Instant,
+    probes: Vec<StunProbe>,
+    relays: Vec<Relay>,
+    remote: Vec<SocketAddr>,
+    pending: Option<SdpPendingOffer>,
+    mid: Option<Mid>,
+    encoder: Option<AudioEncoder>,
+    next_frame: Option<Instant>,
+    decoder: AudioDecoder,
+    rtc_timeout: Option<Instant>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<SessionEvent>,
+    state: MediaState,
+}
+
+impl Session {
+    /// A session on the local UDP sockets `locals` (bound by the shell) using `servers`.
+    pub fn new(
+        opts: MediaOptions,
+        servers: &Servers,
+        locals: &[SocketAddr],
+        now: Instant,
+    ) -> Result<Session, MediaError> {
+        if locals.is_empty() {
+            return Err(MediaError::NoAddress("no UDP socket".into()));
+        }
+        let rtc = RtcConfig::new()
+            .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
+            .clear_codecs()
+            .enable_opus(true, false)
+            .set_stats_interval(Some(Duration::from_secs(1)))
+            .build(now);
+        let decoder = AudioDecoder::new(opts.expect_tone, opts.wav_out.is_some(), now)
+            .map_err(MediaError::Audio)?;
+        let mut s = Session {
+            rtc,
+            opts,
+            created: now,
+            probes: Vec::new(),
+            relays: Vec::new(),
+            remote: Vec::new(),
+            pending: None,
+            mid: None,
+            encoder: None,
+            next_frame: None,
+            decoder,
+            rtc_timeout: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            state: MediaState::New,
+        };
+        for &local in locals {
+            if !s.opts.relay_only {
+                let c = Candidate::host(local, "udp").map_err(|e| MediaError::NoAddress(e.to_string()))?;
+                s.add_local(c);
+            }
+            for stun in servers.stun.iter().filter(|x| x.addr.is_ipv4() == local.is_ipv4()) {
+                if s.opts.relay_only {
+                    break;
+                }
+                let mut tid = [0u8; 12];
+                getrandom::fill(&mut tid).expect("the OS random source works");
+                let bytes = MessageBuilder::new(method::BINDING, Class::Request, tid)
+                    .fingerprint()
+                    .finish();
+                s.probes.push(StunProbe {
+                    local,
+                    server: stun.addr,
+                    tid,
+                    bytes,
+                    next_send: now,
+                    sends: 0,
+                });
+            }
+        }
+        for server in &servers.turn {
+            let local = match server.transport {
+                TurnTransport::Udp => {
+                    match locals.iter().find(|l| l.is_ipv4() == server.addr.is_ipv4()) {
+                        Some(l) => Some(*l),
+                        None => continue,
+                    }
+                }
+                TurnTransport::Tcp => None,
+            };
+            let cfg = TurnConfig::new(server.transport, &server.username, &server.password);
+            s.relays.push(Relay {
+                server: server.clone(),
+                local,
+                client: TurnClient::new(cfg, now),
+                relayed: None,
+            });
+        }
+        s.pump_relays(now);
+        s.handle_timeout(now);
+        Ok(s)
+    }
+
+    /// TURN servers reached over TCP, by index: the shell connects a stream to each and
+    /// feeds it with [`Session::handle_stream`].
+    pub fn turn_streams(&self) -> Vec<(usize, SocketAddr)> {
+        self.relays
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.local.is_none())
+            .map(|(i, r)| (i, r.server.addr))
+            .collect()
+    }
+
+    pub fn state(&self) -> MediaState {
+        self.state
+    }
+
+    fn set_state(&mut self, s: MediaState) {
+        if self.state != s {
+            self.state = s;
+            self.events.push_back(SessionEvent::State(s));
+        }
+    }
+
+    fn add_local(&mut self, c: Candidate) {
+        if let Some(c) = self.rtc.add_local_candidate(c) {
+            let line = c.to_sdp_string();
+            self.events
+                .push_back(SessionEvent::LocalCandidate(IceCandidate {
+                    candidate: line,
+                    sdp_mid: Some("0".into()),
+                    sdp_mline_index: Some(0),
+                }));
+        }
+    }
+
+    /// The offer (caller side); candidates trickle afterwards.
+    pub fn create_offer(&mut self, now: Instant) -> Result<String, MediaError> {
+        let mut api = self.rtc.sdp_api();
+        if self.mid.is_none() {
+            self.mid = Some(api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None));
+        }
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| MediaError::Rtc("nothing to offer".into()))?;
+        self.pending = Some(pending);
+        self.set_state(MediaState::Connecting);
+        self.drain(now);
+        Ok(offer.to_sdp_string())
+    }
+
+    /// A new offer with fresh ICE credentials (ICE restart after a network change).
+    pub fn restart_offer(&mut self, now: Instant) -> Result<String, MediaError> {
+        let mut api = self.rtc.sdp_api();
+        api.ice_restart(true);
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| MediaError::Rtc("nothing to offer".into()))?;
+        self.pending = Some(pending);
+        self.drain(now);
+        Ok(offer.to_sdp_string())
+    }
+
+    /// Takes the peer's offer and returns the answer.
+    pub fn accept_offer(&mut self, sdp: &str, now: Instant) -> Result<String, MediaError> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let answer = self.rtc.sdp_api().accept_offer(offer).map_err(rtc_err)?;
+        self.set_state(MediaState::Connecting);
+        self.drain(now);
+        Ok(answer.to_sdp_string())
+    }
+
+    /// Applies the peer's answer to our offer.
+    pub fn set_answer(&mut self, sdp: &str, now: Instant) -> Result<(), MediaError> {
+        let answer =
+            SdpAnswer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let pending = self
+            .pending
+            .take()
+            .ok_or_else(|| MediaError::Rtc("an answer without an offer".into()))?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(rtc_err)?;
+        self.drain(now);
+        Ok(())
+    }
+
+    /// A candidate the peer trickled.
+    pub fn add_remote_candidate(&mut self, c: &IceCandidate, now: Instant) -> Result<(), MediaError> {
+        let line = c.candidate.trim();
+        let line = line.strip_prefix("a=").unwrap_or(line);
+        if line.is_empty() {
+            return Ok(()); // end-of-candidates
+        }
+        let cand =
+            Candidate::from_sdp_string(line).map_err(|e| MediaError::BadCandidate(e.to_string()))?;
+        let addr = cand.addr();
+        self.rtc.add_remote_candidate(cand);
+        if !self.remote.contains(&addr) {
+            self.remote.push(addr);
+            for r in &mut self.relays {
+                // Each relay permits and binds a channel to every remote candidate, so
+                // what the peer sends to the relay gets through.
+                let _ = r.client.add_peer(addr, now);
+            }
+            self.pump_relays(now);
+        }
+        self.drain(now);
+        Ok(())
+    }
+
+    /// Starts sending the audio source, a 20 ms Opus frame at a time.
+    pub fn start_sending(&mut self, now: Instant) -> Result<(), MediaError> {
+        let mid = self.mid.ok_or(MediaError::NoAudio)?;
+        if self.rtc.writer(mid).is_none() {
+            return Err(MediaError::NoAudio);
+        }
+        self.encoder = Some(
+            AudioEncoder::new(self.opts.source.clone(), self.opts.bitrate)
+                .map_err(MediaError::Audio)?,
+        );
+        self.next_frame = Some(now);
+        self.handle_timeout(now);
+        Ok(())
+    }
+
+    /// A datagram arrived on the local socket `local` from `from`.
+    pub fn handle_datagram(&mut self, local: SocketAddr, from: SocketAddr, bytes: &[u8], now: Instant) {
+        if let Some(i) = self
+            .relays
+            .iter()
+            .position(|r| r.local == Some(local) && r.server.addr == from)
+        {
+            self.relays[i].client.handle_input(bytes, now);
+            self.pump_relays(now);
+        } else if let Some(i) = self.probe_answer(local, from, bytes) {
+            let p = self.probes.swap_remove(i);
+            if let Ok(m) = Message::parse(bytes)
+                && let Ok(Some(mapped)) = m.xor_address(attr::XOR_MAPPED_ADDRESS)
+                && mapped != p.local
+                && let Ok(c) = Candidate::server_reflexive(mapped, p.local, "udp")
+            {
+                self.add_local(c);
+            }
+        } else if let Ok(r) = Receive::new(Protocol::Udp, from, local, bytes) {
+            let _ = self.rtc.handle_input(Input::Receive(now, r));
+        }
+        self.drain(now);
+    }
+
+    /// Bytes from the TCP stream to TURN server number `turn`.
+    pub fn handle_stream(&mut self, turn: usize, bytes: &[u8], now: Instant) {
+        if let Some(r) = self.relays.get_mut(turn) {
+            r.client.handle_input(bytes, now);
+        }
+        self.pump_relays(now);
+        self.drain(now);
+    }
+
+    /// The TCP stream to TURN server number `turn` closed or could not be opened.
+    pub fn stream_closed(&mut self, turn: usize, now: Instant) {
+        if let Some(r) = self.relays.get_mut(turn) {
+            r.client.handle_closed();
+        }
+        self.pump_relays(now);
+    }
+
+    fn probe_answer(&self, local: SocketAddr, from: SocketAddr, bytes: &[u8]) -> Option<usize> {
+        if bytes.len() < 20 || bytes[0] & 0xC0 != 0 {
+            return None;
+        }
+        let tid = bytes.get(8..20)?;
+        self.probes
+            .iter()
+            .position(|p| p.local == local && p.server == from && p.tid == tid)
+    }
+
+    /// When [`Session::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let relays = self.relays.iter().filter_map(|r| r.client.poll_timeout());
+        let probes = self.probes.iter().map(|p| p.next_send);
+        [self.rtc_timeout, self.next_frame]
+            .into_iter()
+            .flatten()
+            .chain(relays)
+            .chain(probes)
+            .min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for r in &mut self.relays {
+            if r.client.poll_timeout().is_some_and(|t| t <= now) {
+                r.client.handle_timeout(now);
+            }
+        }
+        self.pump_relays(now);
+        let mut i = 0;
+        while i < self.probes.len() {
+            let p = &mut self.probes[i];
+            if p.next_send <= now {
+                if p.sends >= STUN_PROBE_SENDS {
+                    self.probes.swap_remove(i);
+                    continue;
+                }
+                p.sends += 1;
+                p.next_send = now + STUN_PROBE_RTO * p.sends;
+                self.transmits.push_back(Transmit {
+                    via: Via::Udp {
+                        from: p.local,
+                        to: p.server,
+                    },
+                    bytes: p.bytes.clone(),
+                });
+            }
+            i += 1;
+        }
+        self.send_audio(now);
+        let _ = self.rtc.handle_input(Input::Timeout(now));
+        self.drain(now);
+    }
+
+    fn send_audio(&mut self, now: Instant) {
+        let (Some(mid), Some(enc)) = (self.mid, self.encoder.as_mut()) else {
+            return;
+        };
+        let mut due = 0;
+        while self.next_frame.is_some_and(|t| t <= now) && due < 5 {
+            due += 1;
+            let Ok((rtp_time, data)) = enc.next() else {
+                self.next_frame = None;
+                return;
+            };
+            if let Some(w) = self.rtc.writer(mid) {
+                let pt = w.payload_params().next().map(|p| p.pt());
+                if let Some(pt) = pt {
+                    let t = MediaTime::new(rtp_time, Frequency::FORTY_EIGHT_KHZ);
+                    let _ = w.write(pt, now, t, data);
+                }
+            }
+            self.next_frame = self.next_frame.map(|t| t + FRAME_INTERVAL);
+        }
+        // Far behind (the process was stopped): skip ahead rather than burst.
+        if self.next_frame.is_some_and(|t| t <= now) {
+            self.next_frame = Some(now + FRAME_INTERVAL);
+        }
+    }
+
+    /// Moves what the TURN clients produced: their transmits out, their data into str0m.
+    fn pump_relays(&mut self, now: Instant) {
+        for (i, r) in self.relays.iter_mut().enumerate() {
+            while let Some(bytes) = r.client.poll_transmit() {
+                let via = match r.local {
+                    Some(from) => Via::Udp {
+                        from,
+                        to: r.server.addr,
+                    },
+                    None => Via::Stream { turn: i },
+                };
+                self.transmits.push_back(Transmit { via, bytes });
+            }
+            while let Some(e) = r.client.poll_event() {
+                match e {
+                    TurnEvent::Allocated { relayed, .. } => {
+                        r.relayed = Some(relayed);
+                        for addr in &self.remote {
+                            let _ = r.client.add_peer(*addr, now);
+                        }
+                        let local = r.local.unwrap_or(relayed);
+                        if let Ok(c) = Candidate::relayed(relayed, local, "udp")
+                            && let Some(c) = self.rtc.add_local_candidate(c)
+                        {
+                            self.events.push_back(SessionEvent::LocalCandidate(IceCandidate {
+                                candidate: c.to_sdp_string(),
+                                sdp_mid: Some("0".into()),
+                                sdp_mline_index: Some(0),
+                            }));
+                        }
+                        // Transmits from add_peer above go out on the next pass.
+                        while let Some(bytes) = r.client.poll_transmit() {
+                            let via = match r.local {
+                                Some(from) => Via::Udp {
+                                    from,
+                                    to: r.server.addr,
+                                },
+                                None => Via::Stream { turn: i },
+                            };
+                            self.transmits.push_back(Transmit { via, bytes });
+                        }
+                    }
+                    TurnEvent::Data { peer, data } => {
+                        if let Some(relayed) = r.relayed
+                            && let Ok(rcv) = Receive::new(Protocol::Udp, peer, relayed, &data)
+                        {
+                            let _ = self.rtc.handle_input(Input::Receive(now, rcv));
+                        }
+                    }
+                    TurnEvent::Failed(e) => self.events.push_back(SessionEvent::Warning(format!(
+                        "TURN server {}: {e}",
+                        r.server.addr
+                    ))),
+                    TurnEvent::PeerFailed { peer, error } => {
+                        self.events.push_back(SessionEvent::Warning(format!(
+                            "TURN server {}: peer {peer}: {error}",
+                            r.server.addr
+                        )))
+                    }
+                    TurnEvent::PeerReady { .. } | TurnEvent::Closed => {}
+                }
+            }
+        }
+    }
+
+    /// Drains str0m: transmits routed (through a relay when sent from a relayed address),
+    /// events handled, its next timeout kept.
+    fn drain(&mut self, now: Instant) {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    self.rtc_timeout = Some(t);
+                    break;
+                }
+                Ok(Output::Transmit(t)) => {
+                    let bytes: Vec<u8> = t.contents.to_vec();
+                    if let Some(r) = self.relays.iter_mut().find(|r| r.relayed == Some(t.source)) {
+                        let _ = r.client.send_to(t.destination, &bytes, now);
+                    } else {
+                        self.transmits.push_back(Transmit {
+                            via: Via::Udp {
+                                from: t.source,
+                                to: t.destination,
+                            },
+                            bytes,
+                        });
+                    }
+                }
+                Ok(Output::Event(e)) => self.handle_event(e, now),
+                Err(e) => {
+                    self.events.push_back(SessionEvent::Warning(format!("media: {e}")));
+                    self.set_state(MediaState::Failed);
+                    self.rtc_timeout = None;
+                    break;
+                }
+            }
+        }
+        self.pump_relays(now);
+    }
+
+    fn handle_event(&mut self, e: Event, now: Instant) {
+        match e {
+            Event::Connected => self.set_state(MediaState::Connected),
+            Event::IceConnectionStateChange(s) => match s {
+                IceConnectionState::Disconnected => self.set_state(MediaState::Disconnected),
+                IceConnectionState::Connected | IceConnectionState::Completed
+                    if self.state == MediaState::Disconnected =>
+                {
+                    self.set_state(MediaState::Connected)
+                }
+                _ => {}
+            },
+            Event::MediaAdded(m) => {
+                if m.kind == MediaKind::Audio && self.mid.is_none() {
+                    self.mid = Some(m.mid);
+                }
+            }
+            Event::MediaData(d) => {
+                let seq = *d.seq_range.end();
+                let seq = *seq as u16;
+                let rtp = d.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer() as u32;
+                self.decoder.packet(seq, rtp, &d.data, now);
+            }
+            _ => {}
+        }
+    }
+
+    /// Bytes to send, oldest first.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn stats(&self) -> CallStats {
+        CallStats {
+            frames_sent: self.encoder.as_ref().map_or(0, |e| e.frames),
+            received: self.decoder.stats.clone(),
+            first_audio_ms: self
+                .decoder
+                .first_decoded
+                .map(|t| t.duration_since(self.created).as_millis() as u64),
+        }
+    }
+
+    pub fn first_audio(&self) -> Option<Instant> {
+        self.decoder.first_decoded
+    }
+
+    /// Decoded samples kept for the WAV file.
+    pub fn take_samples(&mut self) -> Option<Vec<i16>> {
+        self.decoder.keep.take()
+    }
+
+    /// Stops sending, releases the relays, closes the connection.
+    pub fn close(&mut self, now: Instant) {
+        self.encoder = None;
+        self.next_frame = None;
+        for r in &mut self.relays {
+            r.client.close(now);
+        }
+        self.pump_relays(now);
+        self.rtc.disconnect();
+        self.rtc_timeout = None;
+        self.set_state(MediaState::Closed);
+    }
+}

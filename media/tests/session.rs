@@ -1,0 +1,96 @@
+//! Two media sessions in one process, signaling handed over directly: Opus audio flows both
+//! ways over str0m, directly on loopback and relay-only through natter-turn.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use natter_media::audio::AudioSource;
+use natter_media::{MediaOptions, MediaSession};
+use natter_signaling::IceServer;
+use natter_turn::server::Config;
+use natter_turn::{Listeners, Turn};
+
+fn opts(mine: f32, theirs: f32, relay_only: bool) -> MediaOptions {
+    MediaOptions {
+        source: AudioSource::Tone { freq: mine },
+        expect_tone: Some(theirs),
+        relay_only,
+        udp_bind: vec!["127.0.0.1:0".to_owned()],
+        ..Default::default()
+    }
+}
+
+/// Offer/answer and trickle between `a` and `b`, then 2 s of audio; checks both ends.
+async fn call(a: MediaSession, b: MediaSession) -> (natter_media::CallStats, natter_media::CallStats) {
+    let offer = a.create_offer().await.unwrap();
+    let answer = b.accept_offer(&offer).await.unwrap();
+    a.set_answer(&answer).await.unwrap();
+    let (mut ca, mut cb) = (a.take_candidates().unwrap(), b.take_candidates().unwrap());
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let (ta, tb) = (a.clone(), b.clone());
+    let pump_ab = tokio::spawn(async move {
+        while let Some(c) = ca.recv().await {
+            tb.add_candidate(c).await.unwrap();
+        }
+    });
+    let pump_ba = tokio::spawn(async move {
+        while let Some(c) = cb.recv().await {
+            ta.add_candidate(c).await.unwrap();
+        }
+    });
+    a.wait_connected(Duration::from_secs(10)).await.unwrap();
+    b.wait_connected(Duration::from_secs(10)).await.unwrap();
+    a.start_sending().await.unwrap();
+    b.start_sending().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (sa, sb) = (a.stats(), b.stats());
+    eprintln!("a: {sa:?}\nb: {sb:?}");
+    for (name, s) in [("a", &sa), ("b", &sb)] {
+        assert!(s.frames_sent >= 80, "{name} sent {}", s.frames_sent);
+        assert!(s.received.frames_decoded >= 70, "{name}: {s:?}");
+        assert!(s.decoded_pct() >= 95.0, "{name}: {s:?}");
+        assert!(s.tone_pct() >= 90.0, "{name} hears the other's tone: {s:?}");
+    }
+    a.close().await;
+    b.close().await;
+    pump_ab.abort();
+    pump_ba.abort();
+    (sa, sb)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opus_audio_flows_both_ways_on_loopback() {
+    let a = MediaSession::new(&[], opts(440.0, 660.0, false)).await.unwrap();
+    let b = MediaSession::new(&[], opts(660.0, 440.0, false)).await.unwrap();
+    call(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_audio_flows_through_natter_turn_over_udp_and_tcp() {
+    let mut cfg = Config {
+        realm: "natter.test".into(),
+        relay_ports: (55000, 55999),
+        allowed_peers: vec!["127.0.0.0/8".parse().unwrap()],
+        ..Config::default()
+    };
+    cfg.users.insert("alice".into(), "wonderland".into());
+    let listeners = Listeners {
+        udp: vec!["127.0.0.1:0".parse().unwrap()],
+        tcp: vec!["127.0.0.1:0".parse().unwrap()],
+        tls: Vec::new(),
+    };
+    let (turn, bound) = Turn::start_on_own_thread(cfg, listeners).unwrap();
+    let server = |url: String| IceServer {
+        urls: vec![url],
+        username: Some("alice".into()),
+        credential: Some("wonderland".into()),
+    };
+    let udp = server(format!("turn:{}?transport=udp", bound.udp[0]));
+    let tcp = server(format!("turn:{}?transport=tcp", bound.tcp[0]));
+    let a = MediaSession::new(&[udp], opts(440.0, 660.0, true)).await.unwrap();
+    let b = MediaSession::new(&[tcp], opts(660.0, 440.0, true)).await.unwrap();
+    call(a, b).await;
+    let (stats, _) = turn.stats();
+    assert!(stats.packets_to_peers > 150, "media went through the relay: {stats:?}");
+    turn.shutdown();
+}
