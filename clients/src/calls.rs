@@ -13,8 +13,8 @@ use natter_signaling::call::{CallEvent, EndReason, IceCandidate, Media, SdpKind}
 use natter_signaling::{ClientFrame, IceServer, ServerFrame, UserId};
 use tokio::sync::{mpsc, watch};
 
-use crate::call_media::{CallStats, MediaOptions, MediaSession};
 use crate::{Client, ClientError};
+use natter_media::{CallStats, MediaOptions, MediaSession};
 
 /// Where a call stands, as this device sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,9 @@ pub enum ClientError {
     /// The connection closed before an answer arrived.
     #[error("connection closed")]
     Closed,
+    /// The call's media failed.
+    #[error("{0}")]
+    Media(#[from] natter_media::MediaError),
     /// The server said something this client does not understand.
     #[error("protocol: {0}")]
     Protocol(String),

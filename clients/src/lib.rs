@@ -12,7 +12,6 @@
 pub mod account;
 pub mod args;
 pub use natter_media::audio;
-pub mod call_media;
 pub mod calls;
 pub mod client;
 pub mod connection;
@@ -21,11 +20,11 @@ mod error;
 pub mod store;
 
 pub use account::{Credentials, HttpClient};
-pub use call_media::{CallStats, MediaOptions};
 pub use calls::{ActiveCall, CallEnd, CallState};
 pub use client::{Client, ClientEvent, ClientEvents, Sent};
 pub use connection::{ConnectOptions, Connection, Event, Events};
 pub use error::ClientError;
 pub use natter_crypto as crypto;
+pub use natter_media::{CallStats, MediaError, MediaOptions, MediaSession};
 pub use natter_signaling as protocol;
 pub use store::{FileRef, HistoryItem, ItemKind};

@@ -99,7 +99,9 @@ fn lookup(hostport: &str, default_port: u16) -> Result<SocketAddr, String> {
     if let Ok(a) = hostport.parse::<SocketAddr>() {
         return Ok(a);
     }
-    let with_port = if hostport.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    let with_port = if hostport
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
         && !hostport.ends_with(']')
     {
         hostport.to_string()
@@ -160,7 +162,10 @@ mod tests {
     fn unusable_urls_are_skipped_with_a_reason() {
         let s = resolve(&[
             server(&["turn:127.0.0.1"], false),
-            server(&["http://x", "turn:127.0.0.1?transport=sctp", "stun:"], true),
+            server(
+                &["http://x", "turn:127.0.0.1?transport=sctp", "stun:"],
+                true,
+            ),
         ]);
         assert!(s.stun.is_empty() && s.turn.is_empty());
         assert_eq!(s.skipped.len(), 4, "{:?}", s.skipped);

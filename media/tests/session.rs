@@ -21,7 +21,10 @@ fn opts(mine: f32, theirs: f32, relay_only: bool) -> MediaOptions {
 }
 
 /// Offer/answer and trickle between `a` and `b`, then 2 s of audio; checks both ends.
-async fn call(a: MediaSession, b: MediaSession) -> (natter_media::CallStats, natter_media::CallStats) {
+async fn call(
+    a: MediaSession,
+    b: MediaSession,
+) -> (natter_media::CallStats, natter_media::CallStats) {
     let offer = a.create_offer().await.unwrap();
     let answer = b.accept_offer(&offer).await.unwrap();
     a.set_answer(&answer).await.unwrap();
@@ -60,8 +63,12 @@ async fn call(a: MediaSession, b: MediaSession) -> (natter_media::CallStats, nat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opus_audio_flows_both_ways_on_loopback() {
-    let a = MediaSession::new(&[], opts(440.0, 660.0, false)).await.unwrap();
-    let b = MediaSession::new(&[], opts(660.0, 440.0, false)).await.unwrap();
+    let a = MediaSession::new(&[], opts(440.0, 660.0, false))
+        .await
+        .unwrap();
+    let b = MediaSession::new(&[], opts(660.0, 440.0, false))
+        .await
+        .unwrap();
     call(a, b).await;
 }
 
@@ -87,10 +94,17 @@ async fn relay_only_audio_flows_through_natter_turn_over_udp_and_tcp() {
     };
     let udp = server(format!("turn:{}?transport=udp", bound.udp[0]));
     let tcp = server(format!("turn:{}?transport=tcp", bound.tcp[0]));
-    let a = MediaSession::new(&[udp], opts(440.0, 660.0, true)).await.unwrap();
-    let b = MediaSession::new(&[tcp], opts(660.0, 440.0, true)).await.unwrap();
+    let a = MediaSession::new(&[udp], opts(440.0, 660.0, true))
+        .await
+        .unwrap();
+    let b = MediaSession::new(&[tcp], opts(660.0, 440.0, true))
+        .await
+        .unwrap();
     call(a, b).await;
     let (stats, _) = turn.stats();
-    assert!(stats.packets_to_peers > 150, "media went through the relay: {stats:?}");
+    assert!(
+        stats.packets_to_peers > 150,
+        "media went through the relay: {stats:?}"
+    );
     turn.shutdown();
 }

@@ -466,8 +466,11 @@ impl Coturn {
     /// Whether coturn's log shows an allocation that relayed data to a peer.
     pub fn relayed_something(&self) -> bool {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        // natter-media's TURN client binds a channel per peer (which installs the
+        // permission too) rather than sending CreatePermission.
         log.contains("ALLOCATE processed, success")
-            && log.contains("CREATE_PERMISSION processed, success")
+            && (log.contains("CREATE_PERMISSION processed, success")
+                || log.contains("CHANNEL_BIND processed, success"))
     }
 }
 

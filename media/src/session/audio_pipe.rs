@@ -42,7 +42,7 @@ impl AudioEncoder {
     }
 
     /// The next 20 ms, encoded, and its RTP time.
-    pub fn next(&mut self) -> Result<(u64, Vec<u8>), String> {
+    pub fn next_frame(&mut self) -> Result<(u64, Vec<u8>), String> {
         let pcm = self.generator.next_frame();
         let n = self
             .encoder

@@ -236,10 +236,15 @@ impl Session {
         };
         for &local in locals {
             if !s.opts.relay_only {
-                let c = Candidate::host(local, "udp").map_err(|e| MediaError::NoAddress(e.to_string()))?;
+                let c = Candidate::host(local, "udp")
+                    .map_err(|e| MediaError::NoAddress(e.to_string()))?;
                 s.add_local(c);
             }
-            for stun in servers.stun.iter().filter(|x| x.addr.is_ipv4() == local.is_ipv4()) {
+            for stun in servers
+                .stun
+                .iter()
+                .filter(|x| x.addr.is_ipv4() == local.is_ipv4())
+            {
                 if s.opts.relay_only {
                     break;
                 }
@@ -344,7 +349,8 @@ impl Session {
 
     /// Takes the peer's offer and returns the answer.
     pub fn accept_offer(&mut self, sdp: &str, now: Instant) -> Result<String, MediaError> {
-        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let offer =
+            SdpOffer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
         let answer = self.rtc.sdp_api().accept_offer(offer).map_err(rtc_err)?;
         self.set_state(MediaState::Connecting);
         self.drain(now);
@@ -368,14 +374,18 @@ impl Session {
     }
 
     /// A candidate the peer trickled.
-    pub fn add_remote_candidate(&mut self, c: &IceCandidate, now: Instant) -> Result<(), MediaError> {
+    pub fn add_remote_candidate(
+        &mut self,
+        c: &IceCandidate,
+        now: Instant,
+    ) -> Result<(), MediaError> {
         let line = c.candidate.trim();
         let line = line.strip_prefix("a=").unwrap_or(line);
         if line.is_empty() {
             return Ok(()); // end-of-candidates
         }
-        let cand =
-            Candidate::from_sdp_string(line).map_err(|e| MediaError::BadCandidate(e.to_string()))?;
+        let cand = Candidate::from_sdp_string(line)
+            .map_err(|e| MediaError::BadCandidate(e.to_string()))?;
         let addr = cand.addr();
         self.rtc.add_remote_candidate(cand);
         if !self.remote.contains(&addr) {
@@ -407,7 +417,13 @@ impl Session {
     }
 
     /// A datagram arrived on the local socket `local` from `from`.
-    pub fn handle_datagram(&mut self, local: SocketAddr, from: SocketAddr, bytes: &[u8], now: Instant) {
+    pub fn handle_datagram(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        bytes: &[u8],
+        now: Instant,
+    ) {
         if let Some(i) = self
             .relays
             .iter()
@@ -508,7 +524,7 @@ impl Session {
         let mut due = 0;
         while self.next_frame.is_some_and(|t| t <= now) && due < 5 {
             due += 1;
-            let Ok((rtp_time, data)) = enc.next() else {
+            let Ok((rtp_time, data)) = enc.next_frame() else {
                 self.next_frame = None;
                 return;
             };
@@ -551,11 +567,12 @@ impl Session {
                         if let Ok(c) = Candidate::relayed(relayed, local, "udp")
                             && let Some(c) = self.rtc.add_local_candidate(c)
                         {
-                            self.events.push_back(SessionEvent::LocalCandidate(IceCandidate {
-                                candidate: c.to_sdp_string(),
-                                sdp_mid: Some("0".into()),
-                                sdp_mline_index: Some(0),
-                            }));
+                            self.events
+                                .push_back(SessionEvent::LocalCandidate(IceCandidate {
+                                    candidate: c.to_sdp_string(),
+                                    sdp_mid: Some("0".into()),
+                                    sdp_mline_index: Some(0),
+                                }));
                         }
                         // Transmits from add_peer above go out on the next pass.
                         while let Some(bytes) = r.client.poll_transmit() {
@@ -617,7 +634,8 @@ impl Session {
                 }
                 Ok(Output::Event(e)) => self.handle_event(e, now),
                 Err(e) => {
-                    self.events.push_back(SessionEvent::Warning(format!("media: {e}")));
+                    self.events
+                        .push_back(SessionEvent::Warning(format!("media: {e}")));
                     self.set_state(MediaState::Failed);
                     self.rtc_timeout = None;
                     break;
@@ -639,10 +657,8 @@ impl Session {
                 }
                 _ => {}
             },
-            Event::MediaAdded(m) => {
-                if m.kind == MediaKind::Audio && self.mid.is_none() {
-                    self.mid = Some(m.mid);
-                }
+            Event::MediaAdded(m) if m.kind == MediaKind::Audio && self.mid.is_none() => {
+                self.mid = Some(m.mid);
             }
             Event::MediaData(d) => {
                 let seq = *d.seq_range.end();

@@ -267,14 +267,14 @@ async fn run_stream(
     mut out: mpsc::Receiver<Vec<u8>>,
     tx: mpsc::Sender<Inbound>,
 ) {
-    let stream =
-        match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            _ => {
-                let _ = tx.send(Inbound::StreamClosed { turn }).await;
-                return;
-            }
-        };
+    let stream = match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr)).await
+    {
+        Ok(Ok(s)) => s,
+        _ => {
+            let _ = tx.send(Inbound::StreamClosed { turn }).await;
+            return;
+        }
+    };
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let writer = tokio::spawn(async move {
