@@ -14,5 +14,5 @@ pub mod session;
 pub mod turn_client;
 
 pub use session::shell::MediaSession;
-pub use session::{CallStats, MediaError, MediaOptions, MediaState};
+pub use session::{CallStats, MediaError, MediaOptions, MediaState, TransportStats};
 pub use turn_client::{TurnClient, TurnConfig, TurnError, TurnEvent, TurnStats, TurnTransport};

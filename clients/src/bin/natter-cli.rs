@@ -746,15 +746,22 @@ async fn chat(
 }
 
 fn stats_line(s: &natter_client::CallStats) -> String {
+    let t = &s.transport;
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     format!(
-        "sent {} · received {} · lost {} · concealed {} · decoded {:.1}% · tone {:.1}% · jitter {:.1} ms",
+        "sent {} · received {} · lost {} · concealed {} · decoded {:.1}% · tone {:.1}% · jitter {:.1} ms \
+         · loss {:.1}% before repair, {:.1}% after · rtt {} ms · estimate {} kbit/s",
         s.frames_sent,
         s.received.frames_received,
         s.received.frames_lost,
         s.received.frames_concealed,
         s.decoded_pct(),
         s.tone_pct(),
-        s.received.jitter_ms
+        s.received.jitter_ms,
+        t.loss_before_repair_pct,
+        s.loss_after_repair_pct(),
+        opt(t.rtt_ms.map(|r| format!("{r:.0}"))),
+        opt(t.send_estimate_kbps.map(|k| k.to_string())),
     )
 }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use natter_signaling::call::IceCandidate;
 use natter_stun::{Class, Message, MessageBuilder, attr, method};
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
@@ -39,6 +40,9 @@ pub struct MediaOptions {
     /// Local UDP addresses media binds. A wildcard (`0.0.0.0:0`, the default) means every
     /// non-loopback interface; a concrete address binds just that one.
     pub udp_bind: Vec<String>,
+    /// Offer RED (RFC 2198: each packet also carries the previous frame), so a single lost
+    /// packet is repaired from the next one without a retransmission.
+    pub red: bool,
 }
 
 impl Default for MediaOptions {
@@ -50,6 +54,7 @@ impl Default for MediaOptions {
             wav_out: None,
             bitrate: 32_000,
             udp_bind: vec!["0.0.0.0:0".to_owned()],
+            red: true,
         }
     }
 }
@@ -62,6 +67,24 @@ pub struct CallStats {
     pub received: ReceiveStats,
     /// From the session's creation to the first decoded frame.
     pub first_audio_ms: Option<u64>,
+    #[serde(flatten)]
+    pub transport: TransportStats,
+}
+
+/// What str0m reports about the connection (from its periodic statistics).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct TransportStats {
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    pub packets_received: u64,
+    pub bytes_received: u64,
+    /// Incoming packets lost on the way (before RED, FEC and concealment repair them), in
+    /// percent of those sent.
+    pub loss_before_repair_pct: f64,
+    /// Round-trip time of the selected candidate pair.
+    pub rtt_ms: Option<f64>,
+    /// The sender-side bandwidth estimate (TWCC/GCC), kbit/s.
+    pub send_estimate_kbps: Option<u64>,
 }
 
 impl CallStats {
@@ -72,6 +95,16 @@ impl CallStats {
             return 0.0;
         }
         100.0 * self.received.frames_decoded as f64 / expected as f64
+    }
+
+    /// Frames still missing after RED and retransmission, in percent of those expected
+    /// (they were concealed or went silent).
+    pub fn loss_after_repair_pct(&self) -> f64 {
+        let expected = self.received.frames_received + self.received.frames_lost;
+        if expected == 0 {
+            return 0.0;
+        }
+        100.0 * self.received.frames_lost as f64 / expected as f64
     }
 
     /// Decoded frames in which the expected tone was heard, in percent of those decoded.
@@ -169,6 +202,8 @@ struct StunProbe {
 const STUN_PROBE_SENDS: u32 = 5;
 const STUN_PROBE_RTO: Duration = Duration::from_millis(250);
 const FRAME_INTERVAL: Duration = Duration::from_millis(20);
+/// Where the bandwidth estimate starts: above what Opus with RED needs.
+const INITIAL_ESTIMATE_KBPS: u64 = 300;
 
 /// A relay: a TURN allocation reached from a local UDP socket or over a TCP stream.
 struct Relay {
@@ -192,6 +227,9 @@ pub struct Session {
     encoder: Option<AudioEncoder>,
     next_frame: Option<Instant>,
     decoder: AudioDecoder,
+    transport: TransportStats,
+    /// Estimated incoming packets lost so far (fractional: from per-interval loss).
+    lost_in: f64,
     rtc_timeout: Option<Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SessionEvent>,
@@ -212,7 +250,8 @@ impl Session {
         let rtc = RtcConfig::new()
             .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
             .clear_codecs()
-            .enable_opus(true, false)
+            .enable_opus(true, opts.red)
+            .enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)))
             .set_stats_interval(Some(Duration::from_secs(1)))
             .build(now);
         let decoder = AudioDecoder::new(opts.expect_tone, opts.wav_out.is_some(), now)
@@ -229,6 +268,8 @@ impl Session {
             encoder: None,
             next_frame: None,
             decoder,
+            transport: TransportStats::default(),
+            lost_in: 0.0,
             rtc_timeout: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -666,6 +707,33 @@ impl Session {
                 let rtp = d.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer() as u32;
                 self.decoder.packet(seq, rtp, &d.data, now);
             }
+            Event::MediaIngressStats(m) => {
+                let delta = m.packets.saturating_sub(self.transport.packets_received);
+                if let Some(l) = m.loss.filter(|l| (0.0..1.0).contains(l)) {
+                    self.lost_in += delta as f64 * f64::from(l) / (1.0 - f64::from(l));
+                }
+                self.transport.packets_received = m.packets;
+                self.transport.bytes_received = m.bytes;
+                let expected = m.packets as f64 + self.lost_in;
+                if expected > 0.0 {
+                    self.transport.loss_before_repair_pct = 100.0 * self.lost_in / expected;
+                }
+            }
+            Event::MediaEgressStats(m) => {
+                self.transport.packets_sent = m.packets;
+                self.transport.bytes_sent = m.bytes;
+            }
+            Event::PeerStats(p) => {
+                if let Some(rtt) = p.rtt {
+                    self.transport.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+                }
+                if let Some(b) = p.bwe_tx {
+                    self.transport.send_estimate_kbps = Some(b.as_u64() / 1000);
+                }
+            }
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                self.transport.send_estimate_kbps = Some(estimate.as_u64() / 1000);
+            }
             _ => {}
         }
     }
@@ -687,6 +755,7 @@ impl Session {
                 .decoder
                 .first_decoded
                 .map(|t| t.duration_since(self.created).as_millis() as u64),
+            transport: self.transport.clone(),
         }
     }
 
