@@ -202,6 +202,11 @@ struct StunProbe {
 const STUN_PROBE_SENDS: u32 = 5;
 const STUN_PROBE_RTO: Duration = Duration::from_millis(250);
 const FRAME_INTERVAL: Duration = Duration::from_millis(20);
+/// ICE connectivity checks: first retry after 50 ms (RFC 8445's pacing interval Ta), backing
+/// off to at most 500 ms, 20 retries (~8.6 s before a pair fails).
+const STUN_CHECK_RTO: Duration = Duration::from_millis(50);
+const STUN_CHECK_MAX_RTO: Duration = Duration::from_millis(500);
+const STUN_CHECK_RETRANSMITS: usize = 20;
 /// Where the bandwidth estimate starts: above what Opus with RED needs.
 const INITIAL_ESTIMATE_KBPS: u64 = 300;
 
@@ -247,13 +252,19 @@ impl Session {
         if locals.is_empty() {
             return Err(MediaError::NoAddress("no UDP socket".into()));
         }
-        let rtc = RtcConfig::new()
+        let mut cfg = RtcConfig::new()
             .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
             .clear_codecs()
             .enable_opus(true, opts.red)
             .enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)))
-            .set_stats_interval(Some(Duration::from_secs(1)))
-            .build(now);
+            .set_stats_interval(Some(Duration::from_secs(1)));
+        // A check that meets a relay before the peer's permission is in place is lost, and
+        // with str0m's defaults (250 ms doubling to 3 s) the retry comes late: relayed calls
+        // took ~1.5 s to connect on loopback. Retry sooner, capped lower, for longer.
+        cfg.set_initial_stun_rto(STUN_CHECK_RTO);
+        cfg.set_max_stun_rto(STUN_CHECK_MAX_RTO);
+        cfg.set_max_stun_retransmits(STUN_CHECK_RETRANSMITS);
+        let rtc = cfg.build(now);
         let decoder = AudioDecoder::new(opts.expect_tone, opts.wav_out.is_some(), now)
             .map_err(MediaError::Audio)?;
         let mut s = Session {
