@@ -233,8 +233,6 @@ pub struct Session {
     next_frame: Option<Instant>,
     decoder: AudioDecoder,
     transport: TransportStats,
-    /// Estimated incoming packets lost so far (fractional: from per-interval loss).
-    lost_in: f64,
     rtc_timeout: Option<Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SessionEvent>,
@@ -280,7 +278,6 @@ impl Session {
             next_frame: None,
             decoder,
             transport: TransportStats::default(),
-            lost_in: 0.0,
             rtc_timeout: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -719,15 +716,16 @@ impl Session {
                 self.decoder.packet(seq, rtp, &d.data, now);
             }
             Event::MediaIngressStats(m) => {
-                let delta = m.packets.saturating_sub(self.transport.packets_received);
-                if let Some(l) = m.loss.filter(|l| (0.0..1.0).contains(l)) {
-                    self.lost_in += delta as f64 * f64::from(l) / (1.0 - f64::from(l));
-                }
+                // RTP packets that arrived against sequence numbers spanned so far (one
+                // packet per audio frame), taken at the same moment: loss before RED or
+                // concealment repaired anything.
+                let r = &self.decoder.stats;
+                let expected = r.frames_received + r.frames_lost;
                 self.transport.packets_received = m.packets;
                 self.transport.bytes_received = m.bytes;
-                let expected = m.packets as f64 + self.lost_in;
-                if expected > 0.0 {
-                    self.transport.loss_before_repair_pct = 100.0 * self.lost_in / expected;
+                if expected > 0 {
+                    let got = m.packets.min(expected) as f64;
+                    self.transport.loss_before_repair_pct = 100.0 * (1.0 - got / expected as f64);
                 }
             }
             Event::MediaEgressStats(m) => {
