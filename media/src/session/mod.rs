@@ -592,19 +592,11 @@ impl Session {
         }
     }
 
-    /// Moves what the TURN clients produced: their transmits out, their data into str0m.
+    /// Moves what the TURN clients produced: their events handled (data into str0m), then
+    /// their transmits out, those that handling the events queued included.
     fn pump_relays(&mut self, now: Instant) {
+        let mut allocated = Vec::new();
         for (i, r) in self.relays.iter_mut().enumerate() {
-            while let Some(bytes) = r.client.poll_transmit() {
-                let via = match r.local {
-                    Some(from) => Via::Udp {
-                        from,
-                        to: r.server.addr,
-                    },
-                    None => Via::Stream { turn: i },
-                };
-                self.transmits.push_back(Transmit { via, bytes });
-            }
             while let Some(e) = r.client.poll_event() {
                 match e {
                     TurnEvent::Allocated { relayed, .. } => {
@@ -612,28 +604,7 @@ impl Session {
                         for addr in &self.remote {
                             let _ = r.client.add_peer(*addr, now);
                         }
-                        let local = r.local.unwrap_or(relayed);
-                        if let Ok(c) = Candidate::relayed(relayed, local, "udp")
-                            && let Some(c) = self.rtc.add_local_candidate(c)
-                        {
-                            self.events
-                                .push_back(SessionEvent::LocalCandidate(IceCandidate {
-                                    candidate: c.to_sdp_string(),
-                                    sdp_mid: Some("0".into()),
-                                    sdp_mline_index: Some(0),
-                                }));
-                        }
-                        // Transmits from add_peer above go out on the next pass.
-                        while let Some(bytes) = r.client.poll_transmit() {
-                            let via = match r.local {
-                                Some(from) => Via::Udp {
-                                    from,
-                                    to: r.server.addr,
-                                },
-                                None => Via::Stream { turn: i },
-                            };
-                            self.transmits.push_back(Transmit { via, bytes });
-                        }
+                        allocated.push((relayed, r.local.unwrap_or(relayed)));
                     }
                     TurnEvent::Data { peer, data } => {
                         if let Some(relayed) = r.relayed
@@ -654,6 +625,21 @@ impl Session {
                     }
                     TurnEvent::PeerReady { .. } | TurnEvent::Closed => {}
                 }
+            }
+            let via = match r.local {
+                Some(from) => Via::Udp {
+                    from,
+                    to: r.server.addr,
+                },
+                None => Via::Stream { turn: i },
+            };
+            while let Some(bytes) = r.client.poll_transmit() {
+                self.transmits.push_back(Transmit { via, bytes });
+            }
+        }
+        for (relayed, local) in allocated {
+            if let Ok(c) = Candidate::relayed(relayed, local, "udp") {
+                self.add_local(c);
             }
         }
     }
