@@ -1,4 +1,5 @@
-//! A call's media session, sans-IO: one str0m [`Rtc`] carrying Opus both ways, its local
+//! A call's media session, sans-IO: one str0m [`Rtc`] carrying Opus (and VP8 when asked
+//! for) both ways, its local
 //! candidates (host, server-reflexive from a STUN Binding, relayed through a
 //! [`TurnClient`]), and the audio pipelines. Fed datagrams (and TURN stream bytes) and the
 //! time; it returns what to send where and what happened. [`shell::MediaSession`] owns the
@@ -6,8 +7,9 @@
 
 pub mod audio_pipe;
 pub mod shell;
+pub mod video_pipe;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,14 +18,16 @@ use natter_signaling::call::IceCandidate;
 use natter_stun::{Class, Message, MessageBuilder, attr, method};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
 use crate::audio::{AudioSource, ReceiveStats};
 use crate::ice_servers::{Servers, TurnServer};
 use crate::turn_client::{TurnClient, TurnConfig, TurnEvent, TurnTransport};
+use crate::video::{VideoOptions, VideoStats};
 use audio_pipe::{AudioDecoder, AudioEncoder};
+use video_pipe::{VideoReceiver, VideoSender};
 
 /// How a call's media is made.
 #[derive(Debug, Clone)]
@@ -43,6 +47,9 @@ pub struct MediaOptions {
     /// Offer RED (RFC 2198: each packet also carries the previous frame), so a single lost
     /// packet is repaired from the next one without a retransmission.
     pub red: bool,
+    /// Send video (the stamped test pattern, VP8). Video the peer offers is received and
+    /// measured either way.
+    pub video: Option<VideoOptions>,
 }
 
 impl Default for MediaOptions {
@@ -55,6 +62,7 @@ impl Default for MediaOptions {
             bitrate: 32_000,
             udp_bind: vec!["0.0.0.0:0".to_owned()],
             red: true,
+            video: None,
         }
     }
 }
@@ -69,6 +77,9 @@ pub struct CallStats {
     pub first_audio_ms: Option<u64>,
     #[serde(flatten)]
     pub transport: TransportStats,
+    /// Present when video was sent or received.
+    #[serde(flatten)]
+    pub video: Option<VideoStats>,
 }
 
 /// What str0m reports about the connection (from its periodic statistics).
@@ -179,6 +190,8 @@ pub enum MediaError {
     NoAudio,
     #[error("media: {0}")]
     Audio(String),
+    #[error("media: video: {0}")]
+    Video(String),
     #[error("media: no local address to use ({0})")]
     NoAddress(String),
     #[error("the media connection is {0}")]
@@ -209,6 +222,8 @@ const STUN_CHECK_MAX_RTO: Duration = Duration::from_millis(500);
 const STUN_CHECK_RETRANSMITS: usize = 20;
 /// Where the bandwidth estimate starts: above what Opus with RED needs.
 const INITIAL_ESTIMATE_KBPS: u64 = 300;
+/// Packets str0m holds to reassemble a video frame: a keyframe at 2 Mbit/s spans ~100.
+const VIDEO_REORDER_PACKETS: usize = 160;
 
 /// A relay: a TURN allocation reached from a local UDP socket or over a TCP stream.
 struct Relay {
@@ -232,6 +247,15 @@ pub struct Session {
     encoder: Option<AudioEncoder>,
     next_frame: Option<Instant>,
     decoder: AudioDecoder,
+    video_mid: Option<Mid>,
+    video_tx: Option<VideoSender>,
+    video_rx: Option<VideoReceiver>,
+    /// Packets and bytes per media, each way, from str0m's statistics.
+    ingress: HashMap<Mid, (u64, u64)>,
+    egress: HashMap<Mid, (u64, u64)>,
+    video_nacks_sent: u64,
+    video_nacks_received: u64,
+    video_loss_pct: Option<f64>,
     transport: TransportStats,
     rtc_timeout: Option<Instant>,
     transmits: VecDeque<Transmit>,
@@ -254,6 +278,8 @@ impl Session {
             .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
             .clear_codecs()
             .enable_opus(true, opts.red)
+            .enable_vp8(true)
+            .set_reordering_size_video(VIDEO_REORDER_PACKETS)
             .enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)))
             .set_stats_interval(Some(Duration::from_secs(1)));
         // A check that meets a relay before the peer's permission is in place is lost, and
@@ -277,6 +303,14 @@ impl Session {
             encoder: None,
             next_frame: None,
             decoder,
+            video_mid: None,
+            video_tx: None,
+            video_rx: None,
+            ingress: HashMap::new(),
+            egress: HashMap::new(),
+            video_nacks_sent: 0,
+            video_nacks_received: 0,
+            video_loss_pct: None,
             transport: TransportStats::default(),
             rtc_timeout: None,
             transmits: VecDeque::new(),
@@ -375,6 +409,10 @@ impl Session {
         if self.mid.is_none() {
             self.mid = Some(api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None));
         }
+        if self.video_mid.is_none() && self.opts.video.is_some() {
+            self.video_mid =
+                Some(api.add_media(MediaKind::Video, Direction::SendRecv, None, None, None));
+        }
         let (offer, pending) = api
             .apply()
             .ok_or_else(|| MediaError::Rtc("nothing to offer".into()))?;
@@ -461,6 +499,11 @@ impl Session {
                 .map_err(MediaError::Audio)?,
         );
         self.next_frame = Some(now);
+        if let (Some(v), Some(mid)) = (self.opts.video, self.video_mid)
+            && self.rtc.writer(mid).is_some()
+        {
+            self.video_tx = Some(VideoSender::new(v, now).map_err(MediaError::Video)?);
+        }
         self.handle_timeout(now);
         Ok(())
     }
@@ -526,7 +569,8 @@ impl Session {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let relays = self.relays.iter().filter_map(|r| r.client.poll_timeout());
         let probes = self.probes.iter().map(|p| p.next_send);
-        [self.rtc_timeout, self.next_frame]
+        let video = self.video_tx.as_ref().map(|v| v.next_due);
+        [self.rtc_timeout, self.next_frame, video]
             .into_iter()
             .flatten()
             .chain(relays)
@@ -562,6 +606,7 @@ impl Session {
             i += 1;
         }
         self.send_audio(now);
+        self.send_video(now);
         let _ = self.rtc.handle_input(Input::Timeout(now));
         self.drain(now);
     }
@@ -589,6 +634,29 @@ impl Session {
         // Far behind (the process was stopped): skip ahead rather than burst.
         if self.next_frame.is_some_and(|t| t <= now) {
             self.next_frame = Some(now + FRAME_INTERVAL);
+        }
+    }
+
+    fn send_video(&mut self, now: Instant) {
+        let (Some(mid), Some(tx)) = (self.video_mid, self.video_tx.as_mut()) else {
+            return;
+        };
+        let frame = match tx.next_frame(now) {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                self.video_tx = None;
+                self.events
+                    .push_back(SessionEvent::Warning(format!("video stopped: {e}")));
+                return;
+            }
+        };
+        if let Some(w) = self.rtc.writer(mid) {
+            let pt = w.payload_params().next().map(|p| p.pt());
+            if let Some(pt) = pt {
+                let t = MediaTime::new(frame.0, Frequency::NINETY_KHZ);
+                let _ = w.write(pt, now, t, frame.1);
+            }
         }
     }
 
@@ -695,28 +763,67 @@ impl Session {
             Event::MediaAdded(m) if m.kind == MediaKind::Audio && self.mid.is_none() => {
                 self.mid = Some(m.mid);
             }
-            Event::MediaData(d) => {
+            Event::MediaAdded(m) if m.kind == MediaKind::Video && self.video_mid.is_none() => {
+                self.video_mid = Some(m.mid);
+            }
+            Event::MediaData(d) if Some(d.mid) == self.video_mid => {
+                if self.video_rx.is_none() {
+                    match VideoReceiver::new(now) {
+                        Ok(rx) => self.video_rx = Some(rx),
+                        Err(e) => {
+                            self.events.push_back(SessionEvent::Warning(format!(
+                                "video cannot be decoded: {e}"
+                            )));
+                            self.video_mid = None;
+                            return;
+                        }
+                    }
+                }
+                let rx = self.video_rx.as_mut().expect("made above");
+                if rx.frame(&d.data, d.contiguous, now)
+                    && let Some(mut w) = self.rtc.writer(d.mid)
+                {
+                    let _ = w.request_keyframe(d.rid, KeyframeRequestKind::Pli);
+                }
+            }
+            Event::KeyframeRequest(r) if Some(r.mid) == self.video_mid => {
+                if let Some(tx) = self.video_tx.as_mut() {
+                    tx.keyframe_requested();
+                }
+            }
+            Event::MediaData(d) if Some(d.mid) == self.mid => {
                 let seq = *d.seq_range.end();
                 let seq = *seq as u16;
                 let rtp = d.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer() as u32;
                 self.decoder.packet(seq, rtp, &d.data, now);
             }
             Event::MediaIngressStats(m) => {
-                // RTP packets that arrived against sequence numbers spanned so far (one
-                // packet per audio frame), taken at the same moment: loss before RED or
-                // concealment repaired anything.
-                let r = &self.decoder.stats;
-                let expected = r.frames_received + r.frames_lost;
-                self.transport.packets_received = m.packets;
-                self.transport.bytes_received = m.bytes;
-                if expected > 0 {
-                    let got = m.packets.min(expected) as f64;
-                    self.transport.loss_before_repair_pct = 100.0 * (1.0 - got / expected as f64);
+                self.ingress.insert(m.mid, (m.packets, m.bytes));
+                self.transport.packets_received = self.ingress.values().map(|v| v.0).sum();
+                self.transport.bytes_received = self.ingress.values().map(|v| v.1).sum();
+                if Some(m.mid) == self.mid {
+                    // RTP packets that arrived against sequence numbers spanned so far (one
+                    // packet per audio frame), taken at the same moment: loss before RED or
+                    // concealment repaired anything.
+                    let r = &self.decoder.stats;
+                    let expected = r.frames_received + r.frames_lost;
+                    if expected > 0 {
+                        let got = m.packets.min(expected) as f64;
+                        self.transport.loss_before_repair_pct =
+                            100.0 * (1.0 - got / expected as f64);
+                    }
+                } else if Some(m.mid) == self.video_mid {
+                    self.video_nacks_sent = m.nacks;
+                    self.video_loss_pct = m.loss.map(|l| f64::from(l) * 100.0);
                 }
             }
             Event::MediaEgressStats(m) => {
-                self.transport.packets_sent = m.packets;
-                self.transport.bytes_sent = m.bytes;
+                self.egress.insert(m.mid, (m.packets, m.bytes));
+                self.transport.packets_sent = self.egress.values().map(|v| v.0).sum();
+                self.transport.bytes_sent = self.egress.values().map(|v| v.1).sum();
+                if Some(m.mid) == self.video_mid {
+                    self.video_nacks_received = m.nacks;
+                }
             }
             Event::PeerStats(p) => {
                 if let Some(rtt) = p.rtt {
@@ -751,7 +858,28 @@ impl Session {
                 .first_decoded
                 .map(|t| t.duration_since(self.created).as_millis() as u64),
             transport: self.transport.clone(),
+            video: self.video_stats(),
         }
+    }
+
+    fn video_stats(&self) -> Option<VideoStats> {
+        if self.video_tx.is_none() && self.video_rx.is_none() {
+            return None;
+        }
+        let mut s = self
+            .video_rx
+            .as_ref()
+            .map(|r| r.stats())
+            .unwrap_or_default();
+        if let Some(tx) = &self.video_tx {
+            s.video_frames_sent = tx.frames;
+            s.video_keyframes_sent = tx.keyframes;
+            s.video_keyframe_requests_received = tx.requests;
+        }
+        s.video_nacks_sent = self.video_nacks_sent;
+        s.video_nacks_received = self.video_nacks_received;
+        s.video_loss_before_repair_pct = self.video_loss_pct;
+        Some(s)
     }
 
     pub fn first_audio(&self) -> Option<Instant> {
@@ -766,6 +894,7 @@ impl Session {
     /// Stops sending, releases the relays, closes the connection.
     pub fn close(&mut self, now: Instant) {
         self.encoder = None;
+        self.video_tx = None;
         self.next_frame = None;
         for r in &mut self.relays {
             r.client.close(now);

@@ -1,0 +1,248 @@
+//! VP8 both ways, without the network: the sender encodes the stamped test pattern at its
+//! frame rate and honours keyframe requests; the receiver decodes whole frames, drops what
+//! cannot decode after damage until a keyframe comes (asking for one, rate-limited), and
+//! tracks what a viewer would see.
+
+use std::time::{Duration, Instant};
+
+use crate::video::{
+    RenderTracker, Stamp, TestPattern, VideoOptions, VideoStats, Vp8Decoder, Vp8Encoder, VpxError,
+    read_stamp, vpx::RTP_CLOCK, wall_ms,
+};
+
+/// Keyframes forced by requests come at most this often: a burst of PLIs (several lost
+/// frames in a row) costs one keyframe.
+const MIN_FORCED_KEYFRAME_GAP: Duration = Duration::from_millis(200);
+/// A receiver waiting for a keyframe asks again after this long.
+const KEYFRAME_REQUEST_GAP: Duration = Duration::from_millis(250);
+
+pub struct VideoSender {
+    encoder: Vp8Encoder,
+    pattern: TestPattern,
+    interval: Duration,
+    ticks_per_frame: u32,
+    frame: u32,
+    pub next_due: Instant,
+    keyframe_wanted: bool,
+    last_forced: Option<Instant>,
+    pub frames: u64,
+    pub keyframes: u64,
+    pub requests: u64,
+}
+
+impl VideoSender {
+    pub fn new(opts: VideoOptions, now: Instant) -> Result<VideoSender, String> {
+        let encoder = Vp8Encoder::new(opts.encoder_settings()).map_err(|e| e.to_string())?;
+        Ok(VideoSender {
+            encoder,
+            pattern: TestPattern::new(opts.width, opts.height)?,
+            interval: Duration::from_secs(1) / opts.fps,
+            ticks_per_frame: RTP_CLOCK / opts.fps,
+            frame: 0,
+            next_due: now,
+            keyframe_wanted: false,
+            last_forced: None,
+            frames: 0,
+            keyframes: 0,
+            requests: 0,
+        })
+    }
+
+    /// The peer asked for a keyframe (PLI or FIR).
+    pub fn keyframe_requested(&mut self) {
+        self.requests += 1;
+        self.keyframe_wanted = true;
+    }
+
+    /// Changes the encoder's target bitrate.
+    pub fn set_bitrate(&mut self, kbps: u32) -> Result<(), VpxError> {
+        self.encoder.set_bitrate(kbps)
+    }
+
+    /// The next frame if one is due: its RTP time (90 kHz) and VP8 data.
+    pub fn next_frame(&mut self, now: Instant) -> Result<Option<(u64, Vec<u8>)>, VpxError> {
+        if now < self.next_due {
+            return Ok(None);
+        }
+        // Far behind (the process was stopped): skip ahead rather than burst.
+        self.next_due = if now - self.next_due > 4 * self.interval {
+            now + self.interval
+        } else {
+            self.next_due + self.interval
+        };
+        let force = self.keyframe_wanted
+            && self
+                .last_forced
+                .is_none_or(|t| now.duration_since(t) >= MIN_FORCED_KEYFRAME_GAP);
+        if force {
+            self.keyframe_wanted = false;
+            self.last_forced = Some(now);
+        }
+        let stamp = Stamp {
+            frame: self.frame,
+            capture_ms: wall_ms(),
+        };
+        let pts = i64::from(self.frame) * i64::from(self.ticks_per_frame);
+        let picture = self.pattern.draw(stamp);
+        let out = self
+            .encoder
+            .encode(picture, pts, self.ticks_per_frame, force)?;
+        self.frame = self.frame.wrapping_add(1);
+        Ok(out.map(|f| {
+            self.frames += 1;
+            self.keyframes += u64::from(f.keyframe);
+            (pts as u64, f.data)
+        }))
+    }
+}
+
+pub struct VideoReceiver {
+    decoder: Vp8Decoder,
+    tracker: RenderTracker,
+    waiting_for_keyframe: bool,
+    last_request: Option<Instant>,
+    frames_received: u64,
+    discarded: u64,
+    requests: u64,
+}
+
+impl VideoReceiver {
+    pub fn new(now: Instant) -> Result<VideoReceiver, String> {
+        Ok(VideoReceiver {
+            decoder: Vp8Decoder::new().map_err(|e| e.to_string())?,
+            tracker: RenderTracker::new(now),
+            waiting_for_keyframe: true,
+            last_request: None,
+            frames_received: 0,
+            discarded: 0,
+            requests: 0,
+        })
+    }
+
+    /// One whole frame from the jitter buffer. `contiguous` is false when frames before it
+    /// went missing. Returns true when a keyframe should be requested now.
+    pub fn frame(&mut self, data: &[u8], contiguous: bool, now: Instant) -> bool {
+        self.frames_received += 1;
+        // The VP8 frame tag: bit 0 of the first byte is 0 on a keyframe.
+        let keyframe = data.first().is_some_and(|b| b & 1 == 0);
+        if keyframe {
+            self.waiting_for_keyframe = false;
+        } else if !contiguous {
+            self.waiting_for_keyframe = true;
+        }
+        if self.waiting_for_keyframe {
+            self.discarded += 1;
+        } else {
+            match self.decoder.decode(data) {
+                Ok(Some(pic)) => {
+                    let stamp = read_stamp(&pic.luma, pic.width, pic.height);
+                    self.tracker.rendered(&pic, stamp, now, wall_ms());
+                }
+                Ok(None) => {}
+                Err(_) => self.waiting_for_keyframe = true,
+            }
+        }
+        self.should_request(now)
+    }
+
+    fn should_request(&mut self, now: Instant) -> bool {
+        let due = self.waiting_for_keyframe
+            && self
+                .last_request
+                .is_none_or(|t| now.duration_since(t) >= KEYFRAME_REQUEST_GAP);
+        if due {
+            self.last_request = Some(now);
+            self.requests += 1;
+        }
+        due
+    }
+
+    pub fn stats(&self) -> VideoStats {
+        let mut s = self.tracker.snapshot();
+        s.video_frames_received = self.frames_received;
+        s.video_frames_discarded = self.discarded;
+        s.video_keyframe_requests_sent = self.requests;
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> VideoOptions {
+        VideoOptions {
+            width: 320,
+            height: 240,
+            fps: 30,
+            bitrate_kbps: 300,
+        }
+    }
+
+    /// Sender to receiver with no network: every frame renders, stamps read back.
+    #[test]
+    fn frames_encode_decode_and_render_in_order() {
+        let t0 = Instant::now();
+        let mut tx = VideoSender::new(opts(), t0).unwrap();
+        let mut rx = VideoReceiver::new(t0).unwrap();
+        let mut keyframes = 0;
+        for i in 0..60u32 {
+            let now = t0 + Duration::from_secs(1) / 30 * i;
+            let (rtp, data) = tx.next_frame(now).unwrap().expect("a frame is due");
+            assert_eq!(rtp, u64::from(i) * 3000);
+            keyframes += usize::from(data[0] & 1 == 0);
+            assert!(
+                !rx.frame(&data, true, now),
+                "no keyframe request on a clean stream"
+            );
+        }
+        let s = rx.stats();
+        assert_eq!(keyframes, 1, "only the first frame is a keyframe");
+        assert_eq!(s.video_frames_rendered, 60);
+        assert_eq!(s.video_frames_missed, 0);
+        assert_eq!(s.video_freezes, 0);
+        assert_eq!((s.video_width, s.video_height), (320, 240));
+    }
+
+    /// A lost frame: the receiver drops what follows until a keyframe, asks for one (not
+    /// more often than the gap allows), and the sender's forced keyframe heals it.
+    #[test]
+    fn damage_waits_for_a_requested_keyframe() {
+        let t0 = Instant::now();
+        let mut tx = VideoSender::new(opts(), t0).unwrap();
+        let mut rx = VideoReceiver::new(t0).unwrap();
+        let at = |i: u32| t0 + Duration::from_secs(1) / 30 * i;
+        for i in 0..5 {
+            let (_, d) = tx.next_frame(at(i)).unwrap().unwrap();
+            rx.frame(&d, true, at(i));
+        }
+        let _lost = tx.next_frame(at(5)).unwrap().unwrap();
+        let mut requests = 0;
+        for i in 6..12 {
+            let (_, d) = tx.next_frame(at(i)).unwrap().unwrap();
+            if rx.frame(&d, i != 6, at(i)) {
+                requests += 1;
+                tx.keyframe_requested();
+            }
+        }
+        // Asked at frame 6; the keyframe is frame 7, so no second request was needed.
+        assert_eq!(requests, 1);
+        assert_eq!(tx.keyframes, 2);
+        let s = rx.stats();
+        assert_eq!(s.video_frames_discarded, 1, "only frame 6 was dropped");
+        assert_eq!(s.video_frames_rendered, 5 + 5);
+        assert_eq!(s.video_frames_missed, 2);
+        assert_eq!(s.video_keyframe_requests_sent, 1);
+    }
+
+    #[test]
+    fn garbage_is_not_rendered_and_asks_for_a_keyframe() {
+        let t0 = Instant::now();
+        let mut rx = VideoReceiver::new(t0).unwrap();
+        // A "keyframe" tag with nonsense after it.
+        assert!(rx.frame(&[0x10, 1, 2, 3, 4, 5, 6, 7, 8, 9], true, t0));
+        assert!(!rx.frame(&[0x11, 9, 9], true, t0 + Duration::from_millis(10)));
+        assert!(rx.frame(&[0x11, 9, 9], true, t0 + Duration::from_millis(300)));
+        assert_eq!(rx.stats().video_frames_rendered, 0);
+    }
+}

@@ -1,0 +1,373 @@
+//! VP8 through the system libvpx, on `env-libvpx-sys`' pre-generated bindings.
+//!
+//! Why not the `vpx-rs` wrapper: it turns on the bindings' `generate` feature (bindgen and
+//! a 650 MB libclang at build time) and has no way to change the bitrate of a running
+//! encoder (`vpx_codec_enc_config_set`), which rate adaptation needs. What natter uses of
+//! libvpx is small: a realtime VP8 encoder and a decoder, wrapped here.
+
+use std::mem::MaybeUninit;
+use std::os::raw::{c_int, c_long, c_uint, c_ulong};
+use std::ptr;
+
+use vpx_sys as sys;
+
+/// The RTP clock of video: encoder timestamps are in its ticks.
+pub const RTP_CLOCK: u32 = 90_000;
+/// The largest picture accepted, either way (a 1080p frame).
+pub const MAX_WIDTH: u32 = 1920;
+pub const MAX_HEIGHT: u32 = 1088;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VpxError {
+    #[error("vp8: {0} failed: {1}")]
+    Call(&'static str, String),
+    #[error("vp8: {0}")]
+    Invalid(String),
+}
+
+fn check(what: &'static str, err: sys::vpx_codec_err_t) -> Result<(), VpxError> {
+    if err == sys::VPX_CODEC_OK {
+        return Ok(());
+    }
+    // SAFETY: libvpx returns a static, NUL-terminated string for every error code.
+    let msg = unsafe { std::ffi::CStr::from_ptr(sys::vpx_codec_err_to_string(err)) };
+    Err(VpxError::Call(what, msg.to_string_lossy().into_owned()))
+}
+
+/// What the encoder makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncoderSettings {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub bitrate_kbps: u32,
+}
+
+impl EncoderSettings {
+    fn validate(&self) -> Result<(), VpxError> {
+        let ok_size = (16..=MAX_WIDTH).contains(&self.width)
+            && (16..=MAX_HEIGHT).contains(&self.height)
+            && self.width.is_multiple_of(2)
+            && self.height.is_multiple_of(2);
+        if !ok_size {
+            return Err(VpxError::Invalid(format!(
+                "{}x{} is not a size the encoder takes (even, 16x16 to {MAX_WIDTH}x{MAX_HEIGHT})",
+                self.width, self.height
+            )));
+        }
+        if !(1..=60).contains(&self.fps) {
+            return Err(VpxError::Invalid(format!(
+                "{} fps is not 1 to 60",
+                self.fps
+            )));
+        }
+        if !(30..=20_000).contains(&self.bitrate_kbps) {
+            return Err(VpxError::Invalid(format!(
+                "{} kbit/s is not 30 to 20000",
+                self.bitrate_kbps
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One encoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedFrame {
+    pub data: Vec<u8>,
+    pub keyframe: bool,
+}
+
+/// A realtime VP8 encoder (CBR, no look-ahead, error resilient) as WebRTC senders set it up.
+pub struct Vp8Encoder {
+    // Boxed: libvpx keeps pointers into the context, so it must not move once initialised.
+    ctx: Box<sys::vpx_codec_ctx_t>,
+    cfg: sys::vpx_codec_enc_cfg_t,
+    settings: EncoderSettings,
+}
+
+// SAFETY: the context is used only through `&mut self`, from one thread at a time, and
+// libvpx's encoder keeps no thread-affine state.
+unsafe impl Send for Vp8Encoder {}
+
+impl Vp8Encoder {
+    pub fn new(settings: EncoderSettings) -> Result<Vp8Encoder, VpxError> {
+        settings.validate()?;
+        // SAFETY: the interface is a static; the config is filled in by libvpx before use.
+        let mut cfg = unsafe {
+            let mut cfg = MaybeUninit::<sys::vpx_codec_enc_cfg_t>::zeroed();
+            check(
+                "vpx_codec_enc_config_default",
+                sys::vpx_codec_enc_config_default(sys::vpx_codec_vp8_cx(), cfg.as_mut_ptr(), 0),
+            )?;
+            cfg.assume_init()
+        };
+        cfg.g_w = settings.width;
+        cfg.g_h = settings.height;
+        cfg.g_timebase = sys::vpx_rational {
+            num: 1,
+            den: RTP_CLOCK as c_int,
+        };
+        cfg.g_threads = if settings.width * settings.height >= 640 * 480 {
+            2
+        } else {
+            1
+        };
+        cfg.g_lag_in_frames = 0;
+        cfg.g_error_resilient = sys::VPX_ERROR_RESILIENT_DEFAULT as _;
+        cfg.rc_end_usage = sys::vpx_rc_mode::VPX_CBR;
+        cfg.rc_target_bitrate = settings.bitrate_kbps;
+        cfg.rc_min_quantizer = 2;
+        cfg.rc_max_quantizer = 56;
+        cfg.rc_undershoot_pct = 100;
+        cfg.rc_overshoot_pct = 15;
+        cfg.rc_buf_initial_sz = 500;
+        cfg.rc_buf_optimal_sz = 600;
+        cfg.rc_buf_sz = 1000;
+        // Frames are never dropped by the encoder: the receiver's frame rate is the figure.
+        cfg.rc_dropframe_thresh = 0;
+        // Keyframes come on request (PLI/FIR) and at least every 100 s.
+        cfg.kf_mode = sys::vpx_kf_mode::VPX_KF_AUTO;
+        cfg.kf_max_dist = 100 * settings.fps;
+
+        // SAFETY: ctx is zeroed storage that libvpx initialises; cfg outlives the call.
+        let mut ctx: Box<sys::vpx_codec_ctx_t> =
+            Box::new(unsafe { MaybeUninit::zeroed().assume_init() });
+        unsafe {
+            check(
+                "vpx_codec_enc_init",
+                sys::vpx_codec_enc_init_ver(
+                    &mut *ctx,
+                    sys::vpx_codec_vp8_cx(),
+                    &cfg,
+                    0,
+                    sys::VPX_ENCODER_ABI_VERSION as c_int,
+                ),
+            )?;
+        }
+        let mut enc = Vp8Encoder { ctx, cfg, settings };
+        // Speed: libwebrtc's realtime setting for VP8 on a desktop CPU.
+        enc.control(sys::vp8e_enc_control_id::VP8E_SET_CPUUSED as c_int, -6)?;
+        enc.control(
+            sys::vp8e_enc_control_id::VP8E_SET_NOISE_SENSITIVITY as c_int,
+            0,
+        )?;
+        enc.control(
+            sys::vp8e_enc_control_id::VP8E_SET_STATIC_THRESHOLD as c_int,
+            1,
+        )?;
+        // A keyframe may take at most 3 times a frame's share of the bitrate.
+        enc.control(
+            sys::vp8e_enc_control_id::VP8E_SET_MAX_INTRA_BITRATE_PCT as c_int,
+            300,
+        )?;
+        Ok(enc)
+    }
+
+    fn control(&mut self, id: c_int, value: c_int) -> Result<(), VpxError> {
+        // SAFETY: the context is initialised; these controls take one int.
+        check("vpx_codec_control", unsafe {
+            sys::vpx_codec_control_(&mut *self.ctx, id, value)
+        })
+    }
+
+    pub fn settings(&self) -> EncoderSettings {
+        self.settings
+    }
+
+    /// Changes the target bitrate of the running encoder (no keyframe needed).
+    pub fn set_bitrate(&mut self, kbps: u32) -> Result<(), VpxError> {
+        let next = EncoderSettings {
+            bitrate_kbps: kbps,
+            ..self.settings
+        };
+        next.validate()?;
+        self.cfg.rc_target_bitrate = kbps;
+        // SAFETY: the context is initialised and the config is a valid one it accepted.
+        check("vpx_codec_enc_config_set", unsafe {
+            sys::vpx_codec_enc_config_set(&mut *self.ctx, &self.cfg)
+        })?;
+        self.settings = next;
+        Ok(())
+    }
+
+    /// Encodes one I420 picture (`width * height * 3 / 2` bytes) shown at `pts` (90 kHz
+    /// ticks) for `duration` ticks. None when the encoder produced nothing for it.
+    pub fn encode(
+        &mut self,
+        i420: &[u8],
+        pts: i64,
+        duration: u32,
+        force_keyframe: bool,
+    ) -> Result<Option<EncodedFrame>, VpxError> {
+        let (w, h) = (self.settings.width, self.settings.height);
+        let need = (w * h * 3 / 2) as usize;
+        if i420.len() != need {
+            return Err(VpxError::Invalid(format!(
+                "a {w}x{h} picture is {need} bytes, not {}",
+                i420.len()
+            )));
+        }
+        let flags = if force_keyframe {
+            sys::VPX_EFLAG_FORCE_KF as sys::vpx_enc_frame_flags_t
+        } else {
+            0
+        };
+        let mut out = None;
+        // SAFETY: the image only borrows `i420`, which outlives the encode call (libvpx
+        // copies what it keeps, as there is no look-ahead); packets are copied out before
+        // the next call into the encoder.
+        unsafe {
+            let mut img = MaybeUninit::<sys::vpx_image_t>::zeroed();
+            let wrapped = sys::vpx_img_wrap(
+                img.as_mut_ptr(),
+                sys::vpx_img_fmt::VPX_IMG_FMT_I420,
+                w as c_uint,
+                h as c_uint,
+                1,
+                i420.as_ptr() as *mut u8,
+            );
+            if wrapped.is_null() {
+                return Err(VpxError::Call("vpx_img_wrap", "refused the picture".into()));
+            }
+            check(
+                "vpx_codec_encode",
+                sys::vpx_codec_encode(
+                    &mut *self.ctx,
+                    wrapped,
+                    pts,
+                    c_ulong::from(duration),
+                    flags,
+                    c_ulong::from(sys::VPX_DL_REALTIME),
+                ),
+            )?;
+            let mut iter: sys::vpx_codec_iter_t = ptr::null();
+            loop {
+                let pkt = sys::vpx_codec_get_cx_data(&mut *self.ctx, &mut iter);
+                if pkt.is_null() {
+                    break;
+                }
+                if (*pkt).kind != sys::vpx_codec_cx_pkt_kind::VPX_CODEC_CX_FRAME_PKT {
+                    continue;
+                }
+                let f = (*pkt).data.frame;
+                let data = std::slice::from_raw_parts(f.buf as *const u8, f.sz as usize).to_vec();
+                out = Some(EncodedFrame {
+                    data,
+                    keyframe: f.flags & sys::VPX_FRAME_IS_KEY != 0,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Vp8Encoder {
+    fn drop(&mut self) {
+        // SAFETY: initialised in `new`, destroyed once.
+        unsafe {
+            sys::vpx_codec_destroy(&mut *self.ctx);
+        }
+    }
+}
+
+/// A decoded picture's luma plane (what the receiver reads the stamp from), tightly packed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedPicture {
+    pub width: u32,
+    pub height: u32,
+    pub luma: Vec<u8>,
+}
+
+/// A VP8 decoder.
+pub struct Vp8Decoder {
+    ctx: Box<sys::vpx_codec_ctx_t>,
+}
+
+// SAFETY: as for the encoder.
+unsafe impl Send for Vp8Decoder {}
+
+impl Vp8Decoder {
+    pub fn new() -> Result<Vp8Decoder, VpxError> {
+        let cfg = sys::vpx_codec_dec_cfg_t {
+            threads: 1,
+            w: 0,
+            h: 0,
+        };
+        // SAFETY: zeroed storage that libvpx initialises.
+        let mut ctx: Box<sys::vpx_codec_ctx_t> =
+            Box::new(unsafe { MaybeUninit::zeroed().assume_init() });
+        unsafe {
+            check(
+                "vpx_codec_dec_init",
+                sys::vpx_codec_dec_init_ver(
+                    &mut *ctx,
+                    sys::vpx_codec_vp8_dx(),
+                    &cfg,
+                    0,
+                    sys::VPX_DECODER_ABI_VERSION as c_int,
+                ),
+            )?;
+        }
+        Ok(Vp8Decoder { ctx })
+    }
+
+    /// Decodes one frame. An error means the frame (or what it refers to) was damaged; the
+    /// caller should wait for a keyframe.
+    pub fn decode(&mut self, frame: &[u8]) -> Result<Option<DecodedPicture>, VpxError> {
+        if frame.is_empty() || frame.len() > 4 << 20 {
+            return Err(VpxError::Invalid(format!(
+                "a frame of {} bytes is not decodable",
+                frame.len()
+            )));
+        }
+        let mut out = None;
+        // SAFETY: libvpx reads `frame` during the call only; the picture's planes are read
+        // within its stated dimensions and strides before the next call.
+        unsafe {
+            check(
+                "vpx_codec_decode",
+                sys::vpx_codec_decode(
+                    &mut *self.ctx,
+                    frame.as_ptr(),
+                    frame.len() as c_uint,
+                    ptr::null_mut(),
+                    0 as c_long,
+                ),
+            )?;
+            let mut iter: sys::vpx_codec_iter_t = ptr::null();
+            loop {
+                let img = sys::vpx_codec_get_frame(&mut *self.ctx, &mut iter);
+                if img.is_null() {
+                    break;
+                }
+                let img = &*img;
+                let (w, h) = (img.d_w, img.d_h);
+                if w == 0 || h == 0 || w > MAX_WIDTH || h > MAX_HEIGHT {
+                    return Err(VpxError::Invalid(format!("a decoded picture of {w}x{h}")));
+                }
+                let stride = img.stride[0] as usize;
+                let mut luma = Vec::with_capacity((w * h) as usize);
+                for row in 0..h as usize {
+                    let p = img.planes[0].add(row * stride);
+                    luma.extend_from_slice(std::slice::from_raw_parts(p, w as usize));
+                }
+                out = Some(DecodedPicture {
+                    width: w,
+                    height: h,
+                    luma,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Vp8Decoder {
+    fn drop(&mut self) {
+        // SAFETY: initialised in `new`, destroyed once.
+        unsafe {
+            sys::vpx_codec_destroy(&mut *self.ctx);
+        }
+    }
+}
