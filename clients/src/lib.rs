@@ -25,6 +25,8 @@ pub use client::{Client, ClientEvent, ClientEvents, Sent};
 pub use connection::{ConnectOptions, Connection, Event, Events};
 pub use error::ClientError;
 pub use natter_crypto as crypto;
-pub use natter_media::{CallStats, MediaError, MediaOptions, MediaSession};
+pub use natter_media::{
+    CallStats, MediaError, MediaOptions, MediaSession, VideoOptions, VideoStats,
+};
 pub use natter_signaling as protocol;
 pub use store::{FileRef, HistoryItem, ItemKind};

@@ -185,6 +185,32 @@ struct MediaArgs {
     /// keep a call on this machine's loopback).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
     media_bind: String,
+    /// Send video too: a moving VP8 test pattern stamped with its frame number and capture
+    /// time, which the other side reads back to measure frame rate, freezes and delay.
+    /// Video the other side sends is received and measured either way.
+    #[arg(long)]
+    video: bool,
+    /// Video picture size, WIDTHxHEIGHT (even, at least 128x80).
+    #[arg(long, value_name = "WxH", default_value = "640x360", value_parser = parse_size)]
+    video_size: (u32, u32),
+    /// Video frames per second.
+    #[arg(long, default_value_t = 30)]
+    video_fps: u32,
+    /// Video target bitrate, kbit/s.
+    #[arg(long, default_value_t = 800)]
+    video_kbps: u32,
+}
+
+fn parse_size(s: &str) -> std::result::Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("'{s}' is not WIDTHxHEIGHT, e.g. 640x360"))?;
+    let num = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("'{s}' is not WIDTHxHEIGHT, e.g. 640x360"))
+    };
+    Ok((num(w)?, num(h)?))
 }
 
 impl MediaArgs {
@@ -208,8 +234,23 @@ impl MediaArgs {
             relay_only: self.relay,
             wav_out: self.wav_out.clone(),
             udp_bind: vec![self.media_bind.clone()],
+            video: self.video.then_some(natter_client::VideoOptions {
+                width: self.video_size.0,
+                height: self.video_size.1,
+                fps: self.video_fps,
+                bitrate_kbps: self.video_kbps,
+            }),
             ..Default::default()
         })
+    }
+
+    fn call_media(&self) -> natter_client::protocol::call::Media {
+        use natter_client::protocol::call::Media;
+        if self.video {
+            Media::Video
+        } else {
+            Media::Audio
+        }
     }
 }
 
@@ -762,6 +803,24 @@ fn stats_line(s: &natter_client::CallStats) -> String {
         s.loss_after_repair_pct(),
         opt(t.rtt_ms.map(|r| format!("{r:.0}"))),
         opt(t.send_estimate_kbps.map(|k| k.to_string())),
+    ) + &s.video.as_ref().map(video_part).unwrap_or_default()
+}
+
+fn video_part(v: &natter_client::VideoStats) -> String {
+    let opt = |v: Option<u32>| v.map_or_else(|| "-".into(), |d| d.to_string());
+    format!(
+        " · video sent {} · rendered {} ({}x{}) · {:.0} fps · freezes {} · delay {} ms p50, {} p95 \
+         · nacks {} · keyframe requests {}",
+        v.video_frames_sent,
+        v.video_frames_rendered,
+        v.video_width,
+        v.video_height,
+        v.video_fps,
+        v.video_freezes,
+        opt(v.video_delay_ms_p50),
+        opt(v.video_delay_ms_p95),
+        v.video_nacks_sent,
+        v.video_keyframe_requests_sent,
     )
 }
 
@@ -797,13 +856,14 @@ async fn calls_out(
     count: u32,
     media: &MediaArgs,
 ) -> Result<()> {
-    use natter_client::protocol::call::Media;
     use natter_client::{CallEnd, CallState};
     let mut setups_ms = Vec::new();
     let (mut decoded, mut expected) = (0u64, 0u64);
+    // Video received: rendered frames per second (averaged over calls), freezes in all.
+    let (mut fps_sum, mut freezes, mut video_calls) = (0.0, 0u64, 0u32);
     for i in 0..count {
         let call = client
-            .place_call(to, Media::Audio, media.options(true)?)
+            .place_call(to, media.call_media(), media.options(true)?)
             .await?;
         if !out.json {
             eprintln!("calling {} (call {})…", name_of(client, to), call.call_id);
@@ -834,6 +894,11 @@ async fn calls_out(
         }
         decoded += s.received.frames_decoded;
         expected += s.received.frames_received + s.received.frames_lost;
+        if let Some(v) = &s.video {
+            fps_sum += v.video_fps_avg;
+            freezes += v.video_freezes;
+            video_calls += 1;
+        }
         out.line(
             format!(
                 "call {}: setup {} ms · {}",
@@ -858,7 +923,13 @@ async fn calls_out(
     } else {
         100.0 * decoded as f64 / expected as f64
     };
-    println!("calls={count} setup_ms_p95={p95:.0} decoded_pct={pct:.2}");
+    let video = if video_calls > 0 {
+        let fps = fps_sum / f64::from(video_calls);
+        format!(" video_fps={fps:.1} freezes={freezes}")
+    } else {
+        String::new()
+    };
+    println!("calls={count} setup_ms_p95={p95:.0} decoded_pct={pct:.2}{video}");
     Ok(())
 }
 
