@@ -861,6 +861,7 @@ async fn calls_out(
     let (mut decoded, mut expected) = (0u64, 0u64);
     // Video received: rendered frames per second (averaged over calls), freezes in all.
     let (mut fps_sum, mut freezes, mut video_calls) = (0.0, 0u64, 0u32);
+    let (mut rendered, mut missed) = (0u64, 0u64);
     for i in 0..count {
         let call = client
             .place_call(to, media.call_media(), media.options(true)?)
@@ -898,6 +899,8 @@ async fn calls_out(
             fps_sum += v.video_fps_avg;
             freezes += v.video_freezes;
             video_calls += 1;
+            rendered += v.video_frames_rendered;
+            missed += v.video_frames_missed;
         }
         out.line(
             format!(
@@ -925,7 +928,8 @@ async fn calls_out(
     };
     let video = if video_calls > 0 {
         let fps = fps_sum / f64::from(video_calls);
-        format!(" video_fps={fps:.1} freezes={freezes}")
+        let shown = 100.0 * rendered as f64 / (rendered + missed).max(1) as f64;
+        format!(" video_fps={fps:.1} freezes={freezes} video_rendered_pct={shown:.2}")
     } else {
         String::new()
     };

@@ -222,6 +222,27 @@ const STUN_CHECK_MAX_RTO: Duration = Duration::from_millis(500);
 const STUN_CHECK_RETRANSMITS: usize = 20;
 /// Where the bandwidth estimate starts: above what Opus with RED needs.
 const INITIAL_ESTIMATE_KBPS: u64 = 300;
+/// What audio (Opus with RED, RTP and SRTP overhead) takes of the estimate, kbit/s.
+const AUDIO_SHARE_KBPS: u64 = 80;
+/// The video encoder gets this share of what the estimate leaves after audio: the pacer
+/// and retransmissions need headroom.
+const VIDEO_SHARE_OF_ESTIMATE: f64 = 0.85;
+const MIN_VIDEO_KBPS: u32 = 50;
+
+/// The estimate starts where the configured media fits, so the pacer does not queue video
+/// for the seconds it takes the estimate to climb.
+fn initial_estimate_kbps(opts: &MediaOptions) -> u64 {
+    let video = opts.video.map_or(0, |v| u64::from(v.bitrate_kbps));
+    INITIAL_ESTIMATE_KBPS.max(AUDIO_SHARE_KBPS + video * 23 / 20)
+}
+
+/// The video encoder's bitrate for an estimate: what is left after audio, with headroom,
+/// never above what was asked for.
+fn video_kbps_for(estimate_kbps: u64, configured: u32) -> u32 {
+    let left = estimate_kbps.saturating_sub(AUDIO_SHARE_KBPS) as f64 * VIDEO_SHARE_OF_ESTIMATE;
+    (left as u32).clamp(MIN_VIDEO_KBPS, configured.max(MIN_VIDEO_KBPS))
+}
+
 /// Packets str0m holds to reassemble a video frame: a keyframe at 2 Mbit/s spans ~100.
 const VIDEO_REORDER_PACKETS: usize = 160;
 
@@ -239,6 +260,7 @@ pub struct Session {
     rtc: Rtc,
     opts: MediaOptions,
     created: Instant,
+    created_wall_ms: u32,
     probes: Vec<StunProbe>,
     relays: Vec<Relay>,
     remote: Vec<SocketAddr>,
@@ -280,7 +302,7 @@ impl Session {
             .enable_opus(true, opts.red)
             .enable_vp8(true)
             .set_reordering_size_video(VIDEO_REORDER_PACKETS)
-            .enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)))
+            .enable_bwe(Some(Bitrate::kbps(initial_estimate_kbps(&opts))))
             .set_stats_interval(Some(Duration::from_secs(1)));
         // A check that meets a relay before the peer's permission is in place is lost, and
         // with str0m's defaults (250 ms doubling to 3 s) the retry comes late: relayed calls
@@ -295,6 +317,7 @@ impl Session {
             rtc,
             opts,
             created: now,
+            created_wall_ms: crate::video::wall_ms(),
             probes: Vec::new(),
             relays: Vec::new(),
             remote: Vec::new(),
@@ -503,6 +526,11 @@ impl Session {
             && self.rtc.writer(mid).is_some()
         {
             self.video_tx = Some(VideoSender::new(v, now).map_err(MediaError::Video)?);
+            // Probe toward what the configured media needs.
+            let desired = AUDIO_SHARE_KBPS + u64::from(v.bitrate_kbps) * 23 / 20;
+            self.rtc
+                .bwe()
+                .set_bitrate(Bitrate::kbps(AUDIO_SHARE_KBPS), Bitrate::kbps(desired));
         }
         self.handle_timeout(now);
         Ok(())
@@ -638,10 +666,14 @@ impl Session {
     }
 
     fn send_video(&mut self, now: Instant) {
-        let (Some(mid), Some(tx)) = (self.video_mid, self.video_tx.as_mut()) else {
+        let Some(mid) = self.video_mid else {
             return;
         };
-        let frame = match tx.next_frame(now) {
+        let wall = self.wall_ms(now);
+        let Some(tx) = self.video_tx.as_mut() else {
+            return;
+        };
+        let frame = match tx.next_frame(now, wall) {
             Ok(Some(f)) => f,
             Ok(None) => return,
             Err(e) => {
@@ -779,8 +811,10 @@ impl Session {
                         }
                     }
                 }
+                let wall = self.wall_ms(now);
                 let rx = self.video_rx.as_mut().expect("made above");
-                if rx.frame(&d.data, d.contiguous, now)
+                let rtp = d.time.rebase(Frequency::NINETY_KHZ).numer();
+                if rx.frame(&d.data, rtp, d.contiguous, now, wall)
                     && let Some(mut w) = self.rtc.writer(d.mid)
                 {
                     let _ = w.request_keyframe(d.rid, KeyframeRequestKind::Pli);
@@ -828,13 +862,18 @@ impl Session {
             Event::PeerStats(p) => {
                 if let Some(rtt) = p.rtt {
                     self.transport.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+                    if let Some(rx) = self.video_rx.as_mut() {
+                        rx.set_rtt(rtt);
+                    }
                 }
                 if let Some(b) = p.bwe_tx {
                     self.transport.send_estimate_kbps = Some(b.as_u64() / 1000);
                 }
             }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
-                self.transport.send_estimate_kbps = Some(estimate.as_u64() / 1000);
+                let kbps = estimate.as_u64() / 1000;
+                self.transport.send_estimate_kbps = Some(kbps);
+                self.follow_estimate(kbps);
             }
             _ => {}
         }
@@ -862,6 +901,29 @@ impl Session {
         }
     }
 
+    /// Sets the video encoder to what the estimate allows, when that moved by more than a
+    /// tenth (so small wobbles do not reconfigure it every report).
+    fn follow_estimate(&mut self, estimate_kbps: u64) {
+        let (Some(v), Some(tx)) = (self.opts.video, self.video_tx.as_mut()) else {
+            return;
+        };
+        let want = video_kbps_for(estimate_kbps, v.bitrate_kbps);
+        let now = tx.bitrate_kbps();
+        if want.abs_diff(now) * 10 > now
+            && let Err(e) = tx.set_bitrate(want)
+        {
+            self.events
+                .push_back(SessionEvent::Warning(format!("video bitrate: {e}")));
+        }
+    }
+
+    /// The wall clock (UNIX milliseconds, wrapping) at `now`, kept from the one reading
+    /// taken at creation so that time stays the caller's.
+    fn wall_ms(&self, now: Instant) -> u32 {
+        let since = now.saturating_duration_since(self.created).as_millis() as u32;
+        self.created_wall_ms.wrapping_add(since)
+    }
+
     fn video_stats(&self) -> Option<VideoStats> {
         if self.video_tx.is_none() && self.video_rx.is_none() {
             return None;
@@ -875,6 +937,7 @@ impl Session {
             s.video_frames_sent = tx.frames;
             s.video_keyframes_sent = tx.keyframes;
             s.video_keyframe_requests_received = tx.requests;
+            s.video_target_kbps = tx.bitrate_kbps();
         }
         s.video_nacks_sent = self.video_nacks_sent;
         s.video_nacks_received = self.video_nacks_received;

@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use crate::video::{
-    RenderTracker, Stamp, TestPattern, VideoOptions, VideoStats, Vp8Decoder, Vp8Encoder, VpxError,
-    read_stamp, vpx::RTP_CLOCK, wall_ms,
+    Playout, RenderTracker, Stamp, TestPattern, VideoOptions, VideoStats, Vp8Decoder, Vp8Encoder,
+    VpxError, read_stamp, vpx::RTP_CLOCK,
 };
 
 /// Keyframes forced by requests come at most this often: a burst of PLIs (several lost
@@ -54,13 +54,22 @@ impl VideoSender {
         self.keyframe_wanted = true;
     }
 
+    pub fn bitrate_kbps(&self) -> u32 {
+        self.encoder.settings().bitrate_kbps
+    }
+
     /// Changes the encoder's target bitrate.
     pub fn set_bitrate(&mut self, kbps: u32) -> Result<(), VpxError> {
         self.encoder.set_bitrate(kbps)
     }
 
-    /// The next frame if one is due: its RTP time (90 kHz) and VP8 data.
-    pub fn next_frame(&mut self, now: Instant) -> Result<Option<(u64, Vec<u8>)>, VpxError> {
+    /// The next frame if one is due: its RTP time (90 kHz) and VP8 data. `wall_ms` is the
+    /// wall clock at `now`, stamped in as the capture time.
+    pub fn next_frame(
+        &mut self,
+        now: Instant,
+        wall_ms: u32,
+    ) -> Result<Option<(u64, Vec<u8>)>, VpxError> {
         if now < self.next_due {
             return Ok(None);
         }
@@ -80,7 +89,7 @@ impl VideoSender {
         }
         let stamp = Stamp {
             frame: self.frame,
-            capture_ms: wall_ms(),
+            capture_ms: wall_ms,
         };
         let pts = i64::from(self.frame) * i64::from(self.ticks_per_frame);
         let picture = self.pattern.draw(stamp);
@@ -99,6 +108,7 @@ impl VideoSender {
 pub struct VideoReceiver {
     decoder: Vp8Decoder,
     tracker: RenderTracker,
+    playout: Playout,
     waiting_for_keyframe: bool,
     last_request: Option<Instant>,
     frames_received: u64,
@@ -111,6 +121,7 @@ impl VideoReceiver {
         Ok(VideoReceiver {
             decoder: Vp8Decoder::new().map_err(|e| e.to_string())?,
             tracker: RenderTracker::new(now),
+            playout: Playout::default(),
             waiting_for_keyframe: true,
             last_request: None,
             frames_received: 0,
@@ -119,9 +130,17 @@ impl VideoReceiver {
         })
     }
 
-    /// One whole frame from the jitter buffer. `contiguous` is false when frames before it
-    /// went missing. Returns true when a keyframe should be requested now.
-    pub fn frame(&mut self, data: &[u8], contiguous: bool, now: Instant) -> bool {
+    /// One whole frame from the jitter buffer, with its RTP time (90 kHz, extended).
+    /// `contiguous` is false when frames before it went missing; `wall_ms` is the wall
+    /// clock at `now`. Returns true when a keyframe should be requested now.
+    pub fn frame(
+        &mut self,
+        data: &[u8],
+        rtp: u64,
+        contiguous: bool,
+        now: Instant,
+        wall_ms: u32,
+    ) -> bool {
         self.frames_received += 1;
         // The VP8 frame tag: bit 0 of the first byte is 0 on a keyframe.
         let keyframe = data.first().is_some_and(|b| b & 1 == 0);
@@ -136,7 +155,10 @@ impl VideoReceiver {
             match self.decoder.decode(data) {
                 Ok(Some(pic)) => {
                     let stamp = read_stamp(&pic.luma, pic.width, pic.height);
-                    self.tracker.rendered(&pic, stamp, now, wall_ms());
+                    let show = self.playout.schedule(rtp, now);
+                    let held = show.duration_since(now).as_millis() as u32;
+                    self.tracker
+                        .rendered(&pic, stamp, show, wall_ms.wrapping_add(held));
                 }
                 Ok(None) => {}
                 Err(_) => self.waiting_for_keyframe = true,
@@ -157,11 +179,17 @@ impl VideoReceiver {
         due
     }
 
+    /// The round-trip time to the sender, as measured.
+    pub fn set_rtt(&mut self, rtt: Duration) {
+        self.playout.set_rtt(rtt);
+    }
+
     pub fn stats(&self) -> VideoStats {
         let mut s = self.tracker.snapshot();
         s.video_frames_received = self.frames_received;
         s.video_frames_discarded = self.discarded;
         s.video_keyframe_requests_sent = self.requests;
+        s.video_playout_delay_ms = self.playout.target().as_millis() as u64;
         s
     }
 }
@@ -188,11 +216,11 @@ mod tests {
         let mut keyframes = 0;
         for i in 0..60u32 {
             let now = t0 + Duration::from_secs(1) / 30 * i;
-            let (rtp, data) = tx.next_frame(now).unwrap().expect("a frame is due");
+            let (rtp, data) = tx.next_frame(now, 0).unwrap().expect("a frame is due");
             assert_eq!(rtp, u64::from(i) * 3000);
             keyframes += usize::from(data[0] & 1 == 0);
             assert!(
-                !rx.frame(&data, true, now),
+                !rx.frame(&data, rtp, true, now, 0),
                 "no keyframe request on a clean stream"
             );
         }
@@ -213,14 +241,14 @@ mod tests {
         let mut rx = VideoReceiver::new(t0).unwrap();
         let at = |i: u32| t0 + Duration::from_secs(1) / 30 * i;
         for i in 0..5 {
-            let (_, d) = tx.next_frame(at(i)).unwrap().unwrap();
-            rx.frame(&d, true, at(i));
+            let (rtp, d) = tx.next_frame(at(i), 0).unwrap().unwrap();
+            rx.frame(&d, rtp, true, at(i), 0);
         }
-        let _lost = tx.next_frame(at(5)).unwrap().unwrap();
+        let _lost = tx.next_frame(at(5), 0).unwrap().unwrap();
         let mut requests = 0;
         for i in 6..12 {
-            let (_, d) = tx.next_frame(at(i)).unwrap().unwrap();
-            if rx.frame(&d, i != 6, at(i)) {
+            let (rtp, d) = tx.next_frame(at(i), 0).unwrap().unwrap();
+            if rx.frame(&d, rtp, i != 6, at(i), 0) {
                 requests += 1;
                 tx.keyframe_requested();
             }
@@ -240,9 +268,15 @@ mod tests {
         let t0 = Instant::now();
         let mut rx = VideoReceiver::new(t0).unwrap();
         // A "keyframe" tag with nonsense after it.
-        assert!(rx.frame(&[0x10, 1, 2, 3, 4, 5, 6, 7, 8, 9], true, t0));
-        assert!(!rx.frame(&[0x11, 9, 9], true, t0 + Duration::from_millis(10)));
-        assert!(rx.frame(&[0x11, 9, 9], true, t0 + Duration::from_millis(300)));
+        assert!(rx.frame(&[0x10, 1, 2, 3, 4, 5, 6, 7, 8, 9], 0, true, t0, 0));
+        assert!(!rx.frame(&[0x11, 9, 9], 3000, true, t0 + Duration::from_millis(10), 0));
+        assert!(rx.frame(
+            &[0x11, 9, 9],
+            3000,
+            true,
+            t0 + Duration::from_millis(300),
+            0
+        ));
         assert_eq!(rx.stats().video_frames_rendered, 0);
     }
 }

@@ -2,12 +2,14 @@
 //! measures of what it renders.
 
 pub mod pattern;
+pub mod playout;
 pub mod vpx;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 pub use pattern::{Stamp, TestPattern, read_stamp};
+pub use playout::Playout;
 pub use vpx::{DecodedPicture, EncodedFrame, EncoderSettings, Vp8Decoder, Vp8Encoder, VpxError};
 
 /// A gap between rendered frames longer than this is a freeze (libwebrtc's full-stack tests
@@ -80,6 +82,10 @@ pub struct VideoStats {
     /// Capture (on the sender's clock) to render (on ours), when both clocks agree.
     pub video_delay_ms_p50: Option<u32>,
     pub video_delay_ms_p95: Option<u32>,
+    /// How long frames are held before they are shown, to absorb retransmissions.
+    pub video_playout_delay_ms: u64,
+    /// The bitrate the encoder is set to now (it follows the bandwidth estimate).
+    pub video_target_kbps: u32,
     pub video_first_frame_ms: Option<u64>,
 }
 
