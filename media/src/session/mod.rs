@@ -296,6 +296,9 @@ impl Session {
         if locals.is_empty() {
             return Err(MediaError::NoAddress("no UDP socket".into()));
         }
+        // The wall clock at `now` (read before the slow part below: the DTLS certificate).
+        let wall_at_now = crate::video::wall_ms()
+            .wrapping_sub(Instant::now().saturating_duration_since(now).as_millis() as u32);
         let mut cfg = RtcConfig::new()
             .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
             .clear_codecs()
@@ -317,7 +320,7 @@ impl Session {
             rtc,
             opts,
             created: now,
-            created_wall_ms: crate::video::wall_ms(),
+            created_wall_ms: wall_at_now,
             probes: Vec::new(),
             relays: Vec::new(),
             remote: Vec::new(),

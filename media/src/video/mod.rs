@@ -172,7 +172,12 @@ impl RenderTracker {
         if span > 0.0 {
             s.video_fps_avg = (s.video_frames_rendered - 1) as f64 / span;
         }
-        let delay = wall_ms.wrapping_sub(stamp.capture_ms);
+        // The two clocks are read to the millisecond: a frame across loopback can seem to
+        // arrive a millisecond before it left.
+        let delay = match wall_ms.wrapping_sub(stamp.capture_ms) {
+            d if d > u32::MAX - 1000 => 0,
+            d => d,
+        };
         if delay < 60_000 {
             if self.delays.len() == DELAY_SAMPLES {
                 self.delays.pop_front();

@@ -24,11 +24,8 @@ const LATE: Duration = Duration::from_millis(20);
 /// str0m checks for NACKs to send every 33 ms: a request waits up to that long, twice when
 /// the first retransmission was lost as well.
 const NACK_TICK: Duration = Duration::from_millis(33);
-/// Until this many frames have been seen (3 s at 30 fps), hold frames at least [`PRIOR`]: the first
-/// second has no statistics yet, a keyframe to repair and round trips not yet measured
-/// (str0m retries a NACK after 100 ms until it knows the RTT).
-const WARM_UP_FRAMES: usize = 90;
-pub const PRIOR: Duration = Duration::from_millis(200);
+/// The round trip assumed until one is measured (str0m's own default for NACK retries).
+const DEFAULT_RTT: Duration = Duration::from_millis(100);
 /// The target falls at most this much a frame (5 ms a frame is 150 ms a second at 30 fps),
 /// so shown frames speed up gently instead of jumping ahead.
 const DECAY: Duration = Duration::from_millis(5);
@@ -47,7 +44,7 @@ pub struct Playout {
     /// Frames in the short window that came later than [`LATE`]: repairs are happening.
     late_in_window: usize,
     /// How long one retransmission round takes (set from the measured RTT).
-    repair_round: Duration,
+    repair_round: Option<Duration>,
     target: Duration,
     last_shown: Option<Instant>,
 }
@@ -77,7 +74,7 @@ impl Playout {
         self.lateness.push_back(late);
         self.late_in_window += usize::from(late > LATE);
         self.frames += 1;
-        if self.frames > WARM_UP_FRAMES as u64 {
+        {
             while self.latest.back().is_some_and(|(_, l)| *l <= late) {
                 self.latest.pop_back();
             }
@@ -95,10 +92,7 @@ impl Playout {
         if self.late_in_window > 0 {
             // Repairs are happening: cover one whole round (request, then the resend a
             // round trip later), so it takes two lost in a row to stutter.
-            target = target.max(self.repair_round);
-        }
-        if self.lateness.len() < WARM_UP_FRAMES {
-            target = target.max(PRIOR);
+            target = target.max(self.repair_round.unwrap_or(DEFAULT_RTT + 2 * NACK_TICK));
         }
         self.target = target
             .max(self.target.saturating_sub(DECAY))
@@ -113,7 +107,7 @@ impl Playout {
 
     /// The round-trip time to the sender, as measured: sizes a retransmission round.
     pub fn set_rtt(&mut self, rtt: Duration) {
-        self.repair_round = rtt + 2 * NACK_TICK;
+        self.repair_round = Some(rtt + 2 * NACK_TICK);
     }
 
     /// The delay frames are held for now.
@@ -135,22 +129,31 @@ mod tests {
     const FRAME: u64 = 3000; // 30 fps
 
     #[test]
-    fn an_on_time_stream_is_held_only_while_warming_up() {
+    fn an_on_time_stream_is_shown_as_it_arrives() {
         let t0 = Instant::now();
         let mut p = Playout::default();
         for i in 0..200u64 {
             let now = t0 + Duration::from_micros(i * 33_333);
-            let shown = p.schedule(i * FRAME, now);
-            if i + 1 < WARM_UP_FRAMES as u64 {
-                assert_eq!(shown, now + PRIOR, "frame {i}");
-            } else if i >= WARM_UP_FRAMES as u64 + 40 {
-                // The target has decayed: frames show on arrival.
-                assert_eq!(shown, now, "frame {i}");
-            } else {
-                assert!(shown <= now + PRIOR, "frame {i}");
-            }
+            assert_eq!(p.schedule(i * FRAME, now), now, "frame {i}");
         }
         assert_eq!(p.target(), Duration::ZERO);
+    }
+
+    /// One late frame (a repair) raises the target to a whole repair round: by the default
+    /// round trip until one is measured, then by the measured one.
+    #[test]
+    fn a_repair_holds_frames_for_a_round() {
+        let t0 = Instant::now();
+        let mut p = Playout::default();
+        let at = |i: u64| t0 + Duration::from_micros(i * 33_333);
+        p.schedule(0, at(0));
+        p.schedule(FRAME, at(1) + Duration::from_millis(50));
+        assert_eq!(p.target(), DEFAULT_RTT + 2 * NACK_TICK);
+        p.set_rtt(Duration::from_millis(40));
+        for i in 2..40u64 {
+            p.schedule(i * FRAME, at(i));
+        }
+        assert_eq!(p.target(), Duration::from_millis(106));
     }
 
     /// One frame in ten comes 100 ms late (a retransmission): the target grows to cover it,
@@ -159,6 +162,7 @@ mod tests {
     fn regular_late_frames_raise_the_target_and_are_shown_on_time() {
         let t0 = Instant::now();
         let mut p = Playout::default();
+        p.set_rtt(Duration::from_millis(10));
         let mut shown = Vec::new();
         for i in 0..300u64 {
             let on_time = t0 + Duration::from_micros(i * 33_333);
@@ -196,6 +200,7 @@ mod tests {
     fn a_rare_very_late_frame_is_remembered_for_20_s() {
         let t0 = Instant::now();
         let mut p = Playout::default();
+        p.set_rtt(Duration::from_millis(10));
         let at = |i: u64| t0 + Duration::from_micros(i * 33_333);
         for i in 0..100u64 {
             p.schedule(i * FRAME, at(i));
