@@ -129,7 +129,7 @@ async fn audio_flows_both_ways_and_hangup_ends_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn video_call_renders_both_ways() {
     let server = TestServer::start();
-    let mut a = device(&server).await;
+    let a = device(&server).await;
     let mut b = device(&server).await;
     let video = |send: f32, expect: f32| MediaOptions {
         video: Some(natter_client::VideoOptions {
