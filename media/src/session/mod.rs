@@ -277,7 +277,6 @@ pub struct Session {
     egress: HashMap<Mid, (u64, u64)>,
     video_nacks_sent: u64,
     video_nacks_received: u64,
-    video_loss_pct: Option<f64>,
     transport: TransportStats,
     rtc_timeout: Option<Instant>,
     transmits: VecDeque<Transmit>,
@@ -336,7 +335,6 @@ impl Session {
             egress: HashMap::new(),
             video_nacks_sent: 0,
             video_nacks_received: 0,
-            video_loss_pct: None,
             transport: TransportStats::default(),
             rtc_timeout: None,
             transmits: VecDeque::new(),
@@ -851,7 +849,6 @@ impl Session {
                     }
                 } else if Some(m.mid) == self.video_mid {
                     self.video_nacks_sent = m.nacks;
-                    self.video_loss_pct = m.loss.map(|l| f64::from(l) * 100.0);
                 }
             }
             Event::MediaEgressStats(m) => {
@@ -944,7 +941,6 @@ impl Session {
         }
         s.video_nacks_sent = self.video_nacks_sent;
         s.video_nacks_received = self.video_nacks_received;
-        s.video_loss_before_repair_pct = self.video_loss_pct;
         Some(s)
     }
 

@@ -68,9 +68,6 @@ pub struct VideoStats {
     /// NACKs we sent for missing video packets, and those the peer sent us.
     pub video_nacks_sent: u64,
     pub video_nacks_received: u64,
-    /// Video packets lost on the way before retransmission (str0m's receiver report
-    /// figure), percent.
-    pub video_loss_before_repair_pct: Option<f64>,
     pub video_freezes: u64,
     pub video_freeze_ms: u64,
     /// Rendered frames per second over the last second.
