@@ -2,7 +2,8 @@
 //! CPU one call costs on natter-media (str0m, Opus both ways, SRTP, TWCC, the tokio shell).
 //!
 //! Last line: `calls=N seconds=S cpu_s=C calls_per_core=N cpu_us_per_packet=N decoded_pct_min=N`
-//! where a packet is one RTP packet sent (and received, and decoded, at the other end).
+//! where a packet is one audio packet (a 20 ms Opus frame) sent, and received and decoded at
+//! the other end; RTCP, TWCC feedback and padding are part of the cost, not of the count.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,9 +13,10 @@ use natter_media::{MediaOptions, MediaSession};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: natter-media-bench [CALLS] [SECONDS]\n\
+        "usage: natter-media-bench [CALLS] [SECONDS] [--no-red]\n\
          Places CALLS (default 20) audio calls, both ends in this process, on 127.0.0.1, \
-         lets them run SECONDS (default 20), and prints the CPU they took."
+         lets them run SECONDS (default 20), and prints the CPU they took. --no-red offers \
+         no RED (each packet then carries one frame, not two)."
     );
     std::process::exit(2)
 }
@@ -33,8 +35,9 @@ fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-fn opts(mine: f32, theirs: f32) -> MediaOptions {
+fn opts(mine: f32, theirs: f32, red: bool) -> MediaOptions {
     MediaOptions {
+        red,
         source: AudioSource::Tone { freq: mine },
         expect_tone: Some(theirs),
         udp_bind: vec!["127.0.0.1:0".to_owned()],
@@ -42,11 +45,11 @@ fn opts(mine: f32, theirs: f32) -> MediaOptions {
     }
 }
 
-async fn connect() -> Result<(Arc<MediaSession>, Arc<MediaSession>), String> {
-    let a = MediaSession::new(&[], opts(440.0, 660.0))
+async fn connect(red: bool) -> Result<(Arc<MediaSession>, Arc<MediaSession>), String> {
+    let a = MediaSession::new(&[], opts(440.0, 660.0, red))
         .await
         .map_err(|e| e.to_string())?;
-    let b = MediaSession::new(&[], opts(660.0, 440.0))
+    let b = MediaSession::new(&[], opts(660.0, 440.0, red))
         .await
         .map_err(|e| e.to_string())?;
     let offer = a.create_offer().await.map_err(|e| e.to_string())?;
@@ -79,13 +82,15 @@ async fn connect() -> Result<(Arc<MediaSession>, Arc<MediaSession>), String> {
 fn packets_sent(calls: &[(Arc<MediaSession>, Arc<MediaSession>)]) -> u64 {
     calls
         .iter()
-        .map(|(a, b)| a.stats().transport.packets_sent + b.stats().transport.packets_sent)
+        .map(|(a, b)| a.stats().frames_sent + b.stats().frames_sent)
         .sum()
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let red = !args.iter().any(|a| a == "--no-red");
+    args.retain(|a| a != "--no-red");
     if args.iter().any(|a| a == "-h" || a == "--help") || args.len() > 2 {
         usage();
     }
@@ -102,7 +107,7 @@ async fn main() {
     }
     let mut calls = Vec::with_capacity(n);
     for i in 0..n {
-        match connect().await {
+        match connect(red).await {
             Ok(c) => calls.push(c),
             Err(e) => {
                 eprintln!("call {i} did not connect: {e}");
@@ -112,7 +117,6 @@ async fn main() {
     }
     // Let the estimators and pacers settle, then measure a steady window.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // str0m reports packet counts once a second: read them at the same phase.
     let (p0, c0, t0) = (packets_sent(&calls), cpu_time(), Instant::now());
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let (p1, c1, t1) = (packets_sent(&calls), cpu_time(), Instant::now());
