@@ -20,31 +20,47 @@ fn opts(mine: f32, theirs: f32, relay_only: bool) -> MediaOptions {
     }
 }
 
-/// Offer/answer and trickle between `a` and `b`, then 2 s of audio; checks both ends.
-async fn call(
+/// Offer/answer and trickle between `a` and `b` until both are connected and sending;
+/// returns them with the tasks that pump candidates.
+async fn connect(
     a: MediaSession,
     b: MediaSession,
-) -> (natter_media::CallStats, natter_media::CallStats) {
+) -> (
+    Arc<MediaSession>,
+    Arc<MediaSession>,
+    [tokio::task::JoinHandle<()>; 2],
+) {
     let offer = a.create_offer().await.unwrap();
     let answer = b.accept_offer(&offer).await.unwrap();
     a.set_answer(&answer).await.unwrap();
     let (mut ca, mut cb) = (a.take_candidates().unwrap(), b.take_candidates().unwrap());
     let (a, b) = (Arc::new(a), Arc::new(b));
     let (ta, tb) = (a.clone(), b.clone());
-    let pump_ab = tokio::spawn(async move {
-        while let Some(c) = ca.recv().await {
-            tb.add_candidate(c).await.unwrap();
-        }
-    });
-    let pump_ba = tokio::spawn(async move {
-        while let Some(c) = cb.recv().await {
-            ta.add_candidate(c).await.unwrap();
-        }
-    });
+    let pumps = [
+        tokio::spawn(async move {
+            while let Some(c) = ca.recv().await {
+                tb.add_candidate(c).await.unwrap();
+            }
+        }),
+        tokio::spawn(async move {
+            while let Some(c) = cb.recv().await {
+                ta.add_candidate(c).await.unwrap();
+            }
+        }),
+    ];
     a.wait_connected(Duration::from_secs(10)).await.unwrap();
     b.wait_connected(Duration::from_secs(10)).await.unwrap();
     a.start_sending().await.unwrap();
     b.start_sending().await.unwrap();
+    (a, b, pumps)
+}
+
+/// A call between `a` and `b` with 2 s of audio; checks both ends.
+async fn call(
+    a: MediaSession,
+    b: MediaSession,
+) -> (natter_media::CallStats, natter_media::CallStats) {
+    let (a, b, pumps) = connect(a, b).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (sa, sb) = (a.stats(), b.stats());
     eprintln!("a: {sa:?}\nb: {sb:?}");
@@ -56,8 +72,9 @@ async fn call(
     }
     a.close().await;
     b.close().await;
-    pump_ab.abort();
-    pump_ba.abort();
+    for p in pumps {
+        p.abort();
+    }
     (sa, sb)
 }
 
@@ -129,29 +146,7 @@ async fn vp8_video_flows_both_ways_on_loopback() {
     let b = MediaSession::new(&[], with_video(660.0, 440.0))
         .await
         .unwrap();
-    let offer = a.create_offer().await.unwrap();
-    assert!(offer.contains("m=video"), "{offer}");
-    let answer = b.accept_offer(&offer).await.unwrap();
-    a.set_answer(&answer).await.unwrap();
-    let (mut ca, mut cb) = (a.take_candidates().unwrap(), b.take_candidates().unwrap());
-    let (a, b) = (Arc::new(a), Arc::new(b));
-    let (ta, tb) = (a.clone(), b.clone());
-    let pumps = [
-        tokio::spawn(async move {
-            while let Some(c) = ca.recv().await {
-                tb.add_candidate(c).await.unwrap();
-            }
-        }),
-        tokio::spawn(async move {
-            while let Some(c) = cb.recv().await {
-                ta.add_candidate(c).await.unwrap();
-            }
-        }),
-    ];
-    a.wait_connected(Duration::from_secs(10)).await.unwrap();
-    b.wait_connected(Duration::from_secs(10)).await.unwrap();
-    a.start_sending().await.unwrap();
-    b.start_sending().await.unwrap();
+    let (a, b, pumps) = connect(a, b).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Frames sent by now have had half a second more to arrive when the receiver is read.
     let sent = [a.stats(), b.stats()].map(|s| s.video.unwrap().video_frames_sent);
