@@ -337,8 +337,20 @@ async fn drive(mut d: Driver) {
             match t.via {
                 Via::Udp { from, to } => {
                     if let Some(i) = locals.iter().position(|l| *l == from) {
-                        // A full socket buffer drops the datagram, as the network would.
-                        let _ = d.sockets[i].try_send_to(&t.bytes, to);
+                        let sock = &d.sockets[i];
+                        // A full socket buffer drops the datagram, as the network would. But
+                        // tokio reports a new socket not writable until it has polled it once:
+                        // then wait for readiness, or a session's first datagram (its TURN
+                        // Allocate) is lost and retried only after the 500 ms RTO.
+                        if let Err(e) = sock.try_send_to(&t.bytes, to)
+                            && e.kind() == std::io::ErrorKind::WouldBlock
+                        {
+                            let _ = tokio::time::timeout(
+                                Duration::from_millis(5),
+                                sock.send_to(&t.bytes, to),
+                            )
+                            .await;
+                        }
                     }
                 }
                 Via::Stream { turn } => {
