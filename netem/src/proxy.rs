@@ -174,7 +174,14 @@ async fn run(
         let now = start.elapsed();
         while let Some((id, data)) = fwd.poll_release(now) {
             if let Some(c) = clients.get(&id) {
-                let _ = c.sock.try_send(&data);
+                // tokio reports a new socket not writable until it has polled it once:
+                // wait for that (briefly) rather than drop each client's first datagram.
+                if let Err(e) = c.sock.try_send(&data)
+                    && e.kind() == std::io::ErrorKind::WouldBlock
+                {
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(5), c.sock.send(&data)).await;
+                }
             }
         }
         while let Some((id, data)) = bwd.poll_release(now) {
