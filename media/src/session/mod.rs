@@ -598,7 +598,11 @@ impl Session {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let relays = self.relays.iter().filter_map(|r| r.client.poll_timeout());
         let probes = self.probes.iter().map(|p| p.next_send);
-        let video = self.video_tx.as_ref().map(|v| v.next_due);
+        let video = self
+            .video_tx
+            .as_ref()
+            .filter(|_| self.state != MediaState::Closed)
+            .map(|v| v.next_due);
         [self.rtc_timeout, self.next_frame, video]
             .into_iter()
             .flatten()
@@ -670,6 +674,9 @@ impl Session {
         let Some(mid) = self.video_mid else {
             return;
         };
+        if self.state == MediaState::Closed {
+            return;
+        }
         let wall = self.wall_ms(now);
         let Some(tx) = self.video_tx.as_mut() else {
             return;
@@ -955,8 +962,7 @@ impl Session {
 
     /// Stops sending, releases the relays, closes the connection.
     pub fn close(&mut self, now: Instant) {
-        self.encoder = None;
-        self.video_tx = None;
+        // The encoders stay, unscheduled, so the statistics still count what was sent.
         self.next_frame = None;
         for r in &mut self.relays {
             r.client.close(now);
