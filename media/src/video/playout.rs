@@ -3,9 +3,10 @@
 //! a round trip late, and showing it on arrival, with the frames queued behind it all at
 //! once, is a freeze followed by a jump. The target follows the lateness of recent frames,
 //! as libwebrtc's receiver adds a round trip to its playout delay when NACK is on: it covers
-//! 95 % of the last 10 s of frames, and comes within [`STUTTER`] of the latest frame of the
-//! last 20 s (the first two seconds, covered by a fixed prior, aside), so the rare frame that needed several retransmission rounds stutters
-//! rather than freezes. A frame later than the target is shown on arrival.
+//! 95 % of the last 10 s of frames, comes within [`STUTTER`] of the latest frame of the last
+//! 20 s, so the rare frame that needed several retransmission rounds stutters rather than
+//! freezes, and covers a whole repair round while repairs are happening. A frame later than
+//! the target is shown on arrival.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -53,14 +54,11 @@ impl Playout {
     /// The frame with RTP time `rtp` (90 kHz ticks, extended) completed at `now`: when it
     /// is shown (never before an earlier frame, never before `now`).
     pub fn schedule(&mut self, rtp: u64, now: Instant) -> Instant {
-        let media = Duration::from_micros(rtp * 1_000_000 / u64::from(RTP_CLOCK));
         // Lateness against the fastest frame seen: a frame arriving earlier than that
         // becomes the new reference.
         let expected = match self.base {
             Some((at, base_rtp)) if rtp >= base_rtp => {
-                let since =
-                    media - Duration::from_micros(base_rtp * 1_000_000 / u64::from(RTP_CLOCK));
-                at + since
+                at + Duration::from_micros((rtp - base_rtp) * 1_000_000 / u64::from(RTP_CLOCK))
             }
             _ => now,
         };
@@ -74,12 +72,10 @@ impl Playout {
         self.lateness.push_back(late);
         self.late_in_window += usize::from(late > LATE);
         self.frames += 1;
-        {
-            while self.latest.back().is_some_and(|(_, l)| *l <= late) {
-                self.latest.pop_back();
-            }
-            self.latest.push_back((self.frames, late));
+        while self.latest.back().is_some_and(|(_, l)| *l <= late) {
+            self.latest.pop_back();
         }
+        self.latest.push_back((self.frames, late));
         while self
             .latest
             .front()
