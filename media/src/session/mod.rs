@@ -232,8 +232,7 @@ const MIN_VIDEO_KBPS: u32 = 50;
 /// The estimate starts where the configured media fits, so the pacer does not queue video
 /// for the seconds it takes the estimate to climb.
 fn initial_estimate_kbps(opts: &MediaOptions) -> u64 {
-    let video = opts.video.map_or(0, |v| u64::from(v.bitrate_kbps));
-    INITIAL_ESTIMATE_KBPS.max(AUDIO_SHARE_KBPS + video * 23 / 20)
+    INITIAL_ESTIMATE_KBPS.max(media_kbps(opts.video))
 }
 
 /// The video encoder's bitrate for an estimate: what is left after audio, with headroom,
@@ -241,6 +240,29 @@ fn initial_estimate_kbps(opts: &MediaOptions) -> u64 {
 fn video_kbps_for(estimate_kbps: u64, configured: u32) -> u32 {
     let left = estimate_kbps.saturating_sub(AUDIO_SHARE_KBPS) as f64 * VIDEO_SHARE_OF_ESTIMATE;
     (left as u32).clamp(MIN_VIDEO_KBPS, configured.max(MIN_VIDEO_KBPS))
+}
+
+/// What the configured media needs of the link (audio, then video with 15 % for RTP and
+/// retransmissions), kbit/s.
+fn media_kbps(video: Option<VideoOptions>) -> u64 {
+    AUDIO_SHARE_KBPS + video.map_or(0, |v| u64::from(v.bitrate_kbps)) * 23 / 20
+}
+
+/// One encoded frame into `mid`'s first negotiated payload type (str0m packetizes it).
+fn write_frame(
+    rtc: &mut Rtc,
+    mid: Mid,
+    clock: Frequency,
+    rtp_time: u64,
+    data: Vec<u8>,
+    now: Instant,
+) {
+    if let Some(w) = rtc.writer(mid) {
+        let pt = w.payload_params().next().map(|p| p.pt());
+        if let Some(pt) = pt {
+            let _ = w.write(pt, now, MediaTime::new(rtp_time, clock), data);
+        }
+    }
 }
 
 /// Packets str0m holds to reassemble a video frame: a keyframe at 2 Mbit/s spans ~100.
@@ -528,10 +550,10 @@ impl Session {
         {
             self.video_tx = Some(VideoSender::new(v, now).map_err(MediaError::Video)?);
             // Probe toward what the configured media needs.
-            let desired = AUDIO_SHARE_KBPS + u64::from(v.bitrate_kbps) * 23 / 20;
-            self.rtc
-                .bwe()
-                .set_bitrate(Bitrate::kbps(AUDIO_SHARE_KBPS), Bitrate::kbps(desired));
+            self.rtc.bwe().set_bitrate(
+                Bitrate::kbps(AUDIO_SHARE_KBPS),
+                Bitrate::kbps(media_kbps(Some(v))),
+            );
         }
         self.handle_timeout(now);
         Ok(())
@@ -655,13 +677,14 @@ impl Session {
                 self.next_frame = None;
                 return;
             };
-            if let Some(w) = self.rtc.writer(mid) {
-                let pt = w.payload_params().next().map(|p| p.pt());
-                if let Some(pt) = pt {
-                    let t = MediaTime::new(rtp_time, Frequency::FORTY_EIGHT_KHZ);
-                    let _ = w.write(pt, now, t, data);
-                }
-            }
+            write_frame(
+                &mut self.rtc,
+                mid,
+                Frequency::FORTY_EIGHT_KHZ,
+                rtp_time,
+                data,
+                now,
+            );
             self.next_frame = self.next_frame.map(|t| t + FRAME_INTERVAL);
         }
         // Far behind (the process was stopped): skip ahead rather than burst.
@@ -691,13 +714,15 @@ impl Session {
                 return;
             }
         };
-        if let Some(w) = self.rtc.writer(mid) {
-            let pt = w.payload_params().next().map(|p| p.pt());
-            if let Some(pt) = pt {
-                let t = MediaTime::new(frame.0, Frequency::NINETY_KHZ);
-                let _ = w.write(pt, now, t, frame.1);
-            }
-        }
+        let (rtp_time, data) = frame;
+        write_frame(
+            &mut self.rtc,
+            mid,
+            Frequency::NINETY_KHZ,
+            rtp_time,
+            data,
+            now,
+        );
     }
 
     /// Moves what the TURN clients produced: their events handled (data into str0m), then
