@@ -78,16 +78,50 @@ pub struct EncodedFrame {
     pub keyframe: bool,
 }
 
+/// An initialised libvpx codec context, destroyed when dropped. Boxed: libvpx keeps
+/// pointers into the context, so it must not move once initialised.
+struct Context(Box<sys::vpx_codec_ctx_t>);
+
+// SAFETY: the context is used only through `&mut self`, from one thread at a time, and
+// libvpx's VP8 encoder and decoder keep no thread-affine state.
+unsafe impl Send for Context {}
+
+impl Context {
+    /// Runs `init` on zeroed storage; the context exists only if it succeeded.
+    fn init(
+        what: &'static str,
+        init: impl FnOnce(*mut sys::vpx_codec_ctx_t) -> sys::vpx_codec_err_t,
+    ) -> Result<Context, VpxError> {
+        // SAFETY: a zeroed context is what the libvpx init functions expect to fill in.
+        let mut ctx: Box<sys::vpx_codec_ctx_t> =
+            Box::new(unsafe { MaybeUninit::zeroed().assume_init() });
+        check(what, init(&mut *ctx))?;
+        Ok(Context(ctx))
+    }
+
+    fn ptr(&mut self) -> *mut sys::vpx_codec_ctx_t {
+        &mut *self.0
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: initialised (`init` succeeded), destroyed once.
+        unsafe {
+            sys::vpx_codec_destroy(self.ptr());
+        }
+    }
+}
+
 /// A realtime VP8 encoder (CBR, no look-ahead, error resilient) as WebRTC senders set it up.
 pub struct Vp8Encoder {
-    // Boxed: libvpx keeps pointers into the context, so it must not move once initialised.
-    ctx: Box<sys::vpx_codec_ctx_t>,
+    ctx: Context,
     cfg: sys::vpx_codec_enc_cfg_t,
     settings: EncoderSettings,
 }
 
-// SAFETY: the context is used only through `&mut self`, from one thread at a time, and
-// libvpx's encoder keeps no thread-affine state.
+// SAFETY: the context is Send (above); the config's only pointers are the two-pass stats
+// buffers, null for a realtime one-pass encoder.
 unsafe impl Send for Vp8Encoder {}
 
 impl Vp8Encoder {
@@ -130,21 +164,16 @@ impl Vp8Encoder {
         cfg.kf_mode = sys::vpx_kf_mode::VPX_KF_AUTO;
         cfg.kf_max_dist = 100 * settings.fps;
 
-        // SAFETY: ctx is zeroed storage that libvpx initialises; cfg outlives the call.
-        let mut ctx: Box<sys::vpx_codec_ctx_t> =
-            Box::new(unsafe { MaybeUninit::zeroed().assume_init() });
-        unsafe {
-            check(
-                "vpx_codec_enc_init",
-                sys::vpx_codec_enc_init_ver(
-                    &mut *ctx,
-                    sys::vpx_codec_vp8_cx(),
-                    &cfg,
-                    0,
-                    sys::VPX_ENCODER_ABI_VERSION as c_int,
-                ),
-            )?;
-        }
+        // SAFETY: cfg outlives the call.
+        let ctx = Context::init("vpx_codec_enc_init", |ctx| unsafe {
+            sys::vpx_codec_enc_init_ver(
+                ctx,
+                sys::vpx_codec_vp8_cx(),
+                &cfg,
+                0,
+                sys::VPX_ENCODER_ABI_VERSION as c_int,
+            )
+        })?;
         let mut enc = Vp8Encoder { ctx, cfg, settings };
         // Speed: libwebrtc's realtime setting for VP8 on a desktop CPU.
         enc.control(sys::vp8e_enc_control_id::VP8E_SET_CPUUSED as c_int, -6)?;
@@ -167,7 +196,7 @@ impl Vp8Encoder {
     fn control(&mut self, id: c_int, value: c_int) -> Result<(), VpxError> {
         // SAFETY: the context is initialised; these controls take one int.
         check("vpx_codec_control", unsafe {
-            sys::vpx_codec_control_(&mut *self.ctx, id, value)
+            sys::vpx_codec_control_(self.ctx.ptr(), id, value)
         })
     }
 
@@ -185,7 +214,7 @@ impl Vp8Encoder {
         self.cfg.rc_target_bitrate = kbps;
         // SAFETY: the context is initialised and the config is a valid one it accepted.
         check("vpx_codec_enc_config_set", unsafe {
-            sys::vpx_codec_enc_config_set(&mut *self.ctx, &self.cfg)
+            sys::vpx_codec_enc_config_set(self.ctx.ptr(), &self.cfg)
         })?;
         self.settings = next;
         Ok(())
@@ -233,7 +262,7 @@ impl Vp8Encoder {
             check(
                 "vpx_codec_encode",
                 sys::vpx_codec_encode(
-                    &mut *self.ctx,
+                    self.ctx.ptr(),
                     wrapped,
                     pts,
                     c_ulong::from(duration),
@@ -243,7 +272,7 @@ impl Vp8Encoder {
             )?;
             let mut iter: sys::vpx_codec_iter_t = ptr::null();
             loop {
-                let pkt = sys::vpx_codec_get_cx_data(&mut *self.ctx, &mut iter);
+                let pkt = sys::vpx_codec_get_cx_data(self.ctx.ptr(), &mut iter);
                 if pkt.is_null() {
                     break;
                 }
@@ -262,15 +291,6 @@ impl Vp8Encoder {
     }
 }
 
-impl Drop for Vp8Encoder {
-    fn drop(&mut self) {
-        // SAFETY: initialised in `new`, destroyed once.
-        unsafe {
-            sys::vpx_codec_destroy(&mut *self.ctx);
-        }
-    }
-}
-
 /// A decoded picture's luma plane (what the receiver reads the stamp from), tightly packed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodedPicture {
@@ -281,11 +301,8 @@ pub struct DecodedPicture {
 
 /// A VP8 decoder.
 pub struct Vp8Decoder {
-    ctx: Box<sys::vpx_codec_ctx_t>,
+    ctx: Context,
 }
-
-// SAFETY: as for the encoder.
-unsafe impl Send for Vp8Decoder {}
 
 impl Vp8Decoder {
     pub fn new() -> Result<Vp8Decoder, VpxError> {
@@ -294,21 +311,16 @@ impl Vp8Decoder {
             w: 0,
             h: 0,
         };
-        // SAFETY: zeroed storage that libvpx initialises.
-        let mut ctx: Box<sys::vpx_codec_ctx_t> =
-            Box::new(unsafe { MaybeUninit::zeroed().assume_init() });
-        unsafe {
-            check(
-                "vpx_codec_dec_init",
-                sys::vpx_codec_dec_init_ver(
-                    &mut *ctx,
-                    sys::vpx_codec_vp8_dx(),
-                    &cfg,
-                    0,
-                    sys::VPX_DECODER_ABI_VERSION as c_int,
-                ),
-            )?;
-        }
+        // SAFETY: cfg outlives the call.
+        let ctx = Context::init("vpx_codec_dec_init", |ctx| unsafe {
+            sys::vpx_codec_dec_init_ver(
+                ctx,
+                sys::vpx_codec_vp8_dx(),
+                &cfg,
+                0,
+                sys::VPX_DECODER_ABI_VERSION as c_int,
+            )
+        })?;
         Ok(Vp8Decoder { ctx })
     }
 
@@ -328,7 +340,7 @@ impl Vp8Decoder {
             check(
                 "vpx_codec_decode",
                 sys::vpx_codec_decode(
-                    &mut *self.ctx,
+                    self.ctx.ptr(),
                     frame.as_ptr(),
                     frame.len() as c_uint,
                     ptr::null_mut(),
@@ -337,7 +349,7 @@ impl Vp8Decoder {
             )?;
             let mut iter: sys::vpx_codec_iter_t = ptr::null();
             loop {
-                let img = sys::vpx_codec_get_frame(&mut *self.ctx, &mut iter);
+                let img = sys::vpx_codec_get_frame(self.ctx.ptr(), &mut iter);
                 if img.is_null() {
                     break;
                 }
@@ -360,14 +372,5 @@ impl Vp8Decoder {
             }
         }
         Ok(out)
-    }
-}
-
-impl Drop for Vp8Decoder {
-    fn drop(&mut self) {
-        // SAFETY: initialised in `new`, destroyed once.
-        unsafe {
-            sys::vpx_codec_destroy(&mut *self.ctx);
-        }
     }
 }
