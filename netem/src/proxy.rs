@@ -174,14 +174,7 @@ async fn run(
         let now = start.elapsed();
         while let Some((id, data)) = fwd.poll_release(now) {
             if let Some(c) = clients.get(&id) {
-                // tokio reports a new socket not writable until it has polled it once:
-                // wait for that (briefly) rather than drop each client's first datagram.
-                if let Err(e) = c.sock.try_send(&data)
-                    && e.kind() == std::io::ErrorKind::WouldBlock
-                {
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(5), c.sock.send(&data)).await;
-                }
+                let _ = c.sock.try_send(&data);
             }
         }
         while let Some((id, data)) = bwd.poll_release(now) {
@@ -217,6 +210,9 @@ async fn new_client(
     };
     let sock = Arc::new(UdpSocket::bind(bind).await?);
     sock.connect(cfg.upstream).await?;
+    // tokio reports a new socket not writable until it has polled it once, and the send
+    // below is a `try_send`: without this, each client's first datagram was dropped.
+    sock.writable().await?;
     *next_id = next_id.wrapping_add(1);
     let id = *next_id;
     let reader = {

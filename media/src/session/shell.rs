@@ -89,6 +89,12 @@ impl MediaSession {
                 let s = UdpSocket::bind(addr)
                     .await
                     .map_err(|e| MediaError::NoAddress(format!("{addr}: {e}")))?;
+                // tokio reports a new socket not writable until it has polled it once, and
+                // the driver sends with `try_send_to`: without this, every session's first
+                // datagram (its TURN Allocate) was dropped and retried after 500 ms.
+                s.writable()
+                    .await
+                    .map_err(|e| MediaError::NoAddress(format!("{addr}: {e}")))?;
                 sockets.push(Arc::new(s));
             }
         }
@@ -337,20 +343,8 @@ async fn drive(mut d: Driver) {
             match t.via {
                 Via::Udp { from, to } => {
                     if let Some(i) = locals.iter().position(|l| *l == from) {
-                        let sock = &d.sockets[i];
-                        // A full socket buffer drops the datagram, as the network would. But
-                        // tokio reports a new socket not writable until it has polled it once:
-                        // then wait for readiness, or a session's first datagram (its TURN
-                        // Allocate) is lost and retried only after the 500 ms RTO.
-                        if let Err(e) = sock.try_send_to(&t.bytes, to)
-                            && e.kind() == std::io::ErrorKind::WouldBlock
-                        {
-                            let _ = tokio::time::timeout(
-                                Duration::from_millis(5),
-                                sock.send_to(&t.bytes, to),
-                            )
-                            .await;
-                        }
+                        // A full socket buffer drops the datagram, as the network would.
+                        let _ = d.sockets[i].try_send_to(&t.bytes, to);
                     }
                 }
                 Via::Stream { turn } => {
