@@ -81,9 +81,20 @@ async fn call_with(a: &mut Device, b: &mut Device, relay_only: bool) -> (ActiveC
         relay_only,
         ..tone(send, expect)
     };
+    place(a, b, Media::Audio, opts).await
+}
+
+/// `a` calls `b` with `media`, each side's options made by `opts(tone sent, tone expected)`;
+/// returns (caller's call, callee's call) once both are connected.
+async fn place(
+    a: &Device,
+    b: &mut Device,
+    media: Media,
+    opts: impl Fn(f32, f32) -> MediaOptions,
+) -> (ActiveCall, ActiveCall) {
     let out = a
         .client
-        .place_call(b.client.user(), Media::Audio, opts(440.0, 660.0))
+        .place_call(b.client.user(), media, opts(440.0, 660.0))
         .await
         .unwrap();
     let inc = answer(b, opts(660.0, 440.0)).await;
@@ -140,14 +151,7 @@ async fn video_call_renders_both_ways() {
         }),
         ..tone(send, expect)
     };
-    let out = a
-        .client
-        .place_call(b.client.user(), Media::Video, video(440.0, 660.0))
-        .await
-        .unwrap();
-    let inc = answer(&mut b, video(660.0, 440.0)).await;
-    connected(&out).await;
-    connected(&inc).await;
+    let (out, inc) = place(&a, &mut b, Media::Video, video).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let sent = [&out, &inc].map(|c| c.stats().video.unwrap().video_frames_sent);
     // What was sent by now has had half a second more to arrive when it is counted.
