@@ -186,15 +186,25 @@ impl RenderTracker {
     /// The statistics, with the delay percentiles worked out.
     pub fn snapshot(&self) -> VideoStats {
         let mut s = self.stats.clone();
-        if !self.delays.is_empty() {
-            let mut d: Vec<u32> = self.delays.iter().copied().collect();
-            d.sort_unstable();
-            let at = |q: f64| d[((d.len() - 1) as f64 * q).round() as usize];
-            s.video_delay_ms_p50 = Some(at(0.5));
-            s.video_delay_ms_p95 = Some(at(0.95));
+        if let Some([p50, p95]) = percentiles(self.delays.iter().copied(), [0.5, 0.95]) {
+            s.video_delay_ms_p50 = Some(p50);
+            s.video_delay_ms_p95 = Some(p95);
         }
         s
     }
+}
+
+/// The `qs` quantiles (0 to 1, nearest rank) of `values`; None when there are none.
+pub(crate) fn percentiles<T: Ord + Copy, const N: usize>(
+    values: impl IntoIterator<Item = T>,
+    qs: [f64; N],
+) -> Option<[T; N]> {
+    let mut v: Vec<T> = values.into_iter().collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    Some(qs.map(|q| v[((v.len() - 1) as f64 * q).round() as usize]))
 }
 
 /// Milliseconds of UNIX time, wrapping at 2^32: the clock stamps are written in.

@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::percentiles;
 use super::vpx::RTP_CLOCK;
 
 /// Frames the 95th percentile is taken over (10 s at 30 fps).
@@ -84,7 +85,8 @@ impl Playout {
             self.latest.pop_front();
         }
         let latest = self.latest.front().map_or(Duration::ZERO, |(_, l)| *l);
-        let mut target = self.percentile_95().max(latest.saturating_sub(STUTTER));
+        let [p95] = percentiles(self.lateness.iter().copied(), [0.95]).unwrap_or_default();
+        let mut target = p95.max(latest.saturating_sub(STUTTER));
         if self.late_in_window > 0 {
             // Repairs are happening: cover one whole round (request, then the resend a
             // round trip later), so it takes two lost in a row to stutter.
@@ -109,12 +111,6 @@ impl Playout {
     /// The delay frames are held for now.
     pub fn target(&self) -> Duration {
         self.target
-    }
-
-    fn percentile_95(&self) -> Duration {
-        let mut v: Vec<Duration> = self.lateness.iter().copied().collect();
-        v.sort_unstable();
-        v[((v.len() - 1) as f64 * 0.95).round() as usize]
     }
 }
 
