@@ -55,9 +55,17 @@ pub struct Link {
     pub seed: u64,
 }
 
-/// Runs a call of `length` after connecting; returns both sides' statistics and the
-/// datagrams the link dropped.
-fn call(link: &Link, opts: [MediaOptions; 2], length: Duration) -> ([CallStats; 2], u64) {
+/// What one call came to.
+struct Outcome {
+    stats: [CallStats; 2],
+    /// Datagrams the link dropped.
+    dropped: u64,
+    /// From the offer to both sides connected, in virtual time.
+    setup: Duration,
+}
+
+/// Runs a call of `length` after connecting.
+fn call(link: &Link, opts: [MediaOptions; 2], length: Duration) -> Outcome {
     let t0 = Instant::now();
     let addrs: [SocketAddr; 2] = [
         "10.0.0.1:5000".parse().unwrap(),
@@ -77,6 +85,7 @@ fn call(link: &Link, opts: [MediaOptions; 2], length: Duration) -> ([CallStats; 
     let (mut seq, mut dropped) = (0u64, 0u64);
     let mut now = t0;
     let mut sending = false;
+    let mut setup = Duration::ZERO;
     let mut end = t0 + Duration::from_secs(10);
     let mut next_trace = t0;
     while now < end {
@@ -111,6 +120,7 @@ fn call(link: &Link, opts: [MediaOptions; 2], length: Duration) -> ([CallStats; 
                 .all(|x| x.state() == natter_media::MediaState::Connected)
         {
             sending = true;
+            setup = now - t0;
             for x in &mut s {
                 x.start_sending(now).unwrap();
             }
@@ -152,7 +162,11 @@ fn call(link: &Link, opts: [MediaOptions; 2], length: Duration) -> ([CallStats; 
         }
     }
     assert!(sending, "the sessions connected");
-    ([s[0].stats(), s[1].stats()], dropped)
+    Outcome {
+        stats: [s[0].stats(), s[1].stats()],
+        dropped,
+        setup,
+    }
 }
 
 fn video_opts() -> MediaOptions {
@@ -168,35 +182,33 @@ fn video_opts() -> MediaOptions {
 }
 
 /// Two minutes of video behind 5 % loss each way: NACK/RTX (and a keyframe when that is not
-/// enough) repair it and the playout delay absorbs most repairs. The goal is at most one
-/// freeze a minute; runs show a median of about one per two minutes with a tail to three
-/// and a half a minute (docs/benchmarks.md), so this guards against regressions at three a
-/// minute over both sides rather than claiming the goal.
+/// enough) repair it and the playout delay absorbs the repairs: at most one freeze a minute
+/// on each side. In 40 side-runs (docs/benchmarks.md) the worst was two in the two minutes.
+/// `LOSSY_SEED=N` picks other loss draws.
 #[test]
 fn video_behind_5_pct_loss_is_repaired() {
     let link = Link {
         loss: 0.05,
         delay: Duration::from_millis(20),
-        seed: 7,
+        seed: std::env::var("LOSSY_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(7),
     };
-    let ([a, b], dropped) = call(
+    let Outcome {
+        stats: [a, b],
+        dropped,
+        ..
+    } = call(
         &link,
         [video_opts(), video_opts()],
         Duration::from_secs(120),
     );
     assert!(dropped > 1000, "the link lost {dropped} datagrams");
-    let freezes: u64 = [&a, &b]
-        .iter()
-        .map(|s| s.video.as_ref().unwrap().video_freezes)
-        .sum();
     println!(
         "freezes_a={} freezes_b={}",
         a.video.as_ref().unwrap().video_freezes,
         b.video.as_ref().unwrap().video_freezes
-    );
-    assert!(
-        freezes <= 12,
-        "{freezes} freezes in 2 minutes on the two sides"
     );
     for (name, s) in [("a", &a), ("b", &b)] {
         let v = s.video.as_ref().unwrap();
@@ -207,5 +219,35 @@ fn video_behind_5_pct_loss_is_repaired() {
             "{name} asked for retransmissions: {v:?}"
         );
         assert!(v.rendered_pct() >= 95.0, "{name}: {v:?}");
+        assert!(
+            v.video_freezes <= 2,
+            "{name}: more than one freeze a minute: {v:?}"
+        );
     }
+}
+
+/// Call setup behind 5 % loss each way, 40 times over: ICE checks and the DTLS flights
+/// (one of them a certificate in several datagrams) each cross the lossy link, and a lost
+/// flight waits for a retransmission timer. With dimpl's default first timeout (1 s) the
+/// p95 was over a second; starting at 250 ms it stays well under one.
+#[test]
+fn setup_behind_5_pct_loss_is_quick() {
+    let mut setups: Vec<Duration> = (0..40)
+        .map(|seed| {
+            let link = Link {
+                loss: 0.05,
+                delay: Duration::from_millis(20),
+                seed: 1000 + seed,
+            };
+            call(&link, Default::default(), Duration::ZERO).setup
+        })
+        .collect();
+    setups.sort();
+    let (p50, p95) = (setups[19], setups[37]);
+    println!(
+        "setup_ms_p50={} setup_ms_p95={}",
+        p50.as_millis(),
+        p95.as_millis()
+    );
+    assert!(p95 < Duration::from_millis(800), "{setups:?}");
 }

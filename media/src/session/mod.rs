@@ -6,6 +6,7 @@
 //! sockets and drives it on tokio.
 
 pub mod audio_pipe;
+mod dtls;
 pub mod shell;
 pub mod video_pipe;
 
@@ -212,6 +213,18 @@ struct StunProbe {
     sends: u32,
 }
 
+/// str0m's resend cache for video, as its defaults: room for 3 s of packets.
+const RTX_CACHE_PACKETS: usize = 2000;
+const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
+/// Resends stop while they are more than this share of the last second's video bytes.
+/// str0m's default, 15 %, is crossed by chance at 5 % loss (a few losses close together,
+/// a lost keyframe packet), and the resends it then drops each cost a keyframe and a
+/// freeze of half a second. libwebrtc lets resends take up to the media rate itself.
+const RTX_RATIO_CAP: f32 = 0.5;
+/// Sender and receiver reports for video this often (str0m's default is 1 s). The round trip
+/// comes from them, and until str0m knows it, it spaces NACK retries 100 ms apart: on a
+/// lossy link the first second of a call froze on repairs that took two slow rounds.
+const VIDEO_RTCP_INTERVAL: Duration = Duration::from_millis(200);
 const STUN_PROBE_SENDS: u32 = 5;
 const STUN_PROBE_RTO: Duration = Duration::from_millis(250);
 const FRAME_INTERVAL: Duration = Duration::from_millis(20);
@@ -321,11 +334,12 @@ impl Session {
         let wall_at_now = crate::video::wall_ms()
             .wrapping_sub(Instant::now().saturating_duration_since(now).as_millis() as u32);
         let mut cfg = RtcConfig::new()
-            .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
+            .set_crypto_provider(Arc::new(dtls::crypto_provider()))
             .clear_codecs()
             .enable_opus(true, opts.red)
             .enable_vp8(true)
             .set_reordering_size_video(VIDEO_REORDER_PACKETS)
+            .set_rtcp_report_interval_video(VIDEO_RTCP_INTERVAL)
             .enable_bwe(Some(Bitrate::kbps(initial_estimate_kbps(&opts))))
             .set_stats_interval(Some(Duration::from_secs(1)));
         // A check that meets a relay before the peer's permission is in place is lost, and
@@ -549,6 +563,10 @@ impl Session {
             && self.rtc.writer(mid).is_some()
         {
             self.video_tx = Some(VideoSender::new(v, now).map_err(MediaError::Video)?);
+            // Before the first frame: str0m drops its resend cache when this is set.
+            if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
+                tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(RTX_RATIO_CAP));
+            }
             // Probe toward what the configured media needs.
             self.rtc.bwe().set_bitrate(
                 Bitrate::kbps(AUDIO_SHARE_KBPS),

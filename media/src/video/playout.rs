@@ -34,7 +34,7 @@ const DECAY: Duration = Duration::from_millis(5);
 /// Never hold frames longer than this, however late the stream runs.
 pub const MAX_TARGET: Duration = Duration::from_millis(300);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Playout {
     /// The earliest-arriving frame's (arrival - media time): the link at its fastest.
     base: Option<(Instant, u64)>,
@@ -45,10 +45,29 @@ pub struct Playout {
     frames: u64,
     /// Frames in the short window that came later than [`LATE`]: repairs are happening.
     late_in_window: usize,
-    /// How long one retransmission round takes (set from the measured RTT).
-    repair_round: Option<Duration>,
+    /// The round trip to the sender, once measured: sizes retransmission rounds.
+    rtt: Option<Duration>,
     target: Duration,
     last_shown: Option<Instant>,
+}
+
+impl Default for Playout {
+    /// Until the stream has shown how late its frames come, they are held for one stutter
+    /// allowance: a repair in the first second (before the round trip is even known, so
+    /// str0m's NACK retries are slow) then stutters instead of freezing. On a clean link
+    /// the hold decays to nothing in 20 frames.
+    fn default() -> Playout {
+        Playout {
+            base: None,
+            lateness: VecDeque::new(),
+            latest: VecDeque::new(),
+            frames: 0,
+            late_in_window: 0,
+            rtt: None,
+            target: STUTTER,
+            last_shown: None,
+        }
+    }
 }
 
 impl Playout {
@@ -86,11 +105,17 @@ impl Playout {
         }
         let latest = self.latest.front().map_or(Duration::ZERO, |(_, l)| *l);
         let [p95] = percentiles(self.lateness.iter().copied(), [0.95]).unwrap_or_default();
-        let mut target = p95.max(latest.saturating_sub(STUTTER));
+        let mut target = p95;
+        if latest > LATE {
+            // A retransmission is as likely to be lost as the packet was, so a repair that
+            // took k rounds says k + 1 will come: cover one round past the latest, less the
+            // stutter a viewer does not see as a freeze.
+            target = target.max((latest + self.retry_round()).saturating_sub(STUTTER));
+        }
         if self.late_in_window > 0 {
             // Repairs are happening: cover one whole round (request, then the resend a
             // round trip later), so it takes two lost in a row to stutter.
-            target = target.max(self.repair_round.unwrap_or(DEFAULT_RTT + 2 * NACK_TICK));
+            target = target.max(self.repair_round());
         }
         self.target = target
             .max(self.target.saturating_sub(DECAY))
@@ -105,7 +130,20 @@ impl Playout {
 
     /// The round-trip time to the sender, as measured: sizes a retransmission round.
     pub fn set_rtt(&mut self, rtt: Duration) {
-        self.repair_round = Some(rtt + 2 * NACK_TICK);
+        self.rtt = Some(rtt);
+    }
+
+    /// A first repair: the loss is noticed, the request waits for str0m's NACK tick, and
+    /// the resend comes a round trip later.
+    fn repair_round(&self) -> Duration {
+        self.rtt.unwrap_or(DEFAULT_RTT) + 2 * NACK_TICK
+    }
+
+    /// Each further repair: str0m asks again one round trip (plus 5 ms) after the last
+    /// request, on its next NACK tick.
+    fn retry_round(&self) -> Duration {
+        let wait = self.rtt.unwrap_or(DEFAULT_RTT) + Duration::from_millis(5);
+        NACK_TICK * wait.as_micros().div_ceil(NACK_TICK.as_micros()) as u32
     }
 
     /// The delay frames are held for now.
@@ -124,9 +162,12 @@ mod tests {
     fn an_on_time_stream_is_shown_as_it_arrives() {
         let t0 = Instant::now();
         let mut p = Playout::default();
-        for i in 0..200u64 {
-            let now = t0 + Duration::from_micros(i * 33_333);
-            assert_eq!(p.schedule(i * FRAME, now), now, "frame {i}");
+        let at = |i: u64| t0 + Duration::from_micros(i * 33_333);
+        // The start-up hold, falling a step a frame.
+        assert_eq!(p.schedule(0, at(0)), at(0) + STUTTER - DECAY);
+        for i in 1..200u64 {
+            let held = STUTTER.saturating_sub(DECAY * (i as u32 + 1));
+            assert_eq!(p.schedule(i * FRAME, at(i)), at(i) + held, "frame {i}");
         }
         assert_eq!(p.target(), Duration::ZERO);
     }
@@ -186,8 +227,9 @@ mod tests {
         assert_eq!(p.target(), MAX_TARGET);
     }
 
-    /// One frame 250 ms late: for the 20 s after it, the target stays within the stutter
-    /// allowance of it, then it is forgotten.
+    /// One frame 250 ms late: for the 20 s after it, the target covers one retransmission
+    /// round (33 ms at a 10 ms round trip) past it, less the stutter allowance; then it is
+    /// forgotten.
     #[test]
     fn a_rare_very_late_frame_is_remembered_for_20_s() {
         let t0 = Instant::now();
@@ -200,7 +242,7 @@ mod tests {
         p.schedule(100 * FRAME, at(100) + Duration::from_millis(250));
         for i in 101..(100 + LONG_WINDOW as u64) {
             p.schedule(i * FRAME, at(i));
-            assert_eq!(p.target(), Duration::from_millis(150), "frame {i}");
+            assert_eq!(p.target(), Duration::from_millis(183), "frame {i}");
         }
         for i in (100 + LONG_WINDOW as u64)..(200 + LONG_WINDOW as u64) {
             p.schedule(i * FRAME, at(i));
