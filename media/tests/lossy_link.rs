@@ -251,3 +251,35 @@ fn setup_behind_5_pct_loss_is_quick() {
     );
     assert!(p95 < Duration::from_millis(800), "{setups:?}");
 }
+
+/// A minute of audio behind 10 % loss each way (what a relayed call behind 5 % each way
+/// sees: every packet crosses the lossy link twice): RED carries each frame twice, so a
+/// frame is lost only when two packets in a row are, about 1 % of them.
+#[test]
+fn audio_behind_10_pct_loss_is_repaired_by_red() {
+    let link = Link {
+        loss: 0.10,
+        delay: Duration::from_millis(20),
+        seed: std::env::var("LOSSY_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(11),
+    };
+    let Outcome {
+        stats: [a, b],
+        dropped,
+        ..
+    } = call(&link, Default::default(), Duration::from_secs(60));
+    assert!(dropped > 500, "the link lost {dropped} datagrams");
+    for (name, s) in [("a", &a), ("b", &b)] {
+        println!(
+            "{name}: decoded_pct={:.2} loss_before_repair_pct={:.2} loss_after_repair_pct={:.2}",
+            s.decoded_pct(),
+            s.transport.loss_before_repair_pct,
+            s.loss_after_repair_pct()
+        );
+        assert!(s.transport.loss_before_repair_pct > 5.0, "{name}: {s:?}");
+        assert!(s.loss_after_repair_pct() < 3.0, "{name}: {s:?}");
+        assert!(s.decoded_pct() >= 97.0, "{name}: {s:?}");
+    }
+}
