@@ -91,50 +91,72 @@ impl Net {
     /// Moves packets both ways until nothing more is sent.
     fn pump(&mut self, c: &mut TurnClient) {
         while let Some(b) = c.poll_transmit() {
-            let i = self.sent_to_server;
-            self.sent_to_server += 1;
-            if self.lose_to_server.contains(&i) {
-                continue;
+            self.reach_server(c, &b);
+        }
+        while let Some(e) = c.poll_event() {
+            self.events.push(e);
+        }
+    }
+
+    /// Like [`Net::pump`], with every answer arriving `rtt` after its request left.
+    fn pump_with_rtt(&mut self, c: &mut TurnClient, rtt: Duration) {
+        for _ in 0..100 {
+            let sent: Vec<Vec<u8>> = std::iter::from_fn(|| c.poll_transmit()).collect();
+            if sent.is_empty() {
+                break;
             }
-            let ms = self.ms();
-            let outs = if stun::is_channel_data(&b) {
-                let padded = self.five.transport != Transport::Udp;
-                let (cd, took) = ChannelData::parse(&b, padded).unwrap();
-                assert_eq!(took, b.len(), "one whole ChannelData per transmit");
-                if padded {
-                    assert_eq!(b.len() % 4, 0, "ChannelData over TCP is padded");
-                }
-                match self
-                    .server
-                    .route_from_client(self.five, cd.channel, cd.data.len(), ms)
-                {
-                    Some((relay, peer)) => vec![Output::ToPeer {
-                        relay,
-                        peer,
-                        data: cd.data.to_vec(),
-                    }],
-                    None => Vec::new(),
-                }
-            } else {
-                self.server.handle(self.five, &b, ms)
-            };
-            for o in outs {
-                match o {
-                    Output::ToClient { bytes, .. } => self.deliver(c, &bytes),
-                    Output::Bind {
-                        relay, response, ..
-                    } => {
-                        self.relays.push(relay);
-                        self.deliver(c, &response);
-                    }
-                    Output::ToPeer { relay, peer, data } => self.at_peers.push((relay, peer, data)),
-                    Output::Release { relay } => self.released.push(relay),
-                    Output::Close { .. } => c.handle_closed(),
-                }
+            self.now += rtt;
+            for b in sent {
+                self.reach_server(c, &b);
             }
         }
         while let Some(e) = c.poll_event() {
             self.events.push(e);
+        }
+    }
+
+    /// One transmission reaches the server (unless lost), its answers the client.
+    fn reach_server(&mut self, c: &mut TurnClient, b: &[u8]) {
+        let i = self.sent_to_server;
+        self.sent_to_server += 1;
+        if self.lose_to_server.contains(&i) {
+            return;
+        }
+        let ms = self.ms();
+        let outs = if stun::is_channel_data(b) {
+            let padded = self.five.transport != Transport::Udp;
+            let (cd, took) = ChannelData::parse(b, padded).unwrap();
+            assert_eq!(took, b.len(), "one whole ChannelData per transmit");
+            if padded {
+                assert_eq!(b.len() % 4, 0, "ChannelData over TCP is padded");
+            }
+            match self
+                .server
+                .route_from_client(self.five, cd.channel, cd.data.len(), ms)
+            {
+                Some((relay, peer)) => vec![Output::ToPeer {
+                    relay,
+                    peer,
+                    data: cd.data.to_vec(),
+                }],
+                None => Vec::new(),
+            }
+        } else {
+            self.server.handle(self.five, b, ms)
+        };
+        for o in outs {
+            match o {
+                Output::ToClient { bytes, .. } => self.deliver(c, &bytes),
+                Output::Bind {
+                    relay, response, ..
+                } => {
+                    self.relays.push(relay);
+                    self.deliver(c, &response);
+                }
+                Output::ToPeer { relay, peer, data } => self.at_peers.push((relay, peer, data)),
+                Output::Release { relay } => self.released.push(relay),
+                Output::Close { .. } => c.handle_closed(),
+            }
         }
     }
 
@@ -417,6 +439,37 @@ fn lost_requests_are_retransmitted_and_a_dead_server_times_out_at_39_5_s() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn the_retransmission_timeout_follows_the_measured_round_trip() {
+    let mut net = Net::new(TurnTransport::Udp, |_| {});
+    let mut c = net.client("alice", "wonderland");
+    // Nothing measured yet: RFC 8489's initial 500 ms.
+    assert_eq!(c.poll_timeout(), Some(net.now + Duration::from_millis(500)));
+    // The challenge and the signed Allocate, each answered after 80 ms: SRTT 80 ms,
+    // RTTVAR 3/4·40 = 30 ms, so RTO = 80 + 4·30 = 200 ms (RFC 6298 by hand).
+    net.pump_with_rtt(&mut c, Duration::from_millis(80));
+    assert!(net.allocated().is_some(), "{:?}", net.events);
+    assert_eq!(c.srtt(), Some(Duration::from_millis(80)));
+    let sent = net.sent_to_server;
+    net.lose_to_server = vec![sent];
+    c.add_peer(peer(1), net.now).unwrap();
+    let bind_sent = net.now;
+    net.pump(&mut c); // the ChannelBind is lost
+    assert_eq!(
+        c.poll_timeout(),
+        Some(bind_sent + Duration::from_millis(200))
+    );
+    net.now = bind_sent + Duration::from_millis(200);
+    c.handle_timeout(net.now);
+    assert_eq!(c.stats.retransmissions, 1);
+    // Doubled for the next one; the resend is answered, but an answer to a resent request
+    // is no sample (Karn), so the estimate stays.
+    assert_eq!(c.poll_timeout(), Some(net.now + Duration::from_millis(400)));
+    net.pump_with_rtt(&mut c, Duration::from_millis(1_000));
+    assert!(c.is_ready(peer(1)));
+    assert_eq!(c.srtt(), Some(Duration::from_millis(80)));
 }
 
 #[test]

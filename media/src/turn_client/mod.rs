@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 
 use natter_stun::{self as stun, ChannelData, Class, Message, MessageBuilder, attr, method};
 
+mod rto;
+pub use rto::{MAX_RTO, MIN_RTO, RtoEstimator};
+
 /// How the client reaches the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TurnTransport {
@@ -37,7 +40,9 @@ pub struct TurnConfig {
     pub password: String,
     /// Allocation lifetime to ask for; the server may grant less.
     pub lifetime: Duration,
-    /// First retransmission timeout over UDP (RFC 8489 §6.2.1: 500 ms), doubled each time.
+    /// First retransmission timeout over UDP until a round trip is measured (RFC 8489
+    /// §6.2.1: 500 ms); after that it follows the measured round trip ([`RtoEstimator`]).
+    /// Doubled for each retransmission of a request.
     pub rto: Duration,
     /// Transmissions of a request over UDP before it has failed (RFC 8489: Rc = 7; the last
     /// wait is 16 × RTO). Over TCP a request has 39.5 s, the same total.
@@ -181,6 +186,10 @@ struct Transaction {
     /// Whether it carried credentials (its success must then carry valid integrity).
     signed: bool,
     sends: u32,
+    /// The first transmission, for the round-trip sample.
+    sent_at: Instant,
+    /// This request's first wait, doubled per retransmission.
+    rto: Duration,
     next_send: Option<Instant>,
     deadline: Instant,
     nonce_retries: u8,
@@ -216,12 +225,14 @@ pub struct TurnClient {
     transmits: VecDeque<Vec<u8>>,
     events: VecDeque<TurnEvent>,
     stream: Vec<u8>,
+    rtt: RtoEstimator,
     pub stats: TurnStats,
 }
 
 impl TurnClient {
     /// Starts allocating: the first Allocate is ready in [`TurnClient::poll_transmit`].
     pub fn new(cfg: TurnConfig, now: Instant) -> TurnClient {
+        let cfg_rto = cfg.rto;
         let mut c = TurnClient {
             cfg,
             phase: Phase::Allocating,
@@ -235,6 +246,7 @@ impl TurnClient {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stream: Vec::new(),
+            rtt: RtoEstimator::new(cfg_rto),
             stats: TurnStats::default(),
         };
         c.start(Kind::Allocate, now, 0);
@@ -244,6 +256,11 @@ impl TurnClient {
     /// The relayed address, once allocated.
     pub fn relayed(&self) -> Option<SocketAddr> {
         self.relayed.filter(|_| self.phase == Phase::Allocated)
+    }
+
+    /// The smoothed round trip to the server, once a request was answered.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.rtt.srtt()
     }
 
     /// Whether the allocation is live.
@@ -395,7 +412,7 @@ impl TurnClient {
                 self.stats.retransmissions += 1;
                 self.transmits.push_back(t.bytes.clone());
                 t.next_send = if t.sends < self.cfg.max_transmissions {
-                    Some(now + self.cfg.rto * 2u32.pow(t.sends - 1))
+                    Some(now + t.rto * 2u32.pow(t.sends - 1))
                 } else {
                     None
                 };
@@ -489,9 +506,10 @@ impl TurnClient {
         };
         b.fingerprint();
         let bytes = b.into_bytes();
+        let rto = self.rtt.rto();
         let next_send = (self.cfg.transport == TurnTransport::Udp
             && self.cfg.max_transmissions > 1)
-            .then(|| now + self.cfg.rto);
+            .then(|| now + rto);
         self.transmits.push_back(bytes.clone());
         self.transactions.push(Transaction {
             id,
@@ -499,6 +517,8 @@ impl TurnClient {
             bytes,
             signed,
             sends: 1,
+            sent_at: now,
+            rto,
             next_send,
             deadline: now + self.total_wait(),
             nonce_retries,
@@ -574,6 +594,9 @@ impl TurnClient {
             }
         }
         let t = self.transactions.swap_remove(i);
+        if t.sends == 1 {
+            self.rtt.sample(now.saturating_duration_since(t.sent_at));
+        }
         if m.class == Class::Success {
             self.succeeded(t.kind, m, now);
             return;
