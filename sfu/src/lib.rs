@@ -1,3 +1,470 @@
-//! WebRTC selective forwarding unit for natter group calls.
+//! natter's selective forwarding unit for group calls, sans-IO.
 //!
-//! Reserved by the workspace layout in DESIGN.md; nothing is implemented here yet.
+//! One [`Sfu`] owns every participant of every room on one UDP socket. Each participant
+//! has one str0m `Rtc` (publish and subscribe on one connection) in RTP mode: the SFU sees
+//! packets, never frames, and forwards each publisher's RTP to every other member of the
+//! room with its sequence numbers and timestamps rewritten per subscriber
+//! ([`rewrite::StreamRewriter`]); it never decodes, so it forwards media that is
+//! end-to-end encrypted as readily as plain.
+//!
+//! ICE-lite: the SFU has a public address and nothing to discover, so it only answers
+//! checks (as mediasoup and Janus in lite mode do); the client is the full, controlling
+//! agent. That saves a timer and a check list per participant, and a client behind any
+//! NAT still reaches it, or reaches it through TURN. Datagrams are routed to their
+//! participant by [`router::Router`] (ufrag, then pinned address).
+//!
+//! Driving it: [`Sfu::join`] with a client's offer (the answer goes back over the chat
+//! socket), then [`Sfu::handle_datagram`] with every datagram of the socket,
+//! [`Sfu::handle_timeout`] when [`Sfu::poll_timeout`] comes, and after either drain
+//! [`Sfu::poll_transmit`] and [`Sfu::poll_event`] — an [`SfuEvent::Offer`] is a
+//! renegotiation to send the participant, whose answer comes back in
+//! [`Sfu::accept_answer`].
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::media::{MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::{Event, IceConnectionState, Input, Output};
+
+mod participant;
+pub mod rewrite;
+pub mod router;
+
+use participant::Participant;
+pub use router::{ParticipantId, Route, Router};
+
+/// Participants one room holds unless configured otherwise.
+pub const DEFAULT_MAX_PARTICIPANTS: usize = 50;
+
+/// A room's name (the gateway derives it from the group).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomId(pub String);
+
+/// One published track: its publisher and the publisher's m-line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TrackId {
+    pub publisher: ParticipantId,
+    pub mid: Mid,
+}
+
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// The address clients send to: the one host candidate of every participant.
+    pub public_addr: SocketAddr,
+    pub max_participants: usize,
+}
+
+impl SfuConfig {
+    pub fn new(public_addr: SocketAddr) -> SfuConfig {
+        SfuConfig {
+            public_addr,
+            max_participants: DEFAULT_MAX_PARTICIPANTS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SfuError {
+    #[error("the session description could not be used: {0}")]
+    BadSdp(String),
+    #[error("the room is full ({0} participants)")]
+    RoomFull(usize),
+    #[error("no such participant in this SFU")]
+    UnknownParticipant,
+    #[error("an answer came but no offer was made to this participant")]
+    NoOfferPending,
+    #[error("media engine: {0}")]
+    Rtc(String),
+}
+
+/// What the shell sends on the socket.
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    pub contents: Vec<u8>,
+}
+
+/// What happened, for the shell to pass on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SfuEvent {
+    /// Send this offer to the participant; `tracks` says whose track each new m-line is.
+    Offer {
+        participant: ParticipantId,
+        sdp: String,
+        tracks: Vec<(Mid, TrackId)>,
+    },
+    /// ICE and DTLS are up: media flows.
+    Connected(ParticipantId),
+    /// The participant is gone (left, or its connection died) and its resources freed.
+    Left {
+        participant: ParticipantId,
+        reason: String,
+    },
+}
+
+/// Counters, also for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SfuStats {
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
+    /// Datagrams from nobody's address, or checks naming nobody.
+    pub unrouted: u64,
+    /// Packets dropped because the subscriber's m-line was not negotiated yet, or its codec
+    /// is not one the subscriber took.
+    pub not_forwarded: u64,
+}
+
+pub struct Sfu {
+    cfg: SfuConfig,
+    participants: HashMap<ParticipantId, Participant>,
+    rooms: HashMap<RoomId, Vec<ParticipantId>>,
+    router: Router,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<SfuEvent>,
+    pub stats: SfuStats,
+}
+
+impl Sfu {
+    pub fn new(cfg: SfuConfig) -> Sfu {
+        Sfu {
+            cfg,
+            participants: HashMap::new(),
+            rooms: HashMap::new(),
+            router: Router::default(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: SfuStats::default(),
+        }
+    }
+
+    /// A participant joins `room` with its offer; returns its id and the SFU's answer. The
+    /// others' tracks follow in an [`SfuEvent::Offer`].
+    pub fn join(
+        &mut self,
+        room: &RoomId,
+        offer: &str,
+        now: Instant,
+    ) -> Result<(ParticipantId, String), SfuError> {
+        let members = self.rooms.get(room).map_or(0, Vec::len);
+        if members >= self.cfg.max_participants {
+            return Err(SfuError::RoomFull(self.cfg.max_participants));
+        }
+        let (p, answer) = Participant::new(room.clone(), self.cfg.public_addr, offer, now)?;
+        let id = participant::random_id();
+        self.router.add(id, &p.ufrag);
+        self.participants.insert(id, p);
+        let others = self.rooms.entry(room.clone()).or_default().clone();
+        self.rooms.get_mut(room).expect("made above").push(id);
+        // What the others already publish, for the newcomer.
+        let tracks: Vec<(TrackId, MediaKind)> = others
+            .iter()
+            .filter_map(|o| self.participants.get(o).map(|p| (o, p)))
+            .flat_map(|(o, p)| {
+                p.published.iter().map(|(mid, kind)| {
+                    (
+                        TrackId {
+                            publisher: *o,
+                            mid: *mid,
+                        },
+                        *kind,
+                    )
+                })
+            })
+            .collect();
+        let p = self.participants.get_mut(&id).expect("inserted above");
+        p.to_add.extend(tracks);
+        self.drain(id, now);
+        Ok((id, answer.to_sdp_string()))
+    }
+
+    /// The participant's answer to the SFU's last offer.
+    pub fn accept_answer(
+        &mut self,
+        id: ParticipantId,
+        answer: &str,
+        now: Instant,
+    ) -> Result<(), SfuError> {
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(SfuError::UnknownParticipant)?;
+        p.accept_answer(answer)?;
+        self.drain(id, now);
+        Ok(())
+    }
+
+    /// The participant leaves; the others stop receiving its tracks.
+    pub fn leave(&mut self, id: ParticipantId, reason: &str) {
+        let Some(mut p) = self.participants.remove(&id) else {
+            return;
+        };
+        p.rtc.disconnect();
+        self.router.remove(id);
+        if let Some(members) = self.rooms.get_mut(&p.room) {
+            members.retain(|m| *m != id);
+            if members.is_empty() {
+                self.rooms.remove(&p.room);
+            }
+        }
+        for other in self.participants.values_mut() {
+            other.subscribed.retain(|t, _| t.publisher != id);
+            other.to_add.retain(|(t, _)| t.publisher != id);
+        }
+        self.events.push_back(SfuEvent::Left {
+            participant: id,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// A datagram that arrived on the SFU's socket.
+    pub fn handle_datagram(
+        &mut self,
+        source: SocketAddr,
+        destination: SocketAddr,
+        bytes: &[u8],
+        now: Instant,
+    ) {
+        let id = match self.router.route(source, bytes) {
+            Route::Stun(id) | Route::Pinned(id) => id,
+            Route::Unknown => {
+                self.stats.unrouted += 1;
+                return;
+            }
+        };
+        let Some(p) = self.participants.get_mut(&id) else {
+            self.stats.unrouted += 1;
+            return;
+        };
+        let Ok(recv) = Receive::new(Protocol::Udp, source, destination, bytes) else {
+            self.stats.unrouted += 1;
+            return;
+        };
+        let input = Input::Receive(now, recv);
+        if !p.rtc.accepts(&input) {
+            self.stats.unrouted += 1;
+            return;
+        }
+        let is_check = matches!(self.router.route(source, bytes), Route::Stun(_));
+        if p.rtc.handle_input(input).is_err() {
+            self.leave(id, "the media engine failed on input");
+            return;
+        }
+        if is_check {
+            self.router.pin(id, source);
+        }
+        self.drain(id, now);
+    }
+
+    /// When [`Sfu::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.participants.values().filter_map(|p| p.timeout).min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<ParticipantId> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| p.timeout.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(p) = self.participants.get_mut(&id) else {
+                continue;
+            };
+            if p.rtc.handle_input(Input::Timeout(now)).is_err() {
+                self.leave(id, "the media engine failed on a timeout");
+                continue;
+            }
+            self.drain(id, now);
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<SfuEvent> {
+        self.events.pop_front()
+    }
+
+    /// Participants in `room`.
+    pub fn members(&self, room: &RoomId) -> Vec<ParticipantId> {
+        self.rooms.get(room).cloned().unwrap_or_default()
+    }
+
+    /// Drains one participant's `Rtc`, then forwards what it published.
+    fn drain(&mut self, id: ParticipantId, now: Instant) {
+        let mut packets = Vec::new();
+        let mut new_tracks = Vec::new();
+        let mut gone = None;
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        loop {
+            match p.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    p.timeout = Some(t);
+                    break;
+                }
+                Ok(Output::Transmit(t)) => self.transmits.push_back(Transmit {
+                    destination: t.destination,
+                    contents: t.contents.to_vec(),
+                }),
+                Ok(Output::Event(e)) => match e {
+                    Event::Connected => {
+                        p.connected = true;
+                        self.events.push_back(SfuEvent::Connected(id));
+                    }
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        gone = Some("its connection timed out");
+                    }
+                    Event::MediaAdded(m) if m.direction.is_receiving() => {
+                        p.published.insert(m.mid, m.kind);
+                        new_tracks.push((
+                            TrackId {
+                                publisher: id,
+                                mid: m.mid,
+                            },
+                            m.kind,
+                        ));
+                    }
+                    Event::RtpPacket(pkt) => packets.push(pkt),
+                    _ => {}
+                },
+                Err(_) => {
+                    gone = Some("the media engine failed");
+                    p.timeout = None;
+                    break;
+                }
+            }
+        }
+        if let Some((sdp, tracks)) = p.offer_waiting() {
+            self.events.push_back(SfuEvent::Offer {
+                participant: id,
+                sdp,
+                tracks,
+            });
+        }
+        if !new_tracks.is_empty() {
+            self.announce(id, &new_tracks, now);
+        }
+        for pkt in packets {
+            self.forward(id, pkt, now);
+        }
+        if let Some(reason) = gone {
+            self.leave(id, reason);
+        }
+    }
+
+    /// Tells the other members of `publisher`'s room about its new tracks.
+    fn announce(
+        &mut self,
+        publisher: ParticipantId,
+        tracks: &[(TrackId, MediaKind)],
+        now: Instant,
+    ) {
+        let Some(room) = self.participants.get(&publisher).map(|p| p.room.clone()) else {
+            return;
+        };
+        for other in self.members(&room) {
+            if other == publisher {
+                continue;
+            }
+            if let Some(p) = self.participants.get_mut(&other) {
+                p.to_add.extend(tracks.iter().copied());
+            }
+            self.drain(other, now);
+        }
+    }
+
+    /// One packet of `publisher`'s to every other member that receives its track.
+    fn forward(&mut self, publisher: ParticipantId, pkt: RtpPacket, now: Instant) {
+        let Some(pubp) = self.participants.get_mut(&publisher) else {
+            return;
+        };
+        let ssrc = pkt.header.ssrc;
+        let Some(mid) = pubp.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else {
+            return;
+        };
+        let pt = pkt.header.payload_type;
+        // The codec, and whether this packet is its RED (RFC 2198) form: RED is passed
+        // through as it came, so a subscriber without RED cannot take it.
+        let codec = pubp
+            .rtc
+            .codec_config()
+            .find(|p| p.pt() == pt || p.red() == Some(pt))
+            .map(|p| (*p, p.red() == Some(pt)));
+        let Some((params, is_red)) = codec else {
+            self.stats.not_forwarded += 1;
+            return;
+        };
+        let room = pubp.room.clone();
+        let track = TrackId { publisher, mid };
+        // Only what a receiver can use of the publisher's extensions: the audio level.
+        let ext = ExtensionValues {
+            audio_level: pkt.header.ext_vals.audio_level,
+            voice_activity: pkt.header.ext_vals.voice_activity,
+            ..Default::default()
+        };
+        for sub in self.members(&room) {
+            if sub == publisher {
+                continue;
+            }
+            let Some(s) = self.participants.get_mut(&sub) else {
+                continue;
+            };
+            let Some(out) = s.subscribed.get(&track) else {
+                continue;
+            };
+            if !out.negotiated {
+                self.stats.not_forwarded += 1;
+                continue;
+            }
+            let out_pt = match out.pts.get(&pt) {
+                Some(p) => *p,
+                None => {
+                    let mapped = s.map_pt(&params, is_red);
+                    s.subscribed
+                        .get_mut(&track)
+                        .expect("looked up above")
+                        .pts
+                        .insert(pt, mapped);
+                    mapped
+                }
+            };
+            let out = s.subscribed.get_mut(&track).expect("looked up above");
+            let (Some(out_pt), Some(place)) = (
+                out_pt,
+                out.rewriter
+                    .rewrite(*ssrc, *pkt.seq_no, pkt.header.timestamp, now),
+            ) else {
+                self.stats.not_forwarded += 1;
+                continue;
+            };
+            let out_mid = out.mid;
+            let mut api = s.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(out_mid, None) else {
+                self.stats.not_forwarded += 1;
+                continue;
+            };
+            tx.write_rtp(
+                RtpWrite::new(
+                    out_pt,
+                    place.seq.into(),
+                    place.timestamp,
+                    pkt.timestamp,
+                    pkt.payload.clone(),
+                )
+                .marker(pkt.header.marker)
+                .ext_vals(ext.clone())
+                .nackable(true),
+            );
+            self.stats.forwarded_packets += 1;
+            self.stats.forwarded_bytes += pkt.payload.len() as u64;
+            self.drain(sub, now);
+        }
+    }
+}

@@ -6,7 +6,7 @@
 //! sockets and drives it on tokio.
 
 pub mod audio_pipe;
-mod dtls;
+pub mod dtls;
 pub mod shell;
 pub mod video_pipe;
 

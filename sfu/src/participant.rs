@@ -1,0 +1,160 @@
+//! One participant's side of the SFU: its `Rtc` (ICE-lite, RTP mode: packets in and out,
+//! never frames), the tracks it publishes, and what it receives of the others' tracks.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use str0m::bwe::Bitrate;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
+
+use crate::rewrite::StreamRewriter;
+use crate::{ParticipantId, RoomId, SfuError, TrackId};
+
+/// Where each participant's send estimate starts (the allocator of a later change reads it).
+const INITIAL_ESTIMATE_KBPS: u64 = 500;
+
+/// What a participant receives of one published track.
+pub(crate) struct OutTrack {
+    /// The m-line in this participant's `Rtc` that carries it, once negotiated.
+    pub mid: Mid,
+    pub negotiated: bool,
+    pub rewriter: StreamRewriter,
+    /// Publisher's payload type → this participant's, learned per type on first use.
+    pub pts: HashMap<Pt, Option<Pt>>,
+}
+
+pub(crate) struct Participant {
+    pub room: RoomId,
+    pub rtc: Rtc,
+    pub ufrag: String,
+    /// Its own m-lines that it sends on: what it publishes.
+    pub published: HashMap<Mid, MediaKind>,
+    /// What it receives of the others' tracks.
+    pub subscribed: HashMap<TrackId, OutTrack>,
+    /// Tracks waiting for the renegotiation in flight to finish.
+    pub to_add: VecDeque<(TrackId, MediaKind)>,
+    /// The offer this SFU made it, waiting for its answer.
+    pub pending: Option<SdpPendingOffer>,
+    pub timeout: Option<Instant>,
+    pub connected: bool,
+}
+
+impl Participant {
+    /// A new participant answering `offer`, reachable at `public` (the SFU's one socket).
+    pub fn new(
+        room: RoomId,
+        public: SocketAddr,
+        offer: &str,
+        now: Instant,
+    ) -> Result<(Participant, SdpAnswer), SfuError> {
+        let offer =
+            SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let creds = IceCreds::new();
+        let ufrag = creds.ufrag.clone();
+        let mut rtc = RtcConfig::new()
+            .set_crypto_provider(Arc::new(natter_media::session::dtls::crypto_provider()))
+            .set_rtp_mode(true)
+            .set_ice_lite(true)
+            .set_local_ice_credentials(creds)
+            .clear_codecs()
+            .enable_opus(true, true)
+            .enable_vp8(true)
+            .enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)))
+            .build(now);
+        let cand = Candidate::host(public, "udp").map_err(|e| SfuError::Rtc(e.to_string()))?;
+        rtc.add_local_candidate(cand);
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        Ok((
+            Participant {
+                room,
+                rtc,
+                ufrag,
+                published: HashMap::new(),
+                subscribed: HashMap::new(),
+                to_add: VecDeque::new(),
+                pending: None,
+                timeout: None,
+                connected: false,
+            },
+            answer,
+        ))
+    }
+
+    /// Starts a renegotiation adding the waiting tracks, unless one is in flight. Returns
+    /// the offer and which of its m-lines carries which track.
+    pub fn offer_waiting(&mut self) -> Option<(String, Vec<(Mid, TrackId)>)> {
+        if self.pending.is_some() || self.to_add.is_empty() {
+            return None;
+        }
+        let mut api = self.rtc.sdp_api();
+        let mut added = Vec::new();
+        for (track, kind) in self.to_add.drain(..) {
+            let stream = format!("p{}", track.publisher.0);
+            let id = format!("p{}-{}", track.publisher.0, track.mid);
+            let mid = api.add_media(kind, Direction::SendOnly, Some(stream), Some(id), None);
+            added.push((mid, track, kind));
+        }
+        let (offer, pending) = api.apply()?;
+        self.pending = Some(pending);
+        let mut lines = Vec::new();
+        for (mid, track, kind) in added {
+            let clock = if kind == MediaKind::Audio {
+                48_000
+            } else {
+                90_000
+            };
+            let first = u16::from_le_bytes(random_bytes());
+            self.subscribed.insert(
+                track,
+                OutTrack {
+                    mid,
+                    negotiated: false,
+                    rewriter: StreamRewriter::new(clock, first),
+                    pts: HashMap::new(),
+                },
+            );
+            lines.push((mid, track));
+        }
+        Some((offer.to_sdp_string(), lines))
+    }
+
+    /// The answer to the offer in flight.
+    pub fn accept_answer(&mut self, answer: &str) -> Result<(), SfuError> {
+        let pending = self.pending.take().ok_or(SfuError::NoOfferPending)?;
+        let answer =
+            SdpAnswer::from_sdp_string(answer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        for t in self.subscribed.values_mut() {
+            t.negotiated = true;
+        }
+        Ok(())
+    }
+
+    /// This participant's payload type for the publisher's codec `params` (its RED form
+    /// if `red`), if it negotiated that.
+    pub fn map_pt(&self, params: &str0m::format::PayloadParams, red: bool) -> Option<Pt> {
+        let mine = self.rtc.codec_config().match_params(*params)?;
+        if red { mine.red() } else { Some(mine.pt()) }
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    b
+}
+
+/// A participant id nobody can guess from another's.
+pub(crate) fn random_id() -> ParticipantId {
+    ParticipantId(u64::from_le_bytes(random_bytes()))
+}
