@@ -290,6 +290,11 @@ impl Sfu {
         self.events.pop_front()
     }
 
+    /// Participants in all rooms.
+    pub fn participants(&self) -> usize {
+        self.participants.len()
+    }
+
     /// Participants in `room`.
     pub fn members(&self, room: &RoomId) -> Vec<ParticipantId> {
         self.rooms.get(room).cloned().unwrap_or_default()

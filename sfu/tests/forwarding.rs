@@ -107,6 +107,12 @@ struct Group {
     now: Instant,
     next_frame: Instant,
     offers: u32,
+    /// Loss on the way to an address (a subscriber's downlink), in [0, 1).
+    loss_to: Vec<(SocketAddr, f64)>,
+    /// Addresses whose datagrams vanish both ways (a crashed client).
+    cut: Vec<SocketAddr>,
+    rng: u64,
+    events: Vec<SfuEvent>,
 }
 
 impl Group {
@@ -120,6 +126,10 @@ impl Group {
             now,
             next_frame: now,
             offers: 0,
+            loss_to: Vec::new(),
+            cut: Vec::new(),
+            rng: 0x9E37_79B9_7F4A_7C15,
+            events: Vec::new(),
         }
     }
 
@@ -134,6 +144,19 @@ impl Group {
     }
 
     fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
+        if self.cut.contains(&from) || self.cut.contains(&to) {
+            return;
+        }
+        if let Some((_, p)) = self.loss_to.iter().find(|(a, _)| *a == to) {
+            // xorshift64: a fixed sequence of draws.
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let draw = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
+            if draw < *p {
+                return;
+            }
+        }
         self.seq += 1;
         self.wire.push(InFlight {
             at: self.now + ONE_WAY,
@@ -147,16 +170,19 @@ impl Group {
     /// Moves everything that is ready: SFU offers answered, outputs onto the wire.
     fn settle(&mut self) {
         while let Some(e) = self.sfu.poll_event() {
+            self.events.push(e.clone());
             if let SfuEvent::Offer {
                 participant, sdp, ..
             } = e
             {
                 self.offers += 1;
-                let c = self
+                let Some(c) = self
                     .clients
                     .iter_mut()
-                    .find(|c| c.id == Some(participant))
-                    .expect("an offer for a client of this test");
+                    .find(|c| c.id == Some(participant) && !self.cut.contains(&c.addr))
+                else {
+                    continue;
+                };
                 let offer = SdpOffer::from_sdp_string(&sdp).unwrap();
                 let answer = c.rtc.sdp_api().accept_offer(offer).unwrap();
                 self.sfu
@@ -231,12 +257,28 @@ impl Group {
             }
             if self.next_frame <= now {
                 self.next_frame = now + FRAME;
-                for c in self.clients.iter_mut().filter(|c| c.connected) {
+                let cut = &self.cut;
+                for c in self
+                    .clients
+                    .iter_mut()
+                    .filter(|c| c.connected && !cut.contains(&c.addr))
+                {
                     c.send_frame(now);
                 }
             }
         }
         panic!("the simulation does not advance");
+    }
+}
+
+impl Client {
+    /// Frame numbers heard from client `sender`.
+    fn heard_from(&self, sender: u8) -> BTreeSet<u32> {
+        self.heard
+            .iter()
+            .filter(|(s, _)| *s == sender)
+            .map(|(_, n)| *n)
+            .collect()
     }
 }
 
@@ -279,4 +321,188 @@ fn four_participants_each_hear_every_other() {
     assert!(g.sfu.stats.forwarded_packets > 4 * 3 * 250);
     // Each joiner was offered the tracks already there, and each earlier member the new one.
     assert!(g.offers >= 3, "offers: {}", g.offers);
+}
+
+#[test]
+fn a_late_joiner_hears_everyone_within_a_second_and_is_heard() {
+    let t0 = Instant::now();
+    let mut g = Group::new(t0);
+    for _ in 0..3 {
+        g.join();
+    }
+    g.run(Duration::from_secs(3));
+    let sent_at_join: Vec<u32> = g.clients.iter().map(|c| c.sent).collect();
+    g.join();
+    g.run(Duration::from_secs(1));
+    let late = &g.clients[3];
+    assert!(late.connected);
+    for (i, other) in g.clients.iter().take(3).enumerate() {
+        let heard = late.heard_from(other.index);
+        // Within the second after joining it hears the others' frames of that second.
+        let first = heard.iter().next().copied();
+        assert!(
+            first.is_some_and(|f| f < sent_at_join[i] + 50) && heard.len() > 20,
+            "late joiner heard {} frames of client {i}, first {first:?}, sent at join {}",
+            heard.len(),
+            sent_at_join[i]
+        );
+    }
+    g.run(Duration::from_secs(2));
+    for c in g.clients.iter().take(3) {
+        let heard = c.heard_from(3);
+        let sent = g.clients[3].sent;
+        assert!(
+            heard.len() as u32 + 60 > sent,
+            "client {} heard {} of the late joiner's {sent}",
+            c.index,
+            heard.len()
+        );
+    }
+}
+
+#[test]
+fn five_pct_loss_on_one_downlink_is_repaired_by_red() {
+    let t0 = Instant::now();
+    let mut g = Group::new(t0);
+    for _ in 0..3 {
+        g.join();
+    }
+    let victim = g.clients[0].addr;
+    g.loss_to.push((victim, 0.05));
+    g.run(Duration::from_secs(20));
+    for other in 1..3u8 {
+        let heard = g.clients[0].heard_from(other);
+        let sent = g.clients[other as usize].sent;
+        // From frame 100 (setup is behind) to the last few still in flight.
+        let expected: BTreeSet<u32> = (100..sent - 5).collect();
+        let missing = expected.difference(&heard).count();
+        let pct = 100.0 * missing as f64 / expected.len() as f64;
+        println!(
+            "client 0 of client {other}: {missing} of {} frames lost after repair ({pct:.2} %)",
+            expected.len()
+        );
+        // Each packet carries the previous frame too: a frame is lost only when two packets
+        // in a row are (0.05² = 0.25 %); without RED this would be ~5 %.
+        assert!(pct < 1.0, "{pct:.2} % lost after repair");
+        assert!(expected.len() > 800);
+    }
+    // The other downlinks lost nothing.
+    let clean = g.clients[1].heard_from(2);
+    assert!((100..g.clients[2].sent - 5).all(|n| clean.contains(&n)));
+}
+
+#[test]
+fn a_participant_that_leaves_is_removed_and_no_longer_forwarded() {
+    let t0 = Instant::now();
+    let mut g = Group::new(t0);
+    for _ in 0..3 {
+        g.join();
+    }
+    g.run(Duration::from_secs(2));
+    let gone = g.clients[2].id.unwrap();
+    g.sfu.leave(gone, "hung up");
+    g.run(Duration::from_millis(100));
+    let heard_then = g.clients[0].heard_from(2).len();
+    g.run(Duration::from_secs(2));
+    assert_eq!(
+        g.clients[0].heard_from(2).len(),
+        heard_then,
+        "still forwarded"
+    );
+    assert_eq!(g.sfu.members(&g.room).len(), 2);
+    assert_eq!(g.sfu.participants(), 2);
+    assert!(
+        g.events
+            .iter()
+            .any(|e| matches!(e, SfuEvent::Left { participant, .. } if *participant == gone))
+    );
+    // The two left still hear each other.
+    let sent = g.clients[1].sent;
+    assert!(g.clients[0].heard_from(1).contains(&(sent - 10)));
+}
+
+#[test]
+fn a_participant_that_crashes_is_removed_and_freed() {
+    let t0 = Instant::now();
+    let mut g = Group::new(t0);
+    for _ in 0..3 {
+        g.join();
+    }
+    g.run(Duration::from_secs(2));
+    let crashed = g.clients[1].id.unwrap();
+    g.cut.push(g.clients[1].addr);
+    g.run(Duration::from_secs(30));
+    let left = g.events.iter().find_map(|e| match e {
+        SfuEvent::Left {
+            participant,
+            reason,
+        } if *participant == crashed => Some(reason.clone()),
+        _ => None,
+    });
+    assert!(
+        left.is_some(),
+        "a silent participant was not removed in 30 s"
+    );
+    assert_eq!(g.sfu.members(&g.room).len(), 2);
+    assert_eq!(g.sfu.participants(), 2);
+    let sent = g.clients[2].sent;
+    assert!(g.clients[0].heard_from(2).contains(&(sent - 10)));
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let t0 = Instant::now();
+    let mut g = Group::new(t0);
+    for _ in 0..2 {
+        g.join();
+    }
+    g.run(Duration::from_secs(2));
+    let before = g.sfu.stats.clone();
+    // Garbage from a stranger and from a member's own address.
+    let stranger: SocketAddr = "10.9.0.99:4000".parse().unwrap();
+    let member = g.clients[0].addr;
+    for (i, from) in [stranger, member].into_iter().enumerate() {
+        for len in [0usize, 1, 12, 20, 100, 1500] {
+            let junk: Vec<u8> = (0..len).map(|k| (k * 31 + i * 7) as u8 | 0x80).collect();
+            g.sfu.handle_datagram(from, sfu_addr(), &junk, g.now);
+        }
+    }
+    assert!(g.sfu.stats.unrouted >= before.unrouted + 6);
+    assert!(matches!(
+        g.sfu.join(&g.room, "not sdp", g.now),
+        Err(natter_sfu::SfuError::BadSdp(_))
+    ));
+    let id = g.clients[0].id.unwrap();
+    assert_eq!(
+        g.sfu.accept_answer(id, "v=0", g.now),
+        Err(natter_sfu::SfuError::NoOfferPending)
+    );
+    assert_eq!(
+        g.sfu.accept_answer(ParticipantId(12345), "v=0", g.now),
+        Err(natter_sfu::SfuError::UnknownParticipant)
+    );
+    assert_eq!(g.sfu.members(&g.room).len(), 2);
+    // Media still flows both ways.
+    let heard = g.clients[1].heard_from(0).len();
+    g.run(Duration::from_secs(1));
+    assert!(g.clients[1].heard_from(0).len() >= heard + 45);
+}
+
+#[test]
+fn a_full_room_refuses_the_next_joiner() {
+    let t0 = Instant::now();
+    let mut cfg = SfuConfig::new(sfu_addr());
+    cfg.max_participants = 2;
+    let mut sfu = Sfu::new(cfg);
+    let room = RoomId("small".into());
+    for i in 0..3u8 {
+        let (_, offer, _) = Client::new(i, t0);
+        let r = sfu.join(&room, &offer, t0);
+        if i < 2 {
+            assert!(r.is_ok());
+        } else {
+            assert_eq!(r.err(), Some(natter_sfu::SfuError::RoomFull(2)));
+        }
+    }
+    assert_eq!(sfu.members(&room).len(), 2);
 }
