@@ -22,9 +22,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use str0m::media::{MediaKind, Mid};
+use str0m::format::detect_vp8_keyframe;
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Event, IceConnectionState, Input, Output};
@@ -35,6 +36,9 @@ pub mod router;
 
 use participant::Participant;
 pub use router::{ParticipantId, Route, Router};
+
+/// A publisher's track is asked for a keyframe at most this often.
+pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
 
 /// Participants one room holds unless configured otherwise.
 pub const DEFAULT_MAX_PARTICIPANTS: usize = 50;
@@ -115,6 +119,8 @@ pub struct SfuStats {
     /// Packets dropped because the subscriber's m-line was not negotiated yet, or its codec
     /// is not one the subscriber took.
     pub not_forwarded: u64,
+    /// PLIs sent to publishers (for a subscriber that lost a picture or starts watching).
+    pub keyframe_requests: u64,
 }
 
 pub struct Sfu {
@@ -304,6 +310,7 @@ impl Sfu {
     fn drain(&mut self, id: ParticipantId, now: Instant) {
         let mut packets = Vec::new();
         let mut new_tracks = Vec::new();
+        let mut keyframes_wanted = Vec::new();
         let mut gone = None;
         let Some(p) = self.participants.get_mut(&id) else {
             return;
@@ -337,6 +344,13 @@ impl Sfu {
                         ));
                     }
                     Event::RtpPacket(pkt) => packets.push(pkt),
+                    // The subscriber lost a picture: ask the track's publisher.
+                    Event::KeyframeRequest(r) => {
+                        let track = p.subscribed.iter().find(|(_, o)| o.mid == r.mid);
+                        if let Some((track, _)) = track {
+                            keyframes_wanted.push(*track);
+                        }
+                    }
                     _ => {}
                 },
                 Err(_) => {
@@ -355,6 +369,9 @@ impl Sfu {
         }
         if !new_tracks.is_empty() {
             self.announce(id, &new_tracks, now);
+        }
+        for track in keyframes_wanted {
+            self.request_keyframe(track, now);
         }
         for pkt in packets {
             self.forward(id, pkt, now);
@@ -414,6 +431,7 @@ impl Sfu {
             voice_activity: pkt.header.ext_vals.voice_activity,
             ..Default::default()
         };
+        let mut wants_keyframe = false;
         for sub in self.members(&room) {
             if sub == publisher {
                 continue;
@@ -441,6 +459,16 @@ impl Sfu {
                 }
             };
             let out = s.subscribed.get_mut(&track).expect("looked up above");
+            if !out.started {
+                // A decoder can start only at a keyframe: hold the stream until one comes,
+                // and ask for it.
+                if out.kind == MediaKind::Video && !detect_vp8_keyframe(&pkt.payload) {
+                    self.stats.not_forwarded += 1;
+                    wants_keyframe = true;
+                    continue;
+                }
+                out.started = true;
+            }
             let (Some(out_pt), Some(place)) = (
                 out_pt,
                 out.rewriter
@@ -471,5 +499,29 @@ impl Sfu {
             self.stats.forwarded_bytes += pkt.payload.len() as u64;
             self.drain(sub, now);
         }
+        if wants_keyframe {
+            self.request_keyframe(track, now);
+        }
+    }
+
+    /// Asks `track`'s publisher for a keyframe (PLI), at most once per
+    /// [`KEYFRAME_REQUEST_INTERVAL`] per track: a keyframe is many packets, and every
+    /// subscriber that lost the same picture asks at once.
+    fn request_keyframe(&mut self, track: TrackId, now: Instant) {
+        let Some(p) = self.participants.get_mut(&track.publisher) else {
+            return;
+        };
+        let last = p.keyframe_asked.get(&track.mid);
+        if last.is_some_and(|t| now.saturating_duration_since(*t) < KEYFRAME_REQUEST_INTERVAL) {
+            return;
+        }
+        let mut api = p.rtc.direct_api();
+        let Some(rx) = api.stream_rx_by_mid(track.mid, None) else {
+            return;
+        };
+        rx.request_keyframe(KeyframeRequestKind::Pli);
+        p.keyframe_asked.insert(track.mid, now);
+        self.stats.keyframe_requests += 1;
+        self.drain(track.publisher, now);
     }
 }

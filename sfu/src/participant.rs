@@ -21,7 +21,10 @@ const INITIAL_ESTIMATE_KBPS: u64 = 500;
 pub(crate) struct OutTrack {
     /// The m-line in this participant's `Rtc` that carries it, once negotiated.
     pub mid: Mid,
+    pub kind: MediaKind,
     pub negotiated: bool,
+    /// Whether forwarding has begun (video begins at a keyframe).
+    pub started: bool,
     pub rewriter: StreamRewriter,
     /// Publisher's payload type → this participant's, learned per type on first use.
     pub pts: HashMap<Pt, Option<Pt>>,
@@ -41,6 +44,8 @@ pub(crate) struct Participant {
     pub pending: Option<SdpPendingOffer>,
     pub timeout: Option<Instant>,
     pub connected: bool,
+    /// When each of its tracks was last asked for a keyframe.
+    pub keyframe_asked: HashMap<Mid, Instant>,
 }
 
 impl Participant {
@@ -82,6 +87,7 @@ impl Participant {
                 pending: None,
                 timeout: None,
                 connected: false,
+                keyframe_asked: HashMap::new(),
             },
             answer,
         ))
@@ -115,7 +121,9 @@ impl Participant {
                 track,
                 OutTrack {
                     mid,
+                    kind,
                     negotiated: false,
+                    started: false,
                     rewriter: StreamRewriter::new(clock, first),
                     pts: HashMap::new(),
                 },

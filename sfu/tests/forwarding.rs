@@ -3,19 +3,38 @@
 //! each publishing audio frames that name their sender and number, each checking what it
 //! hears of every other.
 
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use natter_media::video::{
+    EncoderSettings, Stamp, TestPattern, Vp8Decoder, Vp8Encoder, read_stamp,
+};
 use natter_sfu::{ParticipantId, RoomId, Sfu, SfuConfig, SfuEvent};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 const ONE_WAY: Duration = Duration::from_millis(10);
 const FRAME: Duration = Duration::from_millis(20);
+const VIDEO_FRAME: Duration = Duration::from_millis(66);
+const VIDEO_W: u32 = 160;
+const VIDEO_H: u32 = 128;
+/// A video frame's stamp carries its sender in the millions.
+const PER_SENDER: u32 = 1_000_000;
+
+/// A client's camera: the stamped test pattern through a real VP8 encoder.
+struct Camera {
+    mid: Mid,
+    pattern: TestPattern,
+    encoder: Vp8Encoder,
+    sent: u32,
+    keyframe_asked: bool,
+    keyframes: u32,
+}
 
 fn sfu_addr() -> SocketAddr {
     "10.9.0.1:3478".parse().unwrap()
@@ -32,20 +51,43 @@ struct Client {
     /// Frames heard: (sender index, frame number).
     heard: BTreeSet<(u8, u32)>,
     sent: u32,
+    camera: Option<Camera>,
+    decoders: HashMap<Mid, Vp8Decoder>,
+    /// Video frames decoded: (sender index, frame number).
+    seen: BTreeSet<(u8, u32)>,
 }
 
 impl Client {
     /// A client and its offer (publishing one audio track).
     fn new(index: u8, now: Instant) -> (Client, String, SdpPendingOffer) {
+        Client::with_video(index, false, now)
+    }
+
+    fn with_video(index: u8, video: bool, now: Instant) -> (Client, String, SdpPendingOffer) {
         let mut rtc = RtcConfig::new()
             .set_crypto_provider(Arc::new(natter_media::session::dtls::crypto_provider()))
             .clear_codecs()
             .enable_opus(true, true)
+            .enable_vp8(true)
             .build(now);
         let addr: SocketAddr = format!("10.9.0.{}:5000", 10 + index).parse().unwrap();
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut api = rtc.sdp_api();
         let send_mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        let camera = video.then(|| Camera {
+            mid: api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None),
+            pattern: TestPattern::new(VIDEO_W, VIDEO_H).unwrap(),
+            encoder: Vp8Encoder::new(EncoderSettings {
+                width: VIDEO_W,
+                height: VIDEO_H,
+                fps: 15,
+                bitrate_kbps: 150,
+            })
+            .unwrap(),
+            sent: 0,
+            keyframe_asked: false,
+            keyframes: 0,
+        });
         let (offer, pending) = api.apply().unwrap();
         let c = Client {
             index,
@@ -57,6 +99,9 @@ impl Client {
             connected: false,
             heard: BTreeSet::new(),
             sent: 0,
+            camera,
+            decoders: HashMap::new(),
+            seen: BTreeSet::new(),
         };
         (c, offer.to_sdp_string(), pending)
     }
@@ -75,6 +120,63 @@ impl Client {
         let time = MediaTime::new(u64::from(n) * 960, Frequency::FORTY_EIGHT_KHZ);
         w.write(pt, now, time, data).unwrap();
         self.sent += 1;
+    }
+}
+
+impl Client {
+    fn send_video_frame(&mut self, now: Instant) {
+        let index = self.index;
+        let Some(cam) = self.camera.as_mut() else {
+            return;
+        };
+        let n = cam.sent;
+        let stamp = Stamp {
+            frame: u32::from(index) * PER_SENDER + n,
+            capture_ms: n.wrapping_mul(66),
+        };
+        let picture = cam.pattern.draw(stamp).to_vec();
+        let pts = i64::from(n) * 6_000;
+        let force = std::mem::take(&mut cam.keyframe_asked);
+        let Some(frame) = cam.encoder.encode(&picture, pts, 6_000, force).unwrap() else {
+            return;
+        };
+        cam.sent += 1;
+        cam.keyframes += u32::from(frame.keyframe);
+        let Some(w) = self.rtc.writer(cam.mid) else {
+            return;
+        };
+        let Some(pt) = w.payload_params().next().map(|p| p.pt()) else {
+            return;
+        };
+        let time = MediaTime::new(pts as u64, Frequency::NINETY_KHZ);
+        w.write(pt, now, time, frame.data).unwrap();
+    }
+
+    fn received(&mut self, d: str0m::media::MediaData) {
+        if d.params.spec().codec != Codec::Vp8 {
+            let n = u32::from_le_bytes(d.data[1..5].try_into().unwrap());
+            self.heard.insert((d.data[0], n));
+            return;
+        }
+        let dec = self
+            .decoders
+            .entry(d.mid)
+            .or_insert_with(|| Vp8Decoder::new().unwrap());
+        if let Ok(Some(pic)) = dec.decode(&d.data)
+            && let Some(stamp) = read_stamp(&pic.luma, pic.width, pic.height)
+        {
+            self.seen
+                .insert(((stamp.frame / PER_SENDER) as u8, stamp.frame % PER_SENDER));
+        }
+    }
+
+    /// Video frame numbers decoded of client `sender`.
+    fn seen_from(&self, sender: u8) -> BTreeSet<u32> {
+        self.seen
+            .iter()
+            .filter(|(s, _)| *s == sender)
+            .map(|(_, n)| *n)
+            .collect()
     }
 }
 
@@ -106,6 +208,8 @@ struct Group {
     seq: u64,
     now: Instant,
     next_frame: Instant,
+    next_video_frame: Instant,
+    video: bool,
     offers: u32,
     /// Loss on the way to an address (a subscriber's downlink), in [0, 1).
     loss_to: Vec<(SocketAddr, f64)>,
@@ -125,6 +229,8 @@ impl Group {
             seq: 0,
             now,
             next_frame: now,
+            next_video_frame: now,
+            video: false,
             offers: 0,
             loss_to: Vec::new(),
             cut: Vec::new(),
@@ -135,7 +241,7 @@ impl Group {
 
     fn join(&mut self) {
         let index = self.clients.len() as u8;
-        let (mut c, offer, pending) = Client::new(index, self.now);
+        let (mut c, offer, pending) = Client::with_video(index, self.video, self.now);
         let (id, answer) = self.sfu.join(&self.room, &offer, self.now).unwrap();
         let answer = SdpAnswer::from_sdp_string(&answer).unwrap();
         c.rtc.sdp_api().accept_answer(pending, answer).unwrap();
@@ -200,9 +306,11 @@ impl Group {
                     }
                     Output::Transmit(t) => out.push((c.addr, t.destination, t.contents.to_vec())),
                     Output::Event(Event::Connected) => c.connected = true,
-                    Output::Event(Event::MediaData(d)) => {
-                        let n = u32::from_le_bytes(d.data[1..5].try_into().unwrap());
-                        c.heard.insert((d.data[0], n));
+                    Output::Event(Event::MediaData(d)) => c.received(d),
+                    Output::Event(Event::KeyframeRequest(_)) => {
+                        if let Some(cam) = c.camera.as_mut() {
+                            cam.keyframe_asked = true;
+                        }
                     }
                     Output::Event(_) => {}
                 }
@@ -226,6 +334,7 @@ impl Group {
                 self.wire.peek().map(|w| w.at),
                 self.sfu.poll_timeout(),
                 Some(self.next_frame),
+                self.video.then_some(self.next_video_frame),
             ]
             .into_iter()
             .chain(self.clients.iter().map(|c| c.timeout))
@@ -264,6 +373,17 @@ impl Group {
                     .filter(|c| c.connected && !cut.contains(&c.addr))
                 {
                     c.send_frame(now);
+                }
+            }
+            if self.video && self.next_video_frame <= now {
+                self.next_video_frame = now + VIDEO_FRAME;
+                let cut = &self.cut;
+                for c in self
+                    .clients
+                    .iter_mut()
+                    .filter(|c| c.connected && !cut.contains(&c.addr))
+                {
+                    c.send_video_frame(now);
                 }
             }
         }
@@ -505,4 +625,64 @@ fn a_full_room_refuses_the_next_joiner() {
         }
     }
     assert_eq!(sfu.members(&room).len(), 2);
+}
+
+#[test]
+fn four_participants_each_see_every_other_and_a_late_joiner_within_a_second() {
+    let t0 = Instant::now();
+    let mut g = Group::new(t0);
+    g.video = true;
+    for _ in 0..3 {
+        g.join();
+    }
+    g.run(Duration::from_secs(4));
+    let sent_at_join: Vec<u32> = g
+        .clients
+        .iter()
+        .map(|c| c.camera.as_ref().unwrap().sent)
+        .collect();
+    g.join();
+    g.run(Duration::from_secs(1));
+    for i in 0..3u8 {
+        let seen = g.clients[3].seen_from(i);
+        let first = seen.iter().next().copied();
+        // 15 fps: within the second after joining, frames from that second decode.
+        assert!(
+            first.is_some_and(|f| f <= sent_at_join[i as usize] + 15),
+            "late joiner decoded {} frames of client {i}, first {first:?} (sent {} at join)",
+            seen.len(),
+            sent_at_join[i as usize]
+        );
+    }
+    g.run(Duration::from_secs(3));
+    for c in &g.clients {
+        for o in g.clients.iter().filter(|o| o.index != c.index) {
+            let sent = o.camera.as_ref().unwrap().sent;
+            let seen = c.seen_from(o.index);
+            // From one second after whichever of the two joined later, every frame.
+            let start = if c.index == 3 && o.index != 3 {
+                sent_at_join[o.index as usize] + 15
+            } else {
+                15
+            };
+            let expected: BTreeSet<u32> = (start..sent - 3).collect();
+            let missing = expected.difference(&seen).count();
+            assert!(
+                missing == 0 && expected.len() > 30,
+                "client {} decoded {} of {} frames of client {} (missing {missing})",
+                c.index,
+                expected.len() - missing,
+                expected.len(),
+                o.index
+            );
+        }
+    }
+    // The late joiner's subscriptions asked for keyframes, which came.
+    assert!(g.sfu.stats.keyframe_requests >= 3, "{:?}", g.sfu.stats);
+    assert!(
+        g.clients
+            .iter()
+            .take(3)
+            .all(|c| c.camera.as_ref().unwrap().keyframes >= 2)
+    );
 }
