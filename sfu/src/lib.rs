@@ -33,6 +33,7 @@ use str0m::{Event, IceConnectionState, Input, Output};
 mod participant;
 pub mod rewrite;
 pub mod router;
+pub mod shell;
 
 use participant::Participant;
 pub use router::{ParticipantId, Route, Router};
@@ -124,7 +125,7 @@ pub struct SfuStats {
 }
 
 pub struct Sfu {
-    cfg: SfuConfig,
+    pub(crate) cfg: SfuConfig,
     participants: HashMap<ParticipantId, Participant>,
     rooms: HashMap<RoomId, Vec<ParticipantId>>,
     router: Router,

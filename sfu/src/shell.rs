@@ -1,0 +1,145 @@
+//! The SFU on tokio: one task owns the UDP socket and the sans-IO [`Sfu`], and is driven
+//! by datagrams, commands (join, answer, leave) and the core's timer. It stays dumb: every
+//! decision is the core's.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::{ParticipantId, RoomId, Sfu, SfuConfig, SfuError, SfuEvent};
+
+/// Commands waiting for the SFU task; a sender waits (async) when it is full.
+const COMMAND_QUEUE: usize = 256;
+/// Events waiting for whoever relays them to the clients. Offers must not be lost, so
+/// when it is full the SFU task waits for room (overload shows as slower forwarding).
+const EVENT_QUEUE: usize = 1024;
+/// Largest datagram read; anything longer is not WebRTC media from a sane client.
+const MAX_DATAGRAM: usize = 2048;
+
+enum Command {
+    Join {
+        room: RoomId,
+        offer: String,
+        reply: oneshot::Sender<Result<(ParticipantId, String), SfuError>>,
+    },
+    Answer {
+        id: ParticipantId,
+        answer: String,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    Leave {
+        id: ParticipantId,
+    },
+}
+
+/// Talks to a running SFU task; cheap to clone.
+#[derive(Clone)]
+pub struct SfuHandle {
+    commands: mpsc::Sender<Command>,
+    local: SocketAddr,
+}
+
+impl SfuHandle {
+    /// The socket's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Joins `room` with `offer`: the participant's id and the SFU's answer.
+    pub async fn join(
+        &self,
+        room: RoomId,
+        offer: String,
+    ) -> Result<(ParticipantId, String), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Join { room, offer, reply }).await?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// The participant's answer to the SFU's last [`SfuEvent::Offer`].
+    pub async fn answer(&self, id: ParticipantId, answer: String) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Answer { id, answer, reply }).await?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    pub async fn leave(&self, id: ParticipantId) -> Result<(), SfuError> {
+        self.send(Command::Leave { id }).await
+    }
+
+    async fn send(&self, c: Command) -> Result<(), SfuError> {
+        self.commands.send(c).await.map_err(|_| stopped())
+    }
+}
+
+fn stopped() -> SfuError {
+    SfuError::Rtc("the SFU has stopped".into())
+}
+
+/// Binds `cfg.public_addr` (or `bind`, when the public address is a NAT's) and starts the
+/// SFU task. Its events come out of the returned receiver; dropping every handle stops it.
+pub async fn spawn(
+    cfg: SfuConfig,
+    bind: Option<SocketAddr>,
+) -> io::Result<(SfuHandle, mpsc::Receiver<SfuEvent>, JoinHandle<()>)> {
+    let socket = UdpSocket::bind(bind.unwrap_or(cfg.public_addr)).await?;
+    // tokio reports a new socket not writable until it has been polled once; sends are
+    // `try_send_to`, so wait for that here rather than drop the first datagrams.
+    socket.writable().await?;
+    let mut cfg = cfg;
+    if cfg.public_addr.port() == 0 {
+        cfg.public_addr = socket.local_addr()?;
+    }
+    let local = cfg.public_addr;
+    let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
+    let task = tokio::spawn(run(Sfu::new(cfg), socket, command_rx, event_tx));
+    Ok((SfuHandle { commands, local }, events, task))
+}
+
+async fn run(
+    mut sfu: Sfu,
+    socket: UdpSocket,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<SfuEvent>,
+) {
+    let local = sfu.cfg.public_addr;
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let wake = sfu
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(1));
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => sfu.handle_datagram(from, local, &buf[..n], Instant::now()),
+                // ICMP errors surface here on some systems; the socket stays usable.
+                Err(e) => tracing::debug!("sfu socket: {e}"),
+            },
+            c = commands.recv() => match c {
+                None => return,
+                Some(Command::Join { room, offer, reply }) => {
+                    let _ = reply.send(sfu.join(&room, &offer, Instant::now()));
+                }
+                Some(Command::Answer { id, answer, reply }) => {
+                    let _ = reply.send(sfu.accept_answer(id, &answer, Instant::now()));
+                }
+                Some(Command::Leave { id }) => sfu.leave(id, "left"),
+            },
+            _ = tokio::time::sleep_until(wake) => sfu.handle_timeout(Instant::now()),
+        }
+        while let Some(t) = sfu.poll_transmit() {
+            // A full send buffer drops the datagram, as a congested network would.
+            let _ = socket.try_send_to(&t.contents, t.destination);
+        }
+        while let Some(e) = sfu.poll_event() {
+            if events.send(e).await.is_err() {
+                return;
+            }
+        }
+    }
+}
