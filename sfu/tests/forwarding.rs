@@ -239,6 +239,16 @@ impl Group {
         }
     }
 
+    /// A room of `n` clients that have joined (not yet connected: [`Group::run`] does that).
+    fn with(n: usize, video: bool) -> Group {
+        let mut g = Group::new(Instant::now());
+        g.video = video;
+        for _ in 0..n {
+            g.join();
+        }
+        g
+    }
+
     fn join(&mut self) {
         let index = self.clients.len() as u8;
         let (mut c, offer, pending) = Client::with_video(index, self.video, self.now);
@@ -404,11 +414,7 @@ impl Client {
 
 #[test]
 fn four_participants_each_hear_every_other() {
-    let t0 = Instant::now();
-    let mut g = Group::new(t0);
-    for _ in 0..4 {
-        g.join();
-    }
+    let mut g = Group::with(4, false);
     g.run(Duration::from_secs(6));
     assert!(g.clients.iter().all(|c| c.connected));
     assert_eq!(g.sfu.members(&g.room).len(), 4);
@@ -445,11 +451,7 @@ fn four_participants_each_hear_every_other() {
 
 #[test]
 fn a_late_joiner_hears_everyone_within_a_second_and_is_heard() {
-    let t0 = Instant::now();
-    let mut g = Group::new(t0);
-    for _ in 0..3 {
-        g.join();
-    }
+    let mut g = Group::with(3, false);
     g.run(Duration::from_secs(3));
     let sent_at_join: Vec<u32> = g.clients.iter().map(|c| c.sent).collect();
     g.join();
@@ -482,11 +484,7 @@ fn a_late_joiner_hears_everyone_within_a_second_and_is_heard() {
 
 #[test]
 fn five_pct_loss_on_one_downlink_is_repaired_by_red() {
-    let t0 = Instant::now();
-    let mut g = Group::new(t0);
-    for _ in 0..3 {
-        g.join();
-    }
+    let mut g = Group::with(3, false);
     let victim = g.clients[0].addr;
     g.loss_to.push((victim, 0.05));
     g.run(Duration::from_secs(20));
@@ -513,11 +511,7 @@ fn five_pct_loss_on_one_downlink_is_repaired_by_red() {
 
 #[test]
 fn a_participant_that_leaves_is_removed_and_no_longer_forwarded() {
-    let t0 = Instant::now();
-    let mut g = Group::new(t0);
-    for _ in 0..3 {
-        g.join();
-    }
+    let mut g = Group::with(3, false);
     g.run(Duration::from_secs(2));
     let gone = g.clients[2].id.unwrap();
     g.sfu.leave(gone, "hung up");
@@ -543,11 +537,7 @@ fn a_participant_that_leaves_is_removed_and_no_longer_forwarded() {
 
 #[test]
 fn a_participant_that_crashes_is_removed_and_freed() {
-    let t0 = Instant::now();
-    let mut g = Group::new(t0);
-    for _ in 0..3 {
-        g.join();
-    }
+    let mut g = Group::with(3, false);
     g.run(Duration::from_secs(2));
     let crashed = g.clients[1].id.unwrap();
     g.cut.push(g.clients[1].addr);
@@ -571,11 +561,7 @@ fn a_participant_that_crashes_is_removed_and_freed() {
 
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
-    let t0 = Instant::now();
-    let mut g = Group::new(t0);
-    for _ in 0..2 {
-        g.join();
-    }
+    let mut g = Group::with(2, false);
     g.run(Duration::from_secs(2));
     let before = g.sfu.stats.clone();
     // Garbage from a stranger and from a member's own address.
@@ -629,12 +615,7 @@ fn a_full_room_refuses_the_next_joiner() {
 
 #[test]
 fn four_participants_each_see_every_other_and_a_late_joiner_within_a_second() {
-    let t0 = Instant::now();
-    let mut g = Group::new(t0);
-    g.video = true;
-    for _ in 0..3 {
-        g.join();
-    }
+    let mut g = Group::with(3, true);
     g.run(Duration::from_secs(4));
     let sent_at_join: Vec<u32> = g
         .clients
