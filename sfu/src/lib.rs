@@ -204,7 +204,7 @@ impl Sfu {
     }
 
     /// The participant leaves; the others stop receiving its tracks.
-    pub fn leave(&mut self, id: ParticipantId, reason: &str) {
+    pub fn leave(&mut self, id: ParticipantId, reason: &str, now: Instant) {
         let Some(mut p) = self.participants.remove(&id) else {
             return;
         };
@@ -217,6 +217,13 @@ impl Sfu {
             }
         }
         for other in self.participants.values_mut() {
+            let ended: Vec<Mid> = other
+                .subscribed
+                .iter()
+                .filter(|(t, _)| t.publisher == id)
+                .map(|(_, o)| o.mid)
+                .collect();
+            other.to_stop.extend(ended);
             other.subscribed.retain(|t, _| t.publisher != id);
             other.to_add.retain(|(t, _)| t.publisher != id);
         }
@@ -224,6 +231,16 @@ impl Sfu {
             participant: id,
             reason: reason.to_string(),
         });
+        // The others' m-lines for its tracks go inactive (a renegotiation each).
+        let others: Vec<ParticipantId> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| !p.to_stop.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for other in others {
+            self.drain(other, now);
+        }
     }
 
     /// A datagram that arrived on the SFU's socket.
@@ -256,7 +273,7 @@ impl Sfu {
         }
         let is_check = matches!(self.router.route(source, bytes), Route::Stun(_));
         if p.rtc.handle_input(input).is_err() {
-            self.leave(id, "the media engine failed on input");
+            self.leave(id, "the media engine failed on input", now);
             return;
         }
         if is_check {
@@ -282,7 +299,7 @@ impl Sfu {
                 continue;
             };
             if p.rtc.handle_input(Input::Timeout(now)).is_err() {
-                self.leave(id, "the media engine failed on a timeout");
+                self.leave(id, "the media engine failed on a timeout", now);
                 continue;
             }
             self.drain(id, now);
@@ -378,7 +395,7 @@ impl Sfu {
             self.forward(id, pkt, now);
         }
         if let Some(reason) = gone {
-            self.leave(id, reason);
+            self.leave(id, reason, now);
         }
     }
 

@@ -40,6 +40,8 @@ pub(crate) struct Participant {
     pub subscribed: HashMap<TrackId, OutTrack>,
     /// Tracks waiting for the renegotiation in flight to finish.
     pub to_add: VecDeque<(TrackId, MediaKind)>,
+    /// Its m-lines of tracks whose publisher left, to turn inactive the same way.
+    pub to_stop: VecDeque<Mid>,
     /// The offer this SFU made it, waiting for its answer.
     pub pending: Option<SdpPendingOffer>,
     pub timeout: Option<Instant>,
@@ -84,6 +86,7 @@ impl Participant {
                 published: HashMap::new(),
                 subscribed: HashMap::new(),
                 to_add: VecDeque::new(),
+                to_stop: VecDeque::new(),
                 pending: None,
                 timeout: None,
                 connected: false,
@@ -93,13 +96,16 @@ impl Participant {
         ))
     }
 
-    /// Starts a renegotiation adding the waiting tracks, unless one is in flight. Returns
-    /// the offer and which of its m-lines carries which track.
+    /// Starts a renegotiation adding the waiting tracks and stopping the ended ones, unless
+    /// one is in flight. Returns the offer and which of its new m-lines carries which track.
     pub fn offer_waiting(&mut self) -> Option<(String, Vec<(Mid, TrackId)>)> {
-        if self.pending.is_some() || self.to_add.is_empty() {
+        if self.pending.is_some() || (self.to_add.is_empty() && self.to_stop.is_empty()) {
             return None;
         }
         let mut api = self.rtc.sdp_api();
+        for mid in self.to_stop.drain(..) {
+            api.set_direction(mid, Direction::Inactive);
+        }
         let mut added = Vec::new();
         for (track, kind) in self.to_add.drain(..) {
             let stream = format!("p{}", track.publisher.0);

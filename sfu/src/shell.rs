@@ -128,7 +128,7 @@ async fn run(
                 Some(Command::Answer { id, answer, reply }) => {
                     let _ = reply.send(sfu.accept_answer(id, &answer, Instant::now()));
                 }
-                Some(Command::Leave { id }) => sfu.leave(id, "left"),
+                Some(Command::Leave { id }) => sfu.leave(id, "left", Instant::now()),
             },
             _ = tokio::time::sleep_until(wake) => sfu.handle_timeout(Instant::now()),
         }

@@ -514,8 +514,23 @@ fn a_participant_that_leaves_is_removed_and_no_longer_forwarded() {
     let mut g = Group::with(3, false);
     g.run(Duration::from_secs(2));
     let gone = g.clients[2].id.unwrap();
-    g.sfu.leave(gone, "hung up");
+    let offers = g.offers;
+    g.sfu.leave(gone, "hung up", g.now);
     g.run(Duration::from_millis(100));
+    // Each of the two left was offered its m-line for the leaver's track, now inactive,
+    // and answered.
+    assert_eq!(g.offers, offers + 2);
+    let offered_inactive = g
+        .events
+        .iter()
+        .rev()
+        .take(4)
+        .any(|e| matches!(e, SfuEvent::Offer { sdp, .. } if sdp.contains("a=inactive")));
+    assert!(
+        offered_inactive,
+        "{:?}",
+        g.events.iter().rev().take(4).collect::<Vec<_>>()
+    );
     let heard_then = g.clients[0].heard_from(2).len();
     g.run(Duration::from_secs(2));
     assert_eq!(
