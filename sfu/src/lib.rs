@@ -251,7 +251,8 @@ impl Sfu {
         bytes: &[u8],
         now: Instant,
     ) {
-        let id = match self.router.route(source, bytes) {
+        let route = self.router.route(source, bytes);
+        let id = match route {
             Route::Stun(id) | Route::Pinned(id) => id,
             Route::Unknown => {
                 self.stats.unrouted += 1;
@@ -271,12 +272,11 @@ impl Sfu {
             self.stats.unrouted += 1;
             return;
         }
-        let is_check = matches!(self.router.route(source, bytes), Route::Stun(_));
         if p.rtc.handle_input(input).is_err() {
             self.leave(id, "the media engine failed on input", now);
             return;
         }
-        if is_check {
+        if let Route::Stun(_) = route {
             self.router.pin(id, source);
         }
         self.drain(id, now);
@@ -344,10 +344,7 @@ impl Sfu {
                     contents: t.contents.to_vec(),
                 }),
                 Ok(Output::Event(e)) => match e {
-                    Event::Connected => {
-                        p.connected = true;
-                        self.events.push_back(SfuEvent::Connected(id));
-                    }
+                    Event::Connected => self.events.push_back(SfuEvent::Connected(id)),
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         gone = Some("its connection timed out");
                     }
@@ -441,7 +438,7 @@ impl Sfu {
             self.stats.not_forwarded += 1;
             return;
         };
-        let room = pubp.room.clone();
+        let members = self.rooms.get(&pubp.room).cloned().unwrap_or_default();
         let track = TrackId { publisher, mid };
         // Only what a receiver can use of the publisher's extensions: the audio level.
         let ext = ExtensionValues {
@@ -450,33 +447,24 @@ impl Sfu {
             ..Default::default()
         };
         let mut wants_keyframe = false;
-        for sub in self.members(&room) {
+        for sub in members {
             if sub == publisher {
                 continue;
             }
             let Some(s) = self.participants.get_mut(&sub) else {
                 continue;
             };
-            let Some(out) = s.subscribed.get(&track) else {
+            let Some(out) = s.subscribed.get_mut(&track) else {
                 continue;
             };
             if !out.negotiated {
                 self.stats.not_forwarded += 1;
                 continue;
             }
-            let out_pt = match out.pts.get(&pt) {
-                Some(p) => *p,
-                None => {
-                    let mapped = s.map_pt(&params, is_red);
-                    s.subscribed
-                        .get_mut(&track)
-                        .expect("looked up above")
-                        .pts
-                        .insert(pt, mapped);
-                    mapped
-                }
-            };
-            let out = s.subscribed.get_mut(&track).expect("looked up above");
+            let out_pt = *out
+                .pts
+                .entry(pt)
+                .or_insert_with(|| participant::map_pt(&s.rtc, &params, is_red));
             if !out.started {
                 // A decoder can start only at a keyframe: hold the stream until one comes,
                 // and ask for it.

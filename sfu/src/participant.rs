@@ -45,7 +45,6 @@ pub(crate) struct Participant {
     /// The offer this SFU made it, waiting for its answer.
     pub pending: Option<SdpPendingOffer>,
     pub timeout: Option<Instant>,
-    pub connected: bool,
     /// When each of its tracks was last asked for a keyframe.
     pub keyframe_asked: HashMap<Mid, Instant>,
 }
@@ -89,7 +88,6 @@ impl Participant {
                 to_stop: VecDeque::new(),
                 pending: None,
                 timeout: None,
-                connected: false,
                 keyframe_asked: HashMap::new(),
             },
             answer,
@@ -153,13 +151,13 @@ impl Participant {
         }
         Ok(())
     }
+}
 
-    /// This participant's payload type for the publisher's codec `params` (its RED form
-    /// if `red`), if it negotiated that.
-    pub fn map_pt(&self, params: &str0m::format::PayloadParams, red: bool) -> Option<Pt> {
-        let mine = self.rtc.codec_config().match_params(*params)?;
-        if red { mine.red() } else { Some(mine.pt()) }
-    }
+/// A subscriber's payload type (in `rtc`) for the publisher's codec `params` (its RED form
+/// if `red`), if it negotiated that.
+pub(crate) fn map_pt(rtc: &Rtc, params: &str0m::format::PayloadParams, red: bool) -> Option<Pt> {
+    let mine = rtc.codec_config().match_params(*params)?;
+    if red { mine.red() } else { Some(mine.pt()) }
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {

@@ -82,10 +82,6 @@ impl Router {
             self.by_addr.remove(&gone);
         }
     }
-
-    pub fn participants(&self) -> usize {
-        self.addrs_of.len()
-    }
 }
 
 /// The SFU-side ufrag a STUN Binding request names, if `bytes` is one.

@@ -232,8 +232,8 @@ pub struct TurnClient {
 impl TurnClient {
     /// Starts allocating: the first Allocate is ready in [`TurnClient::poll_transmit`].
     pub fn new(cfg: TurnConfig, now: Instant) -> TurnClient {
-        let cfg_rto = cfg.rto;
         let mut c = TurnClient {
+            rtt: RtoEstimator::new(cfg.rto),
             cfg,
             phase: Phase::Allocating,
             creds: None,
@@ -246,7 +246,6 @@ impl TurnClient {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stream: Vec::new(),
-            rtt: RtoEstimator::new(cfg_rto),
             stats: TurnStats::default(),
         };
         c.start(Kind::Allocate, now, 0);
