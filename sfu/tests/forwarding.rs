@@ -5,8 +5,9 @@
 
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
 
 use natter_media::video::{
     EncoderSettings, Stamp, TestPattern, Vp8Decoder, Vp8Encoder, read_stamp,
@@ -16,7 +17,7 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, Input, Output, Rtc};
 
 const ONE_WAY: Duration = Duration::from_millis(10);
 const FRAME: Duration = Duration::from_millis(20);
@@ -64,12 +65,7 @@ impl Client {
     }
 
     fn with_video(index: u8, video: bool, now: Instant) -> (Client, String, SdpPendingOffer) {
-        let mut rtc = RtcConfig::new()
-            .set_crypto_provider(Arc::new(natter_media::session::dtls::crypto_provider()))
-            .clear_codecs()
-            .enable_opus(true, true)
-            .enable_vp8(true)
-            .build(now);
+        let mut rtc = common::client_rtc(now);
         let addr: SocketAddr = format!("10.9.0.{}:5000", 10 + index).parse().unwrap();
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut api = rtc.sdp_api();
@@ -107,19 +103,9 @@ impl Client {
     }
 
     fn send_frame(&mut self, now: Instant) {
-        let Some(w) = self.rtc.writer(self.send_mid) else {
-            return;
-        };
-        let Some(pt) = w.payload_params().next().map(|p| p.pt()) else {
-            return;
-        };
-        let n = self.sent;
-        let mut data = vec![self.index];
-        data.extend_from_slice(&n.to_le_bytes());
-        data.resize(60, 0xAA);
-        let time = MediaTime::new(u64::from(n) * 960, Frequency::FORTY_EIGHT_KHZ);
-        w.write(pt, now, time, data).unwrap();
-        self.sent += 1;
+        if common::write_audio_frame(&mut self.rtc, self.send_mid, self.index, self.sent, now) {
+            self.sent += 1;
+        }
     }
 }
 
@@ -154,8 +140,7 @@ impl Client {
 
     fn received(&mut self, d: str0m::media::MediaData) {
         if d.params.spec().codec != Codec::Vp8 {
-            let n = u32::from_le_bytes(d.data[1..5].try_into().unwrap());
-            self.heard.insert((d.data[0], n));
+            self.heard.insert(common::audio_frame_id(&d.data));
             return;
         }
         let dec = self
@@ -334,6 +319,15 @@ impl Group {
         }
     }
 
+    /// Every client that is connected and not cut off.
+    fn each_live_client(&mut self, f: impl FnMut(&mut Client)) {
+        let cut = &self.cut;
+        self.clients
+            .iter_mut()
+            .filter(|c| c.connected && !cut.contains(&c.addr))
+            .for_each(f);
+    }
+
     /// Runs the network and everyone's timers for `length`, every connected client sending
     /// a frame each 20 ms.
     fn run(&mut self, length: Duration) {
@@ -376,25 +370,11 @@ impl Group {
             }
             if self.next_frame <= now {
                 self.next_frame = now + FRAME;
-                let cut = &self.cut;
-                for c in self
-                    .clients
-                    .iter_mut()
-                    .filter(|c| c.connected && !cut.contains(&c.addr))
-                {
-                    c.send_frame(now);
-                }
+                self.each_live_client(|c| c.send_frame(now));
             }
             if self.video && self.next_video_frame <= now {
                 self.next_video_frame = now + VIDEO_FRAME;
-                let cut = &self.cut;
-                for c in self
-                    .clients
-                    .iter_mut()
-                    .filter(|c| c.connected && !cut.contains(&c.addr))
-                {
-                    c.send_video_frame(now);
-                }
+                self.each_live_client(|c| c.send_video_frame(now));
             }
         }
         panic!("the simulation does not advance");

@@ -3,15 +3,16 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
 
 use natter_sfu::shell::{self, SfuHandle};
 use natter_sfu::{ParticipantId, RoomId, SfuConfig, SfuEvent};
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime};
+use str0m::media::{Direction, MediaKind};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, RtcConfig};
+use str0m::{Candidate, Event, Input, Output};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -28,11 +29,7 @@ async fn client(
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     socket.writable().await.unwrap();
     let local = socket.local_addr().unwrap();
-    let mut rtc = RtcConfig::new()
-        .set_crypto_provider(Arc::new(natter_media::session::dtls::crypto_provider()))
-        .clear_codecs()
-        .enable_opus(true, true)
-        .build(Instant::now());
+    let mut rtc = common::client_rtc(Instant::now());
     rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
     let mut api = rtc.sdp_api();
     let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
@@ -61,8 +58,7 @@ async fn client(
                 }
                 Output::Event(Event::Connected) => connected = true,
                 Output::Event(Event::MediaData(d)) => {
-                    let n = u32::from_le_bytes(d.data[1..5].try_into().unwrap());
-                    heard.insert((d.data[0], n));
+                    heard.insert(common::audio_frame_id(&d.data));
                 }
                 Output::Event(_) => {}
             }
@@ -84,13 +80,7 @@ async fn client(
                 rtc.handle_input(Input::Timeout(now)).unwrap();
                 if connected && now >= next_frame {
                     next_frame += Duration::from_millis(20);
-                    let w = rtc.writer(mid).unwrap();
-                    let pt = w.payload_params().next().unwrap().pt();
-                    let mut data = vec![index];
-                    data.extend_from_slice(&sent.to_le_bytes());
-                    data.resize(60, 0x55);
-                    let time = MediaTime::new(u64::from(sent) * 960, Frequency::FORTY_EIGHT_KHZ);
-                    w.write(pt, now, time, data).unwrap();
+                    assert!(common::write_audio_frame(&mut rtc, mid, index, sent, now));
                     sent += 1;
                 } else if !connected {
                     next_frame = now + Duration::from_millis(20);
