@@ -169,6 +169,14 @@ fn call(link: &Link, opts: [MediaOptions; 2], length: Duration) -> Outcome {
     }
 }
 
+/// The loss draws' seed: `LOSSY_SEED` if set, else the test's own.
+fn seed_or(default: u64) -> u64 {
+    std::env::var("LOSSY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 fn video_opts() -> MediaOptions {
     MediaOptions {
         video: Some(VideoOptions {
@@ -190,10 +198,7 @@ fn video_behind_5_pct_loss_is_repaired() {
     let link = Link {
         loss: 0.05,
         delay: Duration::from_millis(20),
-        seed: std::env::var("LOSSY_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(7),
+        seed: seed_or(7),
     };
     let Outcome {
         stats: [a, b],
@@ -260,10 +265,7 @@ fn audio_behind_10_pct_loss_is_repaired_by_red() {
     let link = Link {
         loss: 0.10,
         delay: Duration::from_millis(20),
-        seed: std::env::var("LOSSY_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(11),
+        seed: seed_or(11),
     };
     let Outcome {
         stats: [a, b],
