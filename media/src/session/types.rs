@@ -1,0 +1,178 @@
+//! What a media session is given and what it reports: its options, its statistics, what
+//! it sends where, its state, events and errors.
+
+use std::net::SocketAddr;
+
+use natter_signaling::call::IceCandidate;
+
+use crate::audio::{AudioSource, ReceiveStats};
+use crate::video::{VideoOptions, VideoStats};
+
+/// How a call's media is made.
+#[derive(Debug, Clone)]
+pub struct MediaOptions {
+    pub source: AudioSource,
+    /// The tone expected from the other side (for the continuity figure), if any.
+    pub expect_tone: Option<f32>,
+    /// Offer only relayed candidates (the ICE transport policy `relay`).
+    pub relay_only: bool,
+    /// Write what is received (decoded) to this WAV file.
+    pub wav_out: Option<std::path::PathBuf>,
+    /// Opus target bitrate, bits per second.
+    pub bitrate: i32,
+    /// Local UDP addresses media binds. A wildcard (`0.0.0.0:0`, the default) means every
+    /// non-loopback interface; a concrete address binds just that one.
+    pub udp_bind: Vec<String>,
+    /// Offer RED (RFC 2198: each packet also carries the previous frame), so a single lost
+    /// packet is repaired from the next one without a retransmission.
+    pub red: bool,
+    /// Send video (the stamped test pattern, VP8). Video the peer offers is received and
+    /// measured either way.
+    pub video: Option<VideoOptions>,
+}
+
+impl Default for MediaOptions {
+    fn default() -> Self {
+        MediaOptions {
+            source: AudioSource::Tone { freq: 440.0 },
+            expect_tone: Some(440.0),
+            relay_only: false,
+            wav_out: None,
+            bitrate: 32_000,
+            udp_bind: vec!["0.0.0.0:0".to_owned()],
+            red: true,
+            video: None,
+        }
+    }
+}
+
+/// What one side of a call measured.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CallStats {
+    pub frames_sent: u64,
+    #[serde(flatten)]
+    pub received: ReceiveStats,
+    /// From the session's creation to the first decoded frame.
+    pub first_audio_ms: Option<u64>,
+    #[serde(flatten)]
+    pub transport: TransportStats,
+    /// Present when video was sent or received.
+    #[serde(flatten)]
+    pub video: Option<VideoStats>,
+}
+
+/// What str0m reports about the connection (from its periodic statistics).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct TransportStats {
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    pub packets_received: u64,
+    pub bytes_received: u64,
+    /// Incoming packets lost on the way (before RED, FEC and concealment repair them), in
+    /// percent of those sent.
+    pub loss_before_repair_pct: f64,
+    /// Round-trip time of the selected candidate pair.
+    pub rtt_ms: Option<f64>,
+    /// The sender-side bandwidth estimate (TWCC/GCC), kbit/s.
+    pub send_estimate_kbps: Option<u64>,
+}
+
+impl CallStats {
+    /// Decoded frames out of those that should have arrived (received + lost), in percent.
+    pub fn decoded_pct(&self) -> f64 {
+        let expected = self.received.frames_received + self.received.frames_lost;
+        if expected == 0 {
+            return 0.0;
+        }
+        100.0 * self.received.frames_decoded as f64 / expected as f64
+    }
+
+    /// Frames still missing after RED and retransmission, in percent of those expected
+    /// (they were concealed or went silent).
+    pub fn loss_after_repair_pct(&self) -> f64 {
+        let expected = self.received.frames_received + self.received.frames_lost;
+        if expected == 0 {
+            return 0.0;
+        }
+        100.0 * self.received.frames_lost as f64 / expected as f64
+    }
+
+    /// Decoded frames in which the expected tone was heard, in percent of those decoded.
+    pub fn tone_pct(&self) -> f64 {
+        if self.received.frames_decoded == 0 {
+            return 0.0;
+        }
+        100.0 * self.received.tone_frames as f64 / self.received.frames_decoded as f64
+    }
+}
+
+/// Where bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A datagram from the local socket `from` to `to`.
+    Udp { from: SocketAddr, to: SocketAddr },
+    /// The TCP stream to TURN server number `turn` (see [`Session::turn_streams`]).
+    Stream { turn: usize },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub via: Via,
+    pub bytes: Vec<u8>,
+}
+
+/// Connection state, as a user would name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaState {
+    New,
+    Connecting,
+    Connected,
+    Disconnected,
+    Failed,
+    Closed,
+}
+
+impl std::fmt::Display for MediaState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            MediaState::New => "new",
+            MediaState::Connecting => "connecting",
+            MediaState::Connected => "connected",
+            MediaState::Disconnected => "disconnected",
+            MediaState::Failed => "failed",
+            MediaState::Closed => "closed",
+        };
+        f.write_str(s)
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    /// A local candidate to trickle to the peer.
+    LocalCandidate(IceCandidate),
+    State(MediaState),
+    /// Something the user should know about (a TURN server refused us, say).
+    Warning(String),
+}
+
+/// Why a session call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaError {
+    #[error("media: {0}")]
+    Rtc(String),
+    #[error("media: the SDP is not valid: {0}")]
+    BadSdp(String),
+    #[error("media: the ICE candidate is not valid: {0}")]
+    BadCandidate(String),
+    #[error("media: no audio was negotiated")]
+    NoAudio,
+    #[error("media: {0}")]
+    Audio(String),
+    #[error("media: video: {0}")]
+    Video(String),
+    #[error("media: no local address to use ({0})")]
+    NoAddress(String),
+    #[error("the media connection is {0}")]
+    NotConnected(MediaState),
+}
