@@ -335,6 +335,28 @@ mod tests {
                 sdp: "v=0".into(),
             },
             ClientFrame::IceServers { id: 33 },
+            ClientFrame::RoomJoin {
+                id: 34,
+                group: GroupId(1),
+                media: Media::Audio,
+                sdp: "v=0".into(),
+            },
+            ClientFrame::RoomAnswer {
+                id: 35,
+                group: GroupId(1),
+                sdp: "v=0".into(),
+            },
+            ClientFrame::RoomLeave {
+                id: 36,
+                group: GroupId(1),
+            },
+            ClientFrame::RoomState {
+                id: 37,
+                group: GroupId(1),
+                muted: Some(true),
+                camera: None,
+                hand: Some(false),
+            },
         ]
     }
 

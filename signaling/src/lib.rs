@@ -9,6 +9,8 @@ pub mod call;
 pub mod codec;
 pub mod error;
 pub mod protocol;
+pub mod room;
+pub mod room_token;
 pub mod turn;
 
 pub use codec::{DecodeError, Encoding};

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::ErrorCode;
 use crate::call::{CallEvent, IceCandidate, Media, SdpKind};
+use crate::room::{RoomEvent, RosterEntry};
 
 /// Protocol version spoken by this build.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -385,6 +386,35 @@ pub enum ClientFrame {
     IceServers {
         id: u64,
     },
+    /// Join `group`'s call (starting it if none is going on: the other members ring) with an
+    /// SDP offer of what this device publishes. Answered with `room_joined`.
+    RoomJoin {
+        id: u64,
+        group: GroupId,
+        media: Media,
+        sdp: String,
+    },
+    /// The answer to a `room` offer event.
+    RoomAnswer {
+        id: u64,
+        group: GroupId,
+        sdp: String,
+    },
+    RoomLeave {
+        id: u64,
+        group: GroupId,
+    },
+    /// This device's state in the call; fields left out stay as they are.
+    RoomState {
+        id: u64,
+        group: GroupId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        muted: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        camera: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hand: Option<bool>,
+    },
 }
 
 /// A reference to the `id` field of any client frame (shared or mutable, as `$frame` is).
@@ -424,7 +454,11 @@ macro_rules! client_frame_id {
             | CallHangup { id, .. }
             | CallIce { id, .. }
             | CallUpdate { id, .. }
-            | IceServers { id } => id,
+            | IceServers { id }
+            | RoomJoin { id, .. }
+            | RoomAnswer { id, .. }
+            | RoomLeave { id, .. }
+            | RoomState { id, .. } => id,
         }
     }};
 }
@@ -465,6 +499,10 @@ impl ClientFrame {
         "call_ice",
         "call_update",
         "ice_servers",
+        "room_join",
+        "room_answer",
+        "room_leave",
+        "room_state",
     ];
 
     /// The request id.
@@ -514,6 +552,10 @@ impl ClientFrame {
             CallIce { .. } => "call_ice",
             CallUpdate { .. } => "call_update",
             IceServers { .. } => "ice_servers",
+            RoomJoin { .. } => "room_join",
+            RoomAnswer { .. } => "room_answer",
+            RoomLeave { .. } => "room_leave",
+            RoomState { .. } => "room_state",
         }
     }
 
@@ -660,7 +702,10 @@ impl ClientFrame {
             | GroupLeave { .. }
             | GroupInfo { .. }
             | Settings { .. }
-            | IceServers { .. } => {}
+            | IceServers { .. }
+            | RoomLeave { .. }
+            | RoomState { .. } => {}
+            RoomJoin { sdp, .. } | RoomAnswer { sdp, .. } => check_sdp(sdp)?,
         }
         Ok(())
     }
@@ -1011,6 +1056,20 @@ pub enum ServerFrame {
         /// How long the credentials stay valid.
         ttl_s: u64,
     },
+    /// Answer to `room_join`: the SFU's SDP answer and who is in the call. The others'
+    /// tracks follow in a `room` offer event.
+    RoomJoined {
+        id: u64,
+        group: GroupId,
+        call_id: String,
+        sdp: String,
+        roster: Vec<RosterEntry>,
+    },
+    /// Something happened in `group`'s call.
+    Room {
+        group: GroupId,
+        event: RoomEvent,
+    },
 }
 
 impl ServerFrame {
@@ -1036,6 +1095,8 @@ impl ServerFrame {
         "call_started",
         "call",
         "ice_servers",
+        "room_joined",
+        "room",
     ];
 
     /// An error frame answering request `id`.
@@ -1074,6 +1135,8 @@ impl ServerFrame {
             CallStarted { .. } => "call_started",
             Call { .. } => "call",
             IceServers { .. } => "ice_servers",
+            RoomJoined { .. } => "room_joined",
+            Room { .. } => "room",
         }
     }
 
@@ -1094,9 +1157,15 @@ impl ServerFrame {
             | PresenceList { id, .. }
             | Settings { id, .. }
             | CallStarted { id, .. }
-            | IceServers { id, .. } => Some(*id),
+            | IceServers { id, .. }
+            | RoomJoined { id, .. } => Some(*id),
             Error(e) => e.id,
-            Deliver { .. } | QueueEmpty {} | Presence(_) | Typing { .. } | Call { .. } => None,
+            Deliver { .. }
+            | QueueEmpty {}
+            | Presence(_)
+            | Typing { .. }
+            | Call { .. }
+            | Room { .. } => None,
         }
     }
 }
