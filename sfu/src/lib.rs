@@ -24,6 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use natter_signaling::room_token::{self, TokenError};
 use str0m::format::detect_vp8_keyframe;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
@@ -55,19 +56,32 @@ pub struct TrackId {
     pub mid: Mid,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SfuConfig {
     /// The address clients send to: the one host candidate of every participant.
     pub public_addr: SocketAddr,
     pub max_participants: usize,
+    /// Signs the room tokens a join must carry (shared with the gateways that mint them).
+    pub token_secret: Vec<u8>,
 }
 
 impl SfuConfig {
-    pub fn new(public_addr: SocketAddr) -> SfuConfig {
+    pub fn new(public_addr: SocketAddr, token_secret: Vec<u8>) -> SfuConfig {
         SfuConfig {
             public_addr,
             max_participants: DEFAULT_MAX_PARTICIPANTS,
+            token_secret,
         }
+    }
+}
+
+impl std::fmt::Debug for SfuConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SfuConfig")
+            .field("public_addr", &self.public_addr)
+            .field("max_participants", &self.max_participants)
+            .field("token_secret", &"<hidden>")
+            .finish()
     }
 }
 
@@ -77,6 +91,10 @@ pub enum SfuError {
     BadSdp(String),
     #[error("the room is full ({0} participants)")]
     RoomFull(usize),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("this device is already in the room")]
+    AlreadyJoined,
     #[error("no such participant in this SFU")]
     UnknownParticipant,
     #[error("an answer came but no offer was made to this participant")]
@@ -147,19 +165,31 @@ impl Sfu {
         }
     }
 
-    /// A participant joins `room` with its offer; returns its id and the SFU's answer. The
-    /// others' tracks follow in an [`SfuEvent::Offer`].
+    /// A participant joins with its offer and the room token a gateway minted for it (which
+    /// names the room and the device); returns its id and the SFU's answer. The others'
+    /// tracks follow in an [`SfuEvent::Offer`]. `now_unix` is for the token's expiry.
     pub fn join(
         &mut self,
-        room: &RoomId,
+        token: &str,
         offer: &str,
         now: Instant,
+        now_unix: u64,
     ) -> Result<(ParticipantId, String), SfuError> {
-        let members = self.rooms.get(room).map_or(0, Vec::len);
-        if members >= self.cfg.max_participants {
+        let claims = room_token::verify(&self.cfg.token_secret, token, now_unix)?;
+        let room = &RoomId(claims.room);
+        let members = self.rooms.get(room).map_or(&[][..], Vec::as_slice);
+        if members.len() >= self.cfg.max_participants {
             return Err(SfuError::RoomFull(self.cfg.max_participants));
         }
-        let (p, answer) = Participant::new(room.clone(), self.cfg.public_addr, offer, now)?;
+        let device = claims.device;
+        if members
+            .iter()
+            .any(|m| self.participants.get(m).is_some_and(|p| p.device == device))
+        {
+            return Err(SfuError::AlreadyJoined);
+        }
+        let (mut p, answer) = Participant::new(room.clone(), self.cfg.public_addr, offer, now)?;
+        p.device = device;
         let id = participant::random_id();
         self.router.add(id, &p.ufrag);
         self.participants.insert(id, p);
@@ -317,6 +347,11 @@ impl Sfu {
     /// Participants in all rooms.
     pub fn participants(&self) -> usize {
         self.participants.len()
+    }
+
+    /// Rooms with anyone in them.
+    pub fn rooms(&self) -> usize {
+        self.rooms.len()
     }
 
     /// Participants in `room`.

@@ -32,6 +32,8 @@ pub(crate) struct OutTrack {
 
 pub(crate) struct Participant {
     pub room: RoomId,
+    /// The device its room token names.
+    pub device: u64,
     pub rtc: Rtc,
     pub ufrag: String,
     /// Its own m-lines that it sends on: what it publishes.
@@ -80,6 +82,7 @@ impl Participant {
         Ok((
             Participant {
                 room,
+                device: 0,
                 rtc,
                 ufrag,
                 published: HashMap::new(),

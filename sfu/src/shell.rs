@@ -10,7 +10,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::{ParticipantId, RoomId, Sfu, SfuConfig, SfuError, SfuEvent};
+use crate::{ParticipantId, Sfu, SfuConfig, SfuError, SfuEvent};
 
 /// Commands waiting for the SFU task; a sender waits (async) when it is full.
 const COMMAND_QUEUE: usize = 256;
@@ -22,7 +22,7 @@ const MAX_DATAGRAM: usize = 2048;
 
 enum Command {
     Join {
-        room: RoomId,
+        token: String,
         offer: String,
         reply: oneshot::Sender<Result<(ParticipantId, String), SfuError>>,
     },
@@ -49,14 +49,19 @@ impl SfuHandle {
         self.local
     }
 
-    /// Joins `room` with `offer`: the participant's id and the SFU's answer.
+    /// Joins the room `token` names with `offer`: the participant's id and the SFU's answer.
     pub async fn join(
         &self,
-        room: RoomId,
+        token: String,
         offer: String,
     ) -> Result<(ParticipantId, String), SfuError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Join { room, offer, reply }).await?;
+        self.send(Command::Join {
+            token,
+            offer,
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -122,8 +127,8 @@ async fn run(
             },
             c = commands.recv() => match c {
                 None => return,
-                Some(Command::Join { room, offer, reply }) => {
-                    let _ = reply.send(sfu.join(&room, &offer, Instant::now()));
+                Some(Command::Join { token, offer, reply }) => {
+                    let _ = reply.send(sfu.join(&token, &offer, Instant::now(), unix_now()));
                 }
                 Some(Command::Answer { id, answer, reply }) => {
                     let _ = reply.send(sfu.accept_answer(id, &answer, Instant::now()));
@@ -142,4 +147,10 @@ async fn run(
             }
         }
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

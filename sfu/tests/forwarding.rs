@@ -207,7 +207,7 @@ struct Group {
 impl Group {
     fn new(now: Instant) -> Group {
         Group {
-            sfu: Sfu::new(SfuConfig::new(sfu_addr())),
+            sfu: Sfu::new(SfuConfig::new(sfu_addr(), common::SECRET.to_vec())),
             room: RoomId("family".into()),
             clients: Vec::new(),
             wire: BinaryHeap::new(),
@@ -237,7 +237,11 @@ impl Group {
     fn join(&mut self) {
         let index = self.clients.len() as u8;
         let (mut c, offer, pending) = Client::with_video(index, self.video, self.now);
-        let (id, answer) = self.sfu.join(&self.room, &offer, self.now).unwrap();
+        let token = common::token(&self.room.0, u64::from(index));
+        let (id, answer) = self
+            .sfu
+            .join(&token, &offer, self.now, common::unix_now())
+            .unwrap();
         let answer = SdpAnswer::from_sdp_string(&answer).unwrap();
         c.rtc.sdp_api().accept_answer(pending, answer).unwrap();
         c.id = Some(id);
@@ -570,9 +574,45 @@ fn bad_input_is_refused_and_changes_nothing() {
     }
     assert!(g.sfu.stats.unrouted >= before.unrouted + 6);
     assert!(matches!(
-        g.sfu.join(&g.room, "not sdp", g.now),
+        g.sfu.join(
+            &common::token("family", 99),
+            "not sdp",
+            g.now,
+            common::unix_now()
+        ),
         Err(natter_sfu::SfuError::BadSdp(_))
     ));
+    // Tokens: another secret's, an expired one, and a second join of a device inside.
+    let (_, offer, _) = Client::new(7, g.now);
+    let forged = natter_signaling::room_token::mint(b"guess", "family", 7, common::unix_now(), 60);
+    let expired = natter_signaling::room_token::mint(common::SECRET, "family", 7, 1_000, 60);
+    for (token, want) in [
+        (
+            forged,
+            natter_signaling::room_token::TokenError::BadSignature,
+        ),
+        (expired, natter_signaling::room_token::TokenError::Expired),
+        (
+            "family.7".to_string(),
+            natter_signaling::room_token::TokenError::Malformed,
+        ),
+    ] {
+        assert_eq!(
+            g.sfu.join(&token, &offer, g.now, common::unix_now()).err(),
+            Some(natter_sfu::SfuError::Token(want))
+        );
+    }
+    assert_eq!(
+        g.sfu
+            .join(
+                &common::token("family", 0),
+                &offer,
+                g.now,
+                common::unix_now()
+            )
+            .err(),
+        Some(natter_sfu::SfuError::AlreadyJoined)
+    );
     let id = g.clients[0].id.unwrap();
     assert_eq!(
         g.sfu.accept_answer(id, "v=0", g.now),
@@ -592,13 +632,18 @@ fn bad_input_is_refused_and_changes_nothing() {
 #[test]
 fn a_full_room_refuses_the_next_joiner() {
     let t0 = Instant::now();
-    let mut cfg = SfuConfig::new(sfu_addr());
+    let mut cfg = SfuConfig::new(sfu_addr(), common::SECRET.to_vec());
     cfg.max_participants = 2;
     let mut sfu = Sfu::new(cfg);
     let room = RoomId("small".into());
     for i in 0..3u8 {
         let (_, offer, _) = Client::new(i, t0);
-        let r = sfu.join(&room, &offer, t0);
+        let r = sfu.join(
+            &common::token("small", i.into()),
+            &offer,
+            t0,
+            common::unix_now(),
+        );
         if i < 2 {
             assert!(r.is_ok());
         } else {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use natter_sfu::shell::{self, SfuHandle};
-use natter_sfu::{ParticipantId, RoomId, SfuConfig, SfuEvent};
+use natter_sfu::{ParticipantId, SfuConfig, SfuEvent};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction, MediaKind};
 use str0m::net::{Protocol, Receive};
@@ -35,7 +35,10 @@ async fn client(
     let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
     let (offer, pending) = api.apply().unwrap();
     let (id, answer) = sfu
-        .join(RoomId("loopback".into()), offer.to_sdp_string())
+        .join(
+            common::token("loopback", index.into()),
+            offer.to_sdp_string(),
+        )
         .await
         .unwrap();
     rtc.sdp_api()
@@ -94,7 +97,10 @@ async fn client(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_clients_on_real_sockets_hear_each_other_through_the_shell() {
     let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let (sfu, mut events, _task) = shell::spawn(SfuConfig::new(addr), None).await.unwrap();
+    let (sfu, mut events, _task) =
+        shell::spawn(SfuConfig::new(addr, common::SECRET.to_vec()), None)
+            .await
+            .unwrap();
     assert_ne!(sfu.local_addr().port(), 0);
     // Offers go to the client they are for.
     let (ids_tx, mut ids) = mpsc::channel::<(ParticipantId, mpsc::Sender<String>)>(8);

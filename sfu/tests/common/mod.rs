@@ -39,3 +39,18 @@ pub fn write_audio_frame(rtc: &mut Rtc, mid: Mid, sender: u8, n: u32, now: Insta
 pub fn audio_frame_id(data: &[u8]) -> (u8, u32) {
     (data[0], u32::from_le_bytes(data[1..5].try_into().unwrap()))
 }
+
+/// The secret the tests' SFUs check room tokens with.
+pub const SECRET: &[u8] = b"sfu test secret";
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A room token for `device` in `room`, as a gateway mints it, valid for a minute.
+pub fn token(room: &str, device: u64) -> String {
+    natter_signaling::room_token::mint(SECRET, room, device, unix_now(), 60)
+}
