@@ -9,7 +9,10 @@ use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use natter_messaging::MessagingConfig;
 use natter_messaging::config::{CodeDelivery, Limits, Rate, SyncMode};
+use natter_sfu::config::SfuSettings;
 use natter_turn::config::TurnConfig;
+
+mod sfu;
 use serde::{Deserialize, Serialize};
 
 const ABOUT: &str =
@@ -19,8 +22,9 @@ const LONG_ABOUT: &str = "\
 natter: self-hosted end-to-end-encrypted messaging and calls (all-in-one server).
 
 Runs the messaging gateway (HTTP + WebSocket) with embedded storage (SQLite in WAL mode)
-under --data-dir, and a STUN/TURN server for calls (UDP and TCP on 127.0.0.1:3478 unless
---turn-listen says otherwise). Every setting has a default that runs on localhost.
+under --data-dir, a STUN/TURN server for calls (UDP and TCP on 127.0.0.1:3478 unless
+--turn-listen says otherwise) and the SFU for group calls (UDP 127.0.0.1:7882 unless
+--sfu-listen says otherwise). Every setting has a default that runs on localhost.
 
 Settings are read, later ones winning, from: built-in defaults; the TOML file given with
 --config (keys as in `natter --print-config`); NATTER_* environment variables; flags.
@@ -58,6 +62,7 @@ struct Config {
     log: LogConfig,
     messaging: MessagingConfig,
     turn: TurnConfig,
+    sfu: SfuSettings,
 }
 
 #[derive(Debug, Parser)]
@@ -316,6 +321,29 @@ struct Cli {
         value_delimiter = ','
     )]
     turn_allow_peers: Option<Vec<String>>,
+
+    /// Run the SFU for group calls in-process [config: sfu.enabled; default: true]
+    #[arg(long, env = "NATTER_SFU_ENABLED", value_name = "BOOL")]
+    sfu_enabled: Option<bool>,
+
+    /// SFU: the UDP socket all group-call media goes through [config: sfu.listen;
+    /// default: 127.0.0.1:7882]
+    #[arg(long, env = "NATTER_SFU_LISTEN", value_name = "ADDR")]
+    sfu_listen: Option<SocketAddr>,
+
+    /// SFU: the address clients send media to, when it is not --sfu-listen's (behind a NAT)
+    /// [config: sfu.public_addr]
+    #[arg(long, env = "NATTER_SFU_PUBLIC_ADDR", value_name = "ADDR")]
+    sfu_public_addr: Option<SocketAddr>,
+
+    /// SFU: most participants in one group call [config: sfu.max_participants; default: 50]
+    #[arg(long, env = "NATTER_SFU_MAX_PARTICIPANTS", value_name = "N")]
+    sfu_max_participants: Option<usize>,
+
+    /// SFU: the secret room tokens are signed with, shared with a standalone natter-sfu;
+    /// generated at start unless set [config: sfu.token_secret]
+    #[arg(long, env = "NATTER_SFU_TOKEN_SECRET", value_name = "SECRET")]
+    sfu_token_secret: Option<String>,
 }
 
 /// `NAME=BURST:RATE` for `--limit`.
@@ -398,6 +426,15 @@ fn apply(cli: Cli, cfg: &mut Config) {
         turn_relay_ips => turn.relay_ips;
         turn_relay_ports => turn.relay_ports;
         turn_allow_peers => turn.allow_peers;
+        sfu_enabled => sfu.enabled;
+        sfu_listen => sfu.listen;
+        sfu_max_participants => sfu.max_participants;
+    }
+    if let Some(a) = cli.sfu_public_addr {
+        cfg.sfu.public_addr = Some(a);
+    }
+    if let Some(s) = cli.sfu_token_secret {
+        cfg.sfu.token_secret = Some(s);
     }
     for NamedRate(name, rate) in cli.limits {
         *cfg.messaging
@@ -488,18 +525,37 @@ async fn run(mut cfg: Config) -> Result<()> {
         );
     }
     let turn = start_turn(&mut cfg).await?;
-    let extra: Option<natter_messaging::ExtraMetrics> = turn.as_ref().map(|(t, _)| {
-        let t = t.clone();
-        let f: natter_messaging::ExtraMetrics = std::sync::Arc::new(move || {
+    let sfu = if cfg.sfu.enabled {
+        Some(sfu::InProcessSfu::start(&mut cfg.sfu).await?)
+    } else {
+        None
+    };
+    // One /metrics: the gateway's, then the TURN server's and the SFU's.
+    let turn_stats = turn.as_ref().map(|(t, _)| t.clone());
+    let sfu_stats = sfu.as_ref().map(|s| s.handle.clone());
+    let extra: natter_messaging::ExtraMetrics = std::sync::Arc::new(move || {
+        let mut text = String::new();
+        if let Some(t) = &turn_stats {
             let (stats, n) = t.stats();
-            natter_turn::config::render_metrics(&stats, n)
-        });
-        f
+            text.push_str(&natter_turn::config::render_metrics(&stats, n));
+        }
+        if let Some(s) = &sfu_stats {
+            text.push_str(&s.stats().render());
+        }
+        text
     });
+    let attached = natter_messaging::Attached {
+        extra_metrics: Some(extra),
+        sfu: sfu.as_ref().map(|s| s.access(&cfg.sfu)),
+    };
     let data_dir = cfg.messaging.data_dir.clone();
-    let server = natter_messaging::Server::start_with(cfg.messaging, extra)
+    let server = natter_messaging::Server::start_with(cfg.messaging, attached)
         .await
         .context("cannot start the messaging gateway")?;
+    let sfu_addr = sfu.as_ref().map(|s| s.handle.local_addr());
+    if let Some(s) = sfu {
+        s.relay(server.sfu_notices());
+    }
     let addr = server.local_addr();
     let mut out = std::io::stdout().lock();
     writeln!(out, "natter {} is running", env!("CARGO_PKG_VERSION"))?;
@@ -514,6 +570,9 @@ async fn run(mut cfg: Config) -> Result<()> {
         for a in &bound.tcp {
             writeln!(out, "  turn       turn:{a}?transport=tcp")?;
         }
+    }
+    if let Some(a) = sfu_addr {
+        writeln!(out, "  sfu        udp:{a} (group calls)")?;
     }
     writeln!(out, "  data       {} (SQLite, WAL)", data_dir.display())?;
     writeln!(out, "press Ctrl-C to stop")?;
@@ -576,6 +635,7 @@ mod tests {
         let cfg: Config = toml::from_str(text).unwrap();
         assert_eq!(cfg.messaging, MessagingConfig::default());
         assert_eq!(cfg.turn, TurnConfig::default());
+        assert_eq!(cfg.sfu, SfuSettings::default());
     }
 
     #[test]

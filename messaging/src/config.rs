@@ -406,6 +406,11 @@ limits! {
     call_ice = (500.0, 50.0);
     /// `ice_servers` frames (each mints TURN credentials), per device.
     ice_servers = (10.0, 0.1);
+    /// `room_join` frames, per device: five, then one a minute (the first join of a call
+    /// rings every member of the group).
+    room_join = (5.0, 1.0 / 60.0);
+    /// `room_answer`, `room_state` and `room_leave` frames, per device.
+    room_signal = (120.0, 10.0);
 }
 
 #[cfg(test)]

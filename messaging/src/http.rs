@@ -258,6 +258,9 @@ async fn healthz(State(st): State<SharedState>) -> ApiResult<Json<serde_json::Va
 
 async fn metrics(State(st): State<SharedState>) -> impl IntoResponse {
     st.metrics.store_queue.set(st.store.queued() as i64);
+    let (rooms, participants) = st.rooms.counts();
+    st.metrics.rooms.set(rooms as i64);
+    st.metrics.room_participants.set(participants as i64);
     let mut text = st.metrics.render();
     if let Some(extra) = &st.extra_metrics {
         text.push_str(&extra());

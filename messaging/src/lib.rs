@@ -12,6 +12,7 @@ pub mod hub;
 pub mod metrics;
 pub mod outbound;
 pub mod ratelimit;
+pub mod rooms;
 pub mod store;
 pub mod typing;
 
@@ -60,6 +61,25 @@ pub enum ServerError {
     Store(#[from] store::StoreError),
 }
 
+/// What runs beside the gateway and plugs into it.
+#[derive(Default)]
+pub struct Attached {
+    /// Appended to `/metrics`.
+    pub extra_metrics: Option<ExtraMetrics>,
+    /// The SFU; without it, `room_join` is answered `unavailable`.
+    pub sfu: Option<rooms::SfuAccess>,
+}
+
+/// Passes what the SFU says on its own (offers, dropped participants) to the gateway.
+#[derive(Clone)]
+pub struct SfuNotices(SharedState);
+
+impl SfuNotices {
+    pub fn notice(&self, n: rooms::SfuNotice) {
+        self.0.rooms.notice(&self.0, n);
+    }
+}
+
 /// A running gateway.
 pub struct Server {
     addr: SocketAddr,
@@ -72,15 +92,13 @@ pub struct Server {
 impl Server {
     /// Opens storage, binds the listener and starts serving.
     pub async fn start(cfg: MessagingConfig) -> Result<Server, ServerError> {
-        Self::start_with(cfg, None).await
+        Self::start_with(cfg, Attached::default()).await
     }
 
-    /// Like [`Server::start`]; `extra_metrics` is appended to `/metrics` (the all-in-one
-    /// server adds the TURN server's there).
-    pub async fn start_with(
-        cfg: MessagingConfig,
-        extra_metrics: Option<ExtraMetrics>,
-    ) -> Result<Server, ServerError> {
+    /// Like [`Server::start`], with what the all-in-one server attaches: more `/metrics`
+    /// text (the TURN server's and the SFU's) and the SFU for group calls.
+    pub async fn start_with(cfg: MessagingConfig, attached: Attached) -> Result<Server, ServerError> {
+        let Attached { extra_metrics, sfu } = attached;
         cfg.validate().map_err(ServerError::Config)?;
         let blob_dir = cfg.data_dir.join("blobs");
         let upload_dir = cfg.data_dir.join("uploads");
@@ -110,6 +128,8 @@ impl Server {
         let state = Arc::new(AppState {
             limits: Limiters::new(&cfg),
             calls: calls::Calls::new(&cfg.calls),
+            rooms: rooms::Rooms::new(sfu),
+            runtime: tokio::runtime::Handle::current(),
             extra_metrics,
             cfg,
             store,
@@ -151,6 +171,11 @@ impl Server {
 
     pub fn metrics(&self) -> Arc<Metrics> {
         self.state.metrics.clone()
+    }
+
+    /// Where the SFU's notices go.
+    pub fn sfu_notices(&self) -> SfuNotices {
+        SfuNotices(self.state.clone())
     }
 
     /// Stops accepting, tells every socket to close (1001), waits up to `shutdown_grace_ms`

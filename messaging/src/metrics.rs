@@ -44,6 +44,12 @@ pub struct Metrics {
     pub store_queue: IntGauge,
     /// Time the writer spent on its own WAL checkpoints (between batches).
     pub store_checkpoint: Histogram,
+    /// Devices admitted to a group call.
+    pub room_joins: IntCounter,
+    /// Group calls going on (sampled when scraped).
+    pub rooms: IntGauge,
+    /// Devices in a group call (sampled when scraped).
+    pub room_participants: IntGauge,
 }
 
 impl Metrics {
@@ -172,6 +178,22 @@ impl Metrics {
         registry
             .register(Box::new(store_checkpoint.clone()))
             .unwrap();
+        let room_joins = IntCounter::new(
+            "natter_messaging_room_joins_total",
+            "Devices admitted to a group call",
+        )
+        .unwrap();
+        let rooms = IntGauge::new("natter_messaging_rooms", "Group calls going on").unwrap();
+        let room_participants = IntGauge::new(
+            "natter_messaging_room_participants",
+            "Devices in a group call",
+        )
+        .unwrap();
+        registry.register(Box::new(room_joins.clone())).unwrap();
+        registry.register(Box::new(rooms.clone())).unwrap();
+        registry
+            .register(Box::new(room_participants.clone()))
+            .unwrap();
         for c in [&overloaded, &hello_timeouts] {
             registry.register(Box::new(c.clone())).unwrap();
         }
@@ -218,6 +240,9 @@ impl Metrics {
             hello_timeouts,
             store_queue,
             store_checkpoint,
+            room_joins,
+            rooms,
+            room_participants,
         }
     }
 

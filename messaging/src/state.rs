@@ -67,6 +67,8 @@ pub struct Limiters {
     pub call_signal: RateLimiter<DeviceId>,
     pub call_ice: RateLimiter<DeviceId>,
     pub ice_servers: RateLimiter<DeviceId>,
+    pub room_join: RateLimiter<DeviceId>,
+    pub room_signal: RateLimiter<DeviceId>,
 }
 
 impl Limiters {
@@ -94,6 +96,8 @@ impl Limiters {
             call_signal: RateLimiter::new(l.call_signal),
             call_ice: RateLimiter::new(l.call_ice),
             ice_servers: RateLimiter::new(l.ice_servers),
+            room_join: RateLimiter::new(l.room_join),
+            room_signal: RateLimiter::new(l.room_signal),
         }
     }
 
@@ -119,6 +123,8 @@ impl Limiters {
             &self.call_signal,
             &self.call_ice,
             &self.ice_servers,
+            &self.room_join,
+            &self.room_signal,
         ];
         for l in per_device {
             l.prune(now);
@@ -155,6 +161,9 @@ pub struct AppState {
     pub upload_dir: PathBuf,
     pub upload_locks: crate::http::UploadLocks,
     pub calls: crate::calls::Calls,
+    pub rooms: crate::rooms::Rooms,
+    /// The runtime the server started on (for work begun on the storage thread).
+    pub runtime: tokio::runtime::Handle,
     pub extra_metrics: Option<crate::ExtraMetrics>,
 }
 

@@ -26,11 +26,12 @@ use std::time::{Duration, Instant};
 
 use natter_signaling::room_token::{self, TokenError};
 use str0m::format::detect_vp8_keyframe;
-use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
+use str0m::media::{KeyframeRequestKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Event, IceConnectionState, Input, Output};
 
+pub mod config;
 mod participant;
 pub mod rewrite;
 pub mod router;
@@ -38,6 +39,7 @@ pub mod shell;
 
 use participant::Participant;
 pub use router::{ParticipantId, Route, Router};
+pub use str0m::media::MediaKind;
 
 /// A publisher's track is asked for a keyframe at most this often.
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
@@ -103,6 +105,50 @@ pub enum SfuError {
     Rtc(String),
 }
 
+impl SfuStats {
+    /// Prometheus text (`natter_sfu_*`).
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let mut line = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        line("natter_sfu_rooms", "gauge", "Rooms with participants", self.rooms);
+        line("natter_sfu_participants", "gauge", "Participants in all rooms", self.participants);
+        line(
+            "natter_sfu_forwarded_packets_total",
+            "counter",
+            "RTP packets forwarded to subscribers",
+            self.forwarded_packets,
+        );
+        line(
+            "natter_sfu_forwarded_bytes_total",
+            "counter",
+            "RTP payload bytes forwarded to subscribers",
+            self.forwarded_bytes,
+        );
+        line(
+            "natter_sfu_unrouted_datagrams_total",
+            "counter",
+            "Datagrams from no participant's address, or checks naming nobody",
+            self.unrouted,
+        );
+        line(
+            "natter_sfu_not_forwarded_packets_total",
+            "counter",
+            "Packets held back (m-line not negotiated, codec not taken, waiting for a keyframe)",
+            self.not_forwarded,
+        );
+        line(
+            "natter_sfu_keyframe_requests_total",
+            "counter",
+            "Keyframe requests (PLI) sent to publishers",
+            self.keyframe_requests,
+        );
+        s
+    }
+}
+
 /// What the shell sends on the socket.
 #[derive(Debug, Clone)]
 pub struct Transmit {
@@ -113,11 +159,12 @@ pub struct Transmit {
 /// What happened, for the shell to pass on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SfuEvent {
-    /// Send this offer to the participant; `tracks` says whose track each new m-line is.
+    /// Send this offer to the participant; `tracks` says whose track (and what kind) each
+    /// new m-line carries.
     Offer {
         participant: ParticipantId,
         sdp: String,
-        tracks: Vec<(Mid, TrackId)>,
+        tracks: Vec<(Mid, TrackId, MediaKind)>,
     },
     /// ICE and DTLS are up: media flows.
     Connected(ParticipantId),
@@ -131,6 +178,9 @@ pub enum SfuEvent {
 /// Counters, also for `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SfuStats {
+    /// Rooms with anyone in them, and participants in all rooms (gauges, set by the shell).
+    pub rooms: u64,
+    pub participants: u64,
     pub forwarded_packets: u64,
     pub forwarded_bytes: u64,
     /// Datagrams from nobody's address, or checks naming nobody.

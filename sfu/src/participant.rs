@@ -99,7 +99,7 @@ impl Participant {
 
     /// Starts a renegotiation adding the waiting tracks and stopping the ended ones, unless
     /// one is in flight. Returns the offer and which of its new m-lines carries which track.
-    pub fn offer_waiting(&mut self) -> Option<(String, Vec<(Mid, TrackId)>)> {
+    pub fn offer_waiting(&mut self) -> Option<(String, Vec<(Mid, TrackId, MediaKind)>)> {
         if self.pending.is_some() || (self.to_add.is_empty() && self.to_stop.is_empty()) {
             return None;
         }
@@ -135,7 +135,7 @@ impl Participant {
                     pts: HashMap::new(),
                 },
             );
-            lines.push((mid, track));
+            lines.push((mid, track, kind));
         }
         Some((offer.to_sdp_string(), lines))
     }

@@ -4,13 +4,14 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::{ParticipantId, Sfu, SfuConfig, SfuError, SfuEvent};
+use crate::{ParticipantId, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats};
 
 /// Commands waiting for the SFU task; a sender waits (async) when it is full.
 const COMMAND_QUEUE: usize = 256;
@@ -36,14 +37,23 @@ enum Command {
     },
 }
 
+/// The counters are copied out for readers at most this often.
+const STATS_EVERY: Duration = Duration::from_millis(250);
+
 /// Talks to a running SFU task; cheap to clone.
 #[derive(Clone)]
 pub struct SfuHandle {
     commands: mpsc::Sender<Command>,
     local: SocketAddr,
+    stats: Arc<Mutex<SfuStats>>,
 }
 
 impl SfuHandle {
+    /// The SFU's counters, as of at most [`STATS_EVERY`] ago.
+    pub fn stats(&self) -> SfuStats {
+        self.stats.lock().unwrap().clone()
+    }
+
     /// The socket's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
@@ -102,8 +112,23 @@ pub async fn spawn(
     let local = cfg.public_addr;
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
-    let task = tokio::spawn(run(Sfu::new(cfg), socket, command_rx, event_tx));
-    Ok((SfuHandle { commands, local }, events, task))
+    let stats = Arc::new(Mutex::new(SfuStats::default()));
+    let task = tokio::spawn(run(
+        Sfu::new(cfg),
+        socket,
+        command_rx,
+        event_tx,
+        stats.clone(),
+    ));
+    Ok((
+        SfuHandle {
+            commands,
+            local,
+            stats,
+        },
+        events,
+        task,
+    ))
 }
 
 async fn run(
@@ -111,14 +136,23 @@ async fn run(
     socket: UdpSocket,
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<SfuEvent>,
+    stats: Arc<Mutex<SfuStats>>,
 ) {
     let local = sfu.cfg.public_addr;
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut copied = Instant::now();
     loop {
+        if copied.elapsed() >= STATS_EVERY {
+            copied = Instant::now();
+            let mut s = sfu.stats.clone();
+            s.rooms = sfu.rooms() as u64;
+            s.participants = sfu.participants() as u64;
+            *stats.lock().unwrap() = s;
+        }
         let wake = sfu
             .poll_timeout()
             .map(tokio::time::Instant::from_std)
-            .unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(1));
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
         tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, from)) => sfu.handle_datagram(from, local, &buf[..n], Instant::now()),

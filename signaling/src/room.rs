@@ -361,6 +361,11 @@ impl RoomRouter {
         Some((group, Party { user, device }))
     }
 
+    /// The id of `group`'s call, if one is going on.
+    pub fn call_id(&self, group: GroupId) -> Option<String> {
+        self.rooms.get(&group).map(|r| r.call_id.clone())
+    }
+
     /// Rooms with a call going on.
     pub fn rooms(&self) -> usize {
         self.rooms.len()

@@ -35,7 +35,7 @@ pub const TEST_LIMITS: &[&str] = &[
      link_code=100000:100000,group_create=100000:100000,group_change=100000:100000,\
      group_info=100000:100000,presence=100000:100000,call_offer=100000:100000,\
      call_offer_pair=100000:100000,call_signal=100000:100000,call_ice=100000:100000,\
-     ice_servers=100000:100000",
+     ice_servers=100000:100000,room_join=100000:100000,room_signal=100000:100000",
     "--max-groups-per-hour",
     "100000",
 ];
@@ -120,10 +120,17 @@ impl TestServer {
         } else {
             &["--turn-listen", "127.0.0.1:0"]
         };
+        // The SFU on a random port too.
+        let sfu: &[&str] = if args.iter().any(|a| a.starts_with("--sfu-")) {
+            &[]
+        } else {
+            &["--sfu-listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_natter"))
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(turn)
+            .args(sfu)
             .args(["--log", "info"])
             .args(if test_limits {
                 test_limits_except(args)

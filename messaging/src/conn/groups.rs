@@ -35,12 +35,18 @@ impl Conn {
                 )
             }
             // Limit: `group_change`. Cost: notices to every member device.
+            // Removed users' devices also leave the group's call.
             ClientFrame::GroupRemove { id, group, users } => {
                 self.limit(change, 1.0)?;
+                let gone = users.clone();
+                let st = st.clone();
                 self.submit(
                     id,
                     move |core| core.remove_members(user, group, &users, now_ms()),
-                    move |group| Some(ServerFrame::Group { id, group }),
+                    move |info| {
+                        st.rooms.members_removed(&st, group, &gone);
+                        Some(ServerFrame::Group { id, group: info })
+                    },
                 )
             }
             ClientFrame::GroupPromote {
@@ -57,10 +63,14 @@ impl Conn {
             }
             ClientFrame::GroupLeave { id, group } => {
                 self.limit(change, 1.0)?;
+                let st = st.clone();
                 self.submit(
                     id,
                     move |core| core.leave(user, group, now_ms()),
-                    move |()| Some(ServerFrame::Ok { id }),
+                    move |()| {
+                        st.rooms.members_removed(&st, group, &[user]);
+                        Some(ServerFrame::Ok { id })
+                    },
                 )
             }
             ClientFrame::GroupRename { id, group, name } => {

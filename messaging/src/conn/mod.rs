@@ -28,6 +28,7 @@ mod groups;
 mod keys;
 mod messages;
 mod presence;
+mod rooms;
 
 /// Requests a connection may have outstanding before the server stops reading from it.
 pub const MAX_IN_FLIGHT: usize = 256;
@@ -529,6 +530,10 @@ impl Conn {
             | ClientFrame::CallIce { .. }
             | ClientFrame::CallUpdate { .. }
             | ClientFrame::IceServers { .. }) => self.calls(f),
+            f @ (ClientFrame::RoomJoin { .. }
+            | ClientFrame::RoomAnswer { .. }
+            | ClientFrame::RoomState { .. }
+            | ClientFrame::RoomLeave { .. }) => self.rooms(f),
         };
         if let Err(e) = handled {
             self.refuse(id, e);
@@ -552,6 +557,8 @@ impl Conn {
         if let Some(went_offline) = st.hub.unregister(device, self.handle.conn_id, user, now) {
             // This was the device's live connection: its calls lose it.
             st.calls.disconnected(st, device);
+            let party = natter_signaling::call::Party { user, device };
+            st.rooms.disconnected(st, party);
             if went_offline {
                 st.store
                     .submit(move |core: &mut Core| core.set_last_seen(user, now), |_| {});
