@@ -103,7 +103,11 @@ fn refusal(e: SfuError) -> ProtocolError {
 }
 
 impl SfuLink for Link {
-    fn join(&self, token: String, offer: String) -> BoxFuture<Result<(u64, String), ProtocolError>> {
+    fn join(
+        &self,
+        token: String,
+        offer: String,
+    ) -> BoxFuture<Result<(u64, String), ProtocolError>> {
         let h = self.0.clone();
         Box::pin(async move {
             let (id, answer) = h.join(token, offer).await.map_err(refusal)?;

@@ -84,6 +84,12 @@ pub enum ClientEvent {
         event: natter_signaling::call::CallEvent,
         ice_servers: Vec<natter_signaling::IceServer>,
     },
+    /// Something happened in a group's call (a call started: `ringing`; it ended; the
+    /// roster changed). Calls this device joined are also handled by their [`crate::ActiveRoom`].
+    Room {
+        group: natter_signaling::GroupId,
+        event: natter_signaling::room::RoomEvent,
+    },
     /// This device was revoked (or its token no longer works); the client stopped.
     Revoked {
         reason: String,
@@ -127,6 +133,9 @@ pub(crate) struct Inner {
     pub(crate) pending_ice:
         Mutex<std::collections::HashMap<String, Vec<natter_signaling::call::IceCandidate>>>,
     pub(crate) live_calls: std::sync::atomic::AtomicUsize,
+    /// Group calls this device is in.
+    pub(crate) rooms:
+        Mutex<std::collections::HashMap<natter_signaling::GroupId, crate::rooms::RoomRoute>>,
 }
 
 /// A running client. Cheap to clone; dropping the last clone does not stop the background
@@ -280,6 +289,7 @@ impl Client {
             calls: Mutex::new(std::collections::HashMap::new()),
             pending_ice: Mutex::new(std::collections::HashMap::new()),
             live_calls: std::sync::atomic::AtomicUsize::new(0),
+            rooms: Mutex::new(std::collections::HashMap::new()),
         });
         tokio::spawn(run(inner.clone()));
         (Client { inner }, ClientEvents(ev_rx))
@@ -1150,6 +1160,12 @@ async fn serve(inner: &Arc<Inner>, conn: &Arc<Connection>, mut events: crate::Ev
                         event,
                         ice_servers,
                     });
+                }
+                Event::Frame(ServerFrame::Room { group, event }) => {
+                    if let Some(route) = inner.rooms.lock().unwrap().get(&group) {
+                        let _ = route.signals.send(event.clone());
+                    }
+                    out.push(ClientEvent::Room { group, event });
                 }
                 Event::Frame(ServerFrame::Typing {
                     conv, from, active, ..

@@ -17,6 +17,7 @@ pub mod client;
 pub mod connection;
 pub mod content;
 mod error;
+pub mod rooms;
 pub mod store;
 
 pub use account::{Credentials, HttpClient};
@@ -29,4 +30,5 @@ pub use natter_media::{
     CallStats, MediaError, MediaOptions, MediaSession, VideoOptions, VideoStats,
 };
 pub use natter_signaling as protocol;
+pub use rooms::{ActiveRoom, RoomView};
 pub use store::{FileRef, HistoryItem, ItemKind};

@@ -97,7 +97,10 @@ impl Server {
 
     /// Like [`Server::start`], with what the all-in-one server attaches: more `/metrics`
     /// text (the TURN server's and the SFU's) and the SFU for group calls.
-    pub async fn start_with(cfg: MessagingConfig, attached: Attached) -> Result<Server, ServerError> {
+    pub async fn start_with(
+        cfg: MessagingConfig,
+        attached: Attached,
+    ) -> Result<Server, ServerError> {
         let Attached { extra_metrics, sfu } = attached;
         cfg.validate().map_err(ServerError::Config)?;
         let blob_dir = cfg.data_dir.join("blobs");

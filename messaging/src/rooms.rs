@@ -3,10 +3,11 @@
 //! membership, mints the room token the SFU verifies, relays the SFU's renegotiation
 //! offers to the device they are for, and keeps the roster.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use natter_signaling::call::{Media, Party};
 use natter_signaling::room::{RoomAction, RoomEvent, RoomRouter, RoomTrack, StateChange};
@@ -27,7 +28,8 @@ pub const ROOM_TOKEN_TTL_S: u64 = 60;
 pub trait SfuLink: Send + Sync + 'static {
     /// Admits the device the token names with its offer: the SFU's participant id and
     /// answer.
-    fn join(&self, token: String, offer: String) -> BoxFuture<Result<(u64, String), ProtocolError>>;
+    fn join(&self, token: String, offer: String)
+    -> BoxFuture<Result<(u64, String), ProtocolError>>;
     /// The participant's answer to the SFU's last offer.
     fn answer(&self, participant: u64, sdp: String) -> BoxFuture<Result<(), ProtocolError>>;
     fn leave(&self, participant: u64) -> BoxFuture<()>;
@@ -52,9 +54,16 @@ pub struct SfuAccess {
     pub token_secret: Vec<u8>,
 }
 
+/// Notices held for participants the router does not know yet: the SFU's first offer to a
+/// newcomer can overtake the answer to its join. Bounded; a join takes what is held for it,
+/// and what nobody took is dropped after [`EARLY_NOTICE_TTL`] (an offer that raced a leave).
+const EARLY_NOTICES: usize = 1024;
+const EARLY_NOTICE_TTL: Duration = Duration::from_secs(10);
+
 pub struct Rooms {
     router: Mutex<RoomRouter>,
     sfu: Option<SfuAccess>,
+    early: Mutex<HashMap<u64, (Instant, Vec<SfuNotice>)>>,
 }
 
 fn unix_now() -> u64 {
@@ -82,6 +91,7 @@ impl Rooms {
         Rooms {
             router: Mutex::new(RoomRouter::new()),
             sfu,
+            early: Mutex::new(HashMap::new()),
         }
     }
 
@@ -132,6 +142,10 @@ impl Rooms {
                 st.metrics.room_joins.inc();
                 let call_id = self.call_id(group);
                 self.apply(st, actions);
+                let early = self.early.lock().unwrap().remove(&participant);
+                for n in early.into_iter().flat_map(|(_, held)| held) {
+                    self.notice(st, n);
+                }
                 Ok(ServerFrame::RoomJoined {
                     id,
                     group,
@@ -142,6 +156,7 @@ impl Rooms {
             }
             // A second join raced this one past the first check.
             Err(e) => {
+                self.early.lock().unwrap().remove(&participant);
                 sfu.link.leave(participant).await;
                 Err(e)
             }
@@ -169,7 +184,12 @@ impl Rooms {
     }
 
     /// `room_leave`.
-    pub fn leave(&self, st: &SharedState, from: Party, group: GroupId) -> Result<(), ProtocolError> {
+    pub fn leave(
+        &self,
+        st: &SharedState,
+        from: Party,
+        group: GroupId,
+    ) -> Result<(), ProtocolError> {
         let actions = {
             let mut r = self.router.lock().unwrap();
             r.sfu_id(from, group)?;
@@ -200,7 +220,12 @@ impl Rooms {
 
     /// Users left or were removed from `group`: their devices leave its call. (Callable from
     /// the storage thread: nothing here waits.)
-    pub fn members_removed(&self, st: &SharedState, group: GroupId, users: &[natter_signaling::UserId]) {
+    pub fn members_removed(
+        &self,
+        st: &SharedState,
+        group: GroupId,
+        users: &[natter_signaling::UserId],
+    ) {
         let mut actions = Vec::new();
         {
             let mut r = self.router.lock().unwrap();
@@ -211,8 +236,35 @@ impl Rooms {
         self.apply(st, actions);
     }
 
+    /// Keeps an offer for a participant whose join has not finished; false if it is known.
+    /// (A `left` for an unknown participant is for one that already left: dropped.)
+    fn hold_early(&self, n: &SfuNotice) -> bool {
+        let participant = match n {
+            SfuNotice::Offer { participant, .. } => *participant,
+            SfuNotice::Left { .. } => return false,
+        };
+        if self.router.lock().unwrap().by_sfu(participant).is_some() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut early = self.early.lock().unwrap();
+        early.retain(|_, (at, _)| now.duration_since(*at) < EARLY_NOTICE_TTL);
+        if early.len() < EARLY_NOTICES || early.contains_key(&participant) {
+            let (_, held) = early
+                .entry(participant)
+                .or_insert_with(|| (now, Vec::new()));
+            if held.len() < 16 {
+                held.push(n.clone());
+            }
+        }
+        true
+    }
+
     /// Something the SFU said.
     pub fn notice(&self, st: &SharedState, n: SfuNotice) {
+        if self.hold_early(&n) {
+            return;
+        }
         match n {
             SfuNotice::Offer {
                 participant,

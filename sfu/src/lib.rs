@@ -113,8 +113,18 @@ impl SfuStats {
         let mut line = |name: &str, kind: &str, help: &str, v: u64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
-        line("natter_sfu_rooms", "gauge", "Rooms with participants", self.rooms);
-        line("natter_sfu_participants", "gauge", "Participants in all rooms", self.participants);
+        line(
+            "natter_sfu_rooms",
+            "gauge",
+            "Rooms with participants",
+            self.rooms,
+        );
+        line(
+            "natter_sfu_participants",
+            "gauge",
+            "Participants in all rooms",
+            self.participants,
+        );
         line(
             "natter_sfu_forwarded_packets_total",
             "counter",

@@ -17,6 +17,9 @@ use crate::{ParticipantId, RoomId, SfuError, TrackId};
 /// Where each participant's send estimate starts (the allocator of a later change reads it).
 const INITIAL_ESTIMATE_KBPS: u64 = 500;
 
+/// An m-line of an offer: which track it carries, and its kind.
+pub(crate) type OfferedTrack = (Mid, TrackId, MediaKind);
+
 /// What a participant receives of one published track.
 pub(crate) struct OutTrack {
     /// The m-line in this participant's `Rtc` that carries it, once negotiated.
@@ -99,7 +102,7 @@ impl Participant {
 
     /// Starts a renegotiation adding the waiting tracks and stopping the ended ones, unless
     /// one is in flight. Returns the offer and which of its new m-lines carries which track.
-    pub fn offer_waiting(&mut self) -> Option<(String, Vec<(Mid, TrackId, MediaKind)>)> {
+    pub fn offer_waiting(&mut self) -> Option<(String, Vec<OfferedTrack>)> {
         if self.pending.is_some() || (self.to_add.is_empty() && self.to_stop.is_empty()) {
             return None;
         }

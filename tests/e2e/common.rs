@@ -546,6 +546,18 @@ impl TestServer {
         }
     }
 
+    /// Waits up to `within` for the series `name` to fall to `at_most`; returns its value.
+    pub async fn wait_metric_at_most(&self, name: &str, at_most: f64, within: Duration) -> f64 {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let v = try_metric(&self.metrics().await, name).unwrap_or(0.0);
+            if v <= at_most || tokio::time::Instant::now() >= deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The server process's resident memory, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();

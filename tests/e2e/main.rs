@@ -11,6 +11,7 @@ mod call_media;
 mod calls;
 mod crash;
 mod e2ee;
+mod group_calls;
 mod groups;
 mod messages;
 mod netem_calls;

@@ -83,6 +83,11 @@ impl AudioDecoder {
         })
     }
 
+    /// The tone to look for in what is decoded from now on.
+    pub fn expect_tone(&mut self, freq: Option<f32>) {
+        self.expect_tone = freq;
+    }
+
     /// One Opus packet: its RTP sequence number and time, when it arrived.
     pub fn packet(&mut self, seq: u16, rtp_time: u32, payload: &[u8], now: Instant) {
         let arrival = now.duration_since(self.started).as_secs_f64();

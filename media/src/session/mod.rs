@@ -7,6 +7,7 @@
 
 pub mod audio_pipe;
 pub mod dtls;
+pub mod group;
 pub mod shell;
 mod types;
 pub mod video_pipe;
@@ -32,6 +33,7 @@ use crate::ice_servers::{Servers, TurnServer};
 use crate::turn_client::{TurnClient, TurnConfig, TurnEvent, TurnTransport};
 use crate::video::{VideoOptions, VideoStats};
 use audio_pipe::{AudioDecoder, AudioEncoder};
+use group::{RemoteTracks, TrackStats};
 use video_pipe::{VideoReceiver, VideoSender};
 
 fn rtc_err(e: impl std::fmt::Display) -> MediaError {
@@ -142,6 +144,8 @@ pub struct Session {
     video_mid: Option<Mid>,
     video_tx: Option<VideoSender>,
     video_rx: Option<VideoReceiver>,
+    /// In a group call: the others' tracks.
+    remote_tracks: RemoteTracks,
     /// Packets and bytes per media, each way, from str0m's statistics.
     ingress: HashMap<Mid, (u64, u64)>,
     egress: HashMap<Mid, (u64, u64)>,
@@ -202,6 +206,7 @@ impl Session {
             video_mid: None,
             video_tx: None,
             video_rx: None,
+            remote_tracks: RemoteTracks::default(),
             ingress: HashMap::new(),
             egress: HashMap::new(),
             video_nacks_sent: 0,
@@ -300,13 +305,18 @@ impl Session {
 
     /// The offer (caller side); candidates trickle afterwards.
     pub fn create_offer(&mut self, now: Instant) -> Result<String, MediaError> {
+        // In a group call the SFU sends the others' media on m-lines of its own.
+        let dir = if self.opts.group {
+            Direction::SendOnly
+        } else {
+            Direction::SendRecv
+        };
         let mut api = self.rtc.sdp_api();
         if self.mid.is_none() {
-            self.mid = Some(api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None));
+            self.mid = Some(api.add_media(MediaKind::Audio, dir, None, None, None));
         }
         if self.video_mid.is_none() && self.opts.video.is_some() {
-            self.video_mid =
-                Some(api.add_media(MediaKind::Video, Direction::SendRecv, None, None, None));
+            self.video_mid = Some(api.add_media(MediaKind::Video, dir, None, None, None));
         }
         let (offer, pending) = api
             .apply()
@@ -347,10 +357,20 @@ impl Session {
             .pending
             .take()
             .ok_or_else(|| MediaError::Rtc("an answer without an offer".into()))?;
+        // An ICE-lite SFU trickles nothing: its candidates are in the answer, and the
+        // relays need them as peers.
+        let sfu_candidates: Vec<IceCandidate> = if self.opts.group {
+            answer_candidates(sdp)
+        } else {
+            Vec::new()
+        };
         self.rtc
             .sdp_api()
             .accept_answer(pending, answer)
             .map_err(rtc_err)?;
+        for c in &sfu_candidates {
+            self.add_remote_candidate(c, now)?;
+        }
         self.drain(now);
         Ok(())
     }
@@ -678,6 +698,30 @@ impl Session {
                 }
                 _ => {}
             },
+            // A group call: the SFU adds each other participant's tracks, send-only.
+            Event::MediaAdded(m) if self.opts.group && m.direction == Direction::RecvOnly => {
+                if let Err(e) = self.remote_tracks.added(m.mid, m.kind, now) {
+                    self.events
+                        .push_back(SessionEvent::Warning(format!("track {}: {e}", m.mid)));
+                }
+            }
+            Event::MediaData(d) if self.remote_tracks.has(d.mid) => {
+                if d.params.spec().codec == str0m::format::Codec::Vp8 {
+                    let wall = self.wall_ms(now);
+                    let rtp = d.time.rebase(Frequency::NINETY_KHZ).numer();
+                    if self
+                        .remote_tracks
+                        .video(d.mid, &d.data, rtp, d.contiguous, now, wall)
+                        && let Some(mut w) = self.rtc.writer(d.mid)
+                    {
+                        let _ = w.request_keyframe(d.rid, KeyframeRequestKind::Pli);
+                    }
+                } else {
+                    let seq = **d.seq_range.end() as u16;
+                    let rtp = d.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer() as u32;
+                    self.remote_tracks.audio(d.mid, seq, rtp, &d.data, now);
+                }
+            }
             Event::MediaAdded(m) if m.kind == MediaKind::Audio && self.mid.is_none() => {
                 self.mid = Some(m.mid);
             }
@@ -750,6 +794,7 @@ impl Session {
                     if let Some(rx) = self.video_rx.as_mut() {
                         rx.set_rtt(rtt);
                     }
+                    self.remote_tracks.set_rtt(rtt);
                 }
                 if let Some(b) = p.bwe_tx {
                     self.transport.send_estimate_kbps = Some(b.as_u64() / 1000);
@@ -833,6 +878,16 @@ impl Session {
         self.decoder.first_decoded
     }
 
+    /// In a group call: each received track's figures.
+    pub fn track_stats(&self) -> Vec<TrackStats> {
+        self.remote_tracks.stats()
+    }
+
+    /// In a group call: the tone expected on the received audio track `mid`.
+    pub fn expect_tone_on(&mut self, mid: &str, freq: f32) {
+        self.remote_tracks.expect_tone(Mid::from(mid), freq);
+    }
+
     /// Decoded samples kept for the WAV file.
     pub fn take_samples(&mut self) -> Option<Vec<i16>> {
         self.decoder.keep.take()
@@ -850,4 +905,17 @@ impl Session {
         self.rtc_timeout = None;
         self.set_state(MediaState::Closed);
     }
+}
+
+/// The `a=candidate` lines of an SDP.
+fn answer_candidates(sdp: &str) -> Vec<IceCandidate> {
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a="))
+        .filter(|l| l.starts_with("candidate:"))
+        .map(|l| IceCandidate {
+            candidate: l.to_string(),
+            sdp_mid: None,
+            sdp_mline_index: Some(0),
+        })
+        .collect()
 }

@@ -207,6 +207,16 @@ impl MediaSession {
         self.core.lock().unwrap().first_audio()
     }
 
+    /// In a group call: each received track's figures.
+    pub fn track_stats(&self) -> Vec<super::group::TrackStats> {
+        self.core.lock().unwrap().track_stats()
+    }
+
+    /// In a group call: the tone expected on received audio track `mid`.
+    pub fn expect_tone_on(&self, mid: &str, freq: f32) {
+        self.core.lock().unwrap().expect_tone_on(mid, freq);
+    }
+
     /// Stops sending, releases the relays (briefly waiting for their answers), closes.
     pub async fn close(&self) {
         self.with(|s, now| s.close(now));

@@ -29,6 +29,9 @@ pub struct MediaOptions {
     /// Send video (the stamped test pattern, VP8). Video the peer offers is received and
     /// measured either way.
     pub video: Option<VideoOptions>,
+    /// A group call through an SFU: publish only (send-only m-lines), and receive each
+    /// other participant's tracks as the SFU adds them, each decoded on its own.
+    pub group: bool,
 }
 
 impl Default for MediaOptions {
@@ -42,6 +45,7 @@ impl Default for MediaOptions {
             udp_bind: vec!["0.0.0.0:0".to_owned()],
             red: true,
             video: None,
+            group: false,
         }
     }
 }

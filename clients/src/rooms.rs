@@ -1,0 +1,285 @@
+//! Group calls on top of [`Client`]: a device joins its group's call (a room on natter's SFU)
+//! with one [`MediaSession`] that publishes its audio (and video) and receives every other
+//! participant's tracks as the SFU adds them.
+//!
+//! Each room runs a small task that applies, in order, what the server relays: the SFU's
+//! answer to the join first, then its renegotiation offers (each answered with
+//! `room_answer`), roster changes, and removal from the call.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use natter_media::session::group::TrackStats;
+use natter_signaling::call::Media;
+use natter_signaling::room::{RoomEvent, RoomTrack, RosterEntry};
+use natter_signaling::{ClientFrame, DeviceId, GroupId, ServerFrame};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{Client, ClientError};
+use natter_media::{MediaOptions, MediaSession};
+
+/// What this device knows of the call it is in.
+#[derive(Debug, Clone, Default)]
+pub struct RoomView {
+    pub roster: Vec<RosterEntry>,
+    /// Every track the SFU sends this device, with its publisher.
+    pub tracks: Vec<RoomTrack>,
+    /// Media flows (ICE and DTLS are up, this device publishes).
+    pub connected: bool,
+    /// Why this device is out of the call, once it is (`left` after its own leave).
+    pub ended: Option<String>,
+}
+
+/// A group call this device is in.
+pub struct ActiveRoom {
+    pub group: GroupId,
+    pub call_id: String,
+    client: Client,
+    media: Arc<MediaSession>,
+    view: watch::Receiver<RoomView>,
+    tones: Arc<std::sync::Mutex<HashMap<DeviceId, f32>>>,
+}
+
+pub(crate) struct RoomRoute {
+    pub signals: mpsc::UnboundedSender<RoomEvent>,
+}
+
+impl ActiveRoom {
+    pub fn view(&self) -> RoomView {
+        self.view.borrow().clone()
+    }
+
+    /// Waits until `pred` holds for the view, or `timeout`.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&RoomView) -> bool,
+    ) -> Result<RoomView, ClientError> {
+        let mut rx = self.view.clone();
+        match tokio::time::timeout(timeout, rx.wait_for(|v| pred(v))).await {
+            Ok(Ok(v)) => Ok(v.clone()),
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => Err(ClientError::Protocol(format!(
+                "room of {} is {:?} after {timeout:?}",
+                self.group,
+                self.view()
+            ))),
+        }
+    }
+
+    /// Each received track's figures, with whose it is.
+    pub fn track_stats(&self) -> Vec<(RoomTrack, TrackStats)> {
+        let tracks = self.view.borrow().tracks.clone();
+        let stats = self.media.track_stats();
+        tracks
+            .into_iter()
+            .filter_map(|t| {
+                let s = stats.iter().find(|s| s.mid == t.mid)?.clone();
+                Some((t, s))
+            })
+            .collect()
+    }
+
+    /// The tone `device` sends, to be looked for in its audio (for the continuity figure).
+    pub fn expect_tone(&self, device: DeviceId, freq: f32) {
+        self.tones.lock().unwrap().insert(device, freq);
+        for t in &self.view.borrow().tracks {
+            if t.device == device && t.kind == Media::Audio {
+                self.media.expect_tone_on(&t.mid, freq);
+            }
+        }
+    }
+
+    /// Sets this device's muted / camera / hand state (fields left `None` stay).
+    pub async fn set_state(
+        &self,
+        muted: Option<bool>,
+        camera: Option<bool>,
+        hand: Option<bool>,
+    ) -> Result<(), ClientError> {
+        self.client
+            .request(ClientFrame::RoomState {
+                id: 0,
+                group: self.group,
+                muted,
+                camera,
+                hand,
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Leaves the call; media stops.
+    pub async fn leave(&self) -> Result<(), ClientError> {
+        let r = self
+            .client
+            .request(ClientFrame::RoomLeave {
+                id: 0,
+                group: self.group,
+            })
+            .await;
+        self.client.end_room(self.group, "left");
+        r.map(|_| ())
+    }
+}
+
+impl Client {
+    /// Joins (or starts) `group`'s call, publishing audio (and video when `opts.video` is
+    /// set). Returns once the SFU answered; media connects in the background.
+    pub async fn join_room(
+        &self,
+        group: GroupId,
+        media: Media,
+        mut opts: MediaOptions,
+    ) -> Result<ActiveRoom, ClientError> {
+        opts.group = true;
+        // Tones are per track in a group call: see ActiveRoom::expect_tone.
+        opts.expect_tone = None;
+        let ice = self.ice_servers().await?;
+        let session = Arc::new(MediaSession::new(&ice, opts).await?);
+        let offer = session.create_offer().await?;
+        // Registered before the join is sent: the SFU's first offer can overtake its answer.
+        let (sig_tx, sig_rx) = mpsc::unbounded_channel();
+        {
+            let mut rooms = self.inner.rooms.lock().unwrap();
+            if rooms.contains_key(&group) {
+                return Err(ClientError::Protocol(format!(
+                    "already in the call of {group}"
+                )));
+            }
+            rooms.insert(group, RoomRoute { signals: sig_tx });
+        }
+        let (view_tx, view_rx) = watch::channel(RoomView::default());
+        let (answer_tx, answer_rx) = oneshot::channel();
+        let tones = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        self.inner.live_calls.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(run_room(
+            self.clone(),
+            group,
+            session.clone(),
+            sig_rx,
+            view_tx,
+            answer_rx,
+            tones.clone(),
+        ));
+        let joined = self
+            .request(ClientFrame::RoomJoin {
+                id: 0,
+                group,
+                media,
+                sdp: offer,
+            })
+            .await;
+        match joined {
+            Ok(ServerFrame::RoomJoined {
+                call_id,
+                sdp,
+                roster,
+                ..
+            }) => {
+                let _ = answer_tx.send((sdp, roster));
+                Ok(ActiveRoom {
+                    group,
+                    call_id,
+                    client: self.clone(),
+                    media: session,
+                    view: view_rx,
+                    tones,
+                })
+            }
+            Ok(other) => {
+                self.end_room(group, "refused");
+                Err(ClientError::Protocol(format!(
+                    "unexpected answer {}",
+                    other.type_name()
+                )))
+            }
+            Err(e) => {
+                self.end_room(group, "refused");
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends this device's part in `group`'s call locally: its task closes the media.
+    pub(crate) fn end_room(&self, group: GroupId, why: &str) {
+        if let Some(route) = self.inner.rooms.lock().unwrap().remove(&group) {
+            let _ = route.signals.send(RoomEvent::Removed {
+                reason: why.to_string(),
+            });
+        }
+    }
+}
+
+/// One room's task: see the module documentation.
+async fn run_room(
+    client: Client,
+    group: GroupId,
+    media: Arc<MediaSession>,
+    mut signals: mpsc::UnboundedReceiver<RoomEvent>,
+    view: watch::Sender<RoomView>,
+    answer: oneshot::Receiver<(String, Vec<RosterEntry>)>,
+    tones: Arc<std::sync::Mutex<HashMap<DeviceId, f32>>>,
+) {
+    let started = match answer.await {
+        Ok((sdp, roster)) => {
+            view.send_modify(|v| v.roster = roster);
+            media.set_answer(&sdp).await.map_err(|e| e.to_string())
+        }
+        Err(_) => Err("the join was refused".to_string()),
+    };
+    if let Err(e) = started {
+        view.send_modify(|v| v.ended = Some(e));
+        finish(&client, group, &media).await;
+        return;
+    }
+    {
+        let (media, view) = (media.clone(), view.clone());
+        tokio::spawn(async move {
+            if media.wait_connected(Duration::from_secs(20)).await.is_ok()
+                && media.start_sending().await.is_ok()
+            {
+                view.send_modify(|v| v.connected = true);
+            }
+        });
+    }
+    while let Some(ev) = signals.recv().await {
+        match ev {
+            RoomEvent::Offer { sdp, tracks } => match media.accept_offer(&sdp).await {
+                Ok(answer) => {
+                    let tones = tones.lock().unwrap().clone();
+                    for t in &tracks {
+                        if let (Media::Audio, Some(f)) = (t.kind, tones.get(&t.device)) {
+                            media.expect_tone_on(&t.mid, *f);
+                        }
+                    }
+                    view.send_modify(|v| v.tracks.extend(tracks));
+                    let frame = ClientFrame::RoomAnswer {
+                        id: 0,
+                        group,
+                        sdp: answer,
+                    };
+                    if let Err(e) = client.request(frame).await {
+                        eprintln!("natter-client: room {group}: answer refused: {e}");
+                    }
+                }
+                Err(e) => eprintln!("natter-client: room {group}: offer: {e}"),
+            },
+            RoomEvent::Roster { participants } => view.send_modify(|v| v.roster = participants),
+            RoomEvent::Removed { reason } => {
+                view.send_modify(|v| v.ended = Some(reason));
+                break;
+            }
+            RoomEvent::Ringing { .. } | RoomEvent::Ended { .. } => {}
+        }
+    }
+    finish(&client, group, &media).await;
+}
+
+async fn finish(client: &Client, group: GroupId, media: &MediaSession) {
+    client.inner.rooms.lock().unwrap().remove(&group);
+    media.close().await;
+    client.inner.live_calls.fetch_sub(1, Ordering::SeqCst);
+}

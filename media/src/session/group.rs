@@ -1,0 +1,120 @@
+//! What a session in a group call receives: one track per other participant's audio and
+//! video (m-lines the SFU adds by renegotiation), each decoded and measured on its own.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use str0m::media::{MediaKind, Mid};
+
+use super::audio_pipe::AudioDecoder;
+use super::video_pipe::VideoReceiver;
+use crate::audio::ReceiveStats;
+use crate::video::VideoStats;
+
+/// One received track's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrackStats {
+    /// The m-line, as the SFU's offer named it (the room's `tracks` say whose it is).
+    pub mid: String,
+    pub video: bool,
+    /// Audio tracks: what arrived and decoded.
+    pub audio: Option<ReceiveStats>,
+    /// Video tracks: frames received, rendered, freezes, fps.
+    pub picture: Option<VideoStats>,
+}
+
+enum Decoder {
+    Audio(AudioDecoder),
+    Video(Box<VideoReceiver>),
+}
+
+#[derive(Default)]
+pub(crate) struct RemoteTracks {
+    tracks: BTreeMap<Mid, Decoder>,
+    /// Tones asked for before the track's m-line was applied (bounded by the m-lines).
+    tones: BTreeMap<Mid, f32>,
+}
+
+impl RemoteTracks {
+    /// The SFU added an m-line that sends to us.
+    pub fn added(&mut self, mid: Mid, kind: MediaKind, now: Instant) -> Result<(), String> {
+        if self.tracks.contains_key(&mid) {
+            return Ok(());
+        }
+        let d = match kind {
+            MediaKind::Audio => {
+                let tone = self.tones.remove(&mid);
+                Decoder::Audio(AudioDecoder::new(tone, false, now)?)
+            }
+            MediaKind::Video => Decoder::Video(Box::new(VideoReceiver::new(now)?)),
+        };
+        self.tracks.insert(mid, d);
+        Ok(())
+    }
+
+    pub fn has(&self, mid: Mid) -> bool {
+        self.tracks.contains_key(&mid)
+    }
+
+    /// The tone expected on an audio track (its publisher's), for the continuity figure.
+    pub fn expect_tone(&mut self, mid: Mid, freq: f32) {
+        match self.tracks.get_mut(&mid) {
+            Some(Decoder::Audio(a)) => a.expect_tone(Some(freq)),
+            Some(Decoder::Video(_)) => {}
+            None if self.tones.len() < 256 => {
+                self.tones.insert(mid, freq);
+            }
+            None => {}
+        }
+    }
+
+    pub fn audio(&mut self, mid: Mid, seq: u16, rtp: u32, data: &[u8], now: Instant) {
+        if let Some(Decoder::Audio(a)) = self.tracks.get_mut(&mid) {
+            a.packet(seq, rtp, data, now);
+        }
+    }
+
+    /// A whole video frame; true when a keyframe should be asked for.
+    pub fn video(
+        &mut self,
+        mid: Mid,
+        data: &[u8],
+        rtp: u64,
+        contiguous: bool,
+        now: Instant,
+        wall_ms: u32,
+    ) -> bool {
+        match self.tracks.get_mut(&mid) {
+            Some(Decoder::Video(v)) => v.frame(data, rtp, contiguous, now, wall_ms),
+            _ => false,
+        }
+    }
+
+    pub fn set_rtt(&mut self, rtt: Duration) {
+        for d in self.tracks.values_mut() {
+            if let Decoder::Video(v) = d {
+                v.set_rtt(rtt);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> Vec<TrackStats> {
+        self.tracks
+            .iter()
+            .map(|(mid, d)| match d {
+                Decoder::Audio(a) => TrackStats {
+                    mid: mid.to_string(),
+                    video: false,
+                    audio: Some(a.stats.clone()),
+                    picture: None,
+                },
+                Decoder::Video(v) => TrackStats {
+                    mid: mid.to_string(),
+                    video: true,
+                    audio: None,
+                    picture: Some(v.stats()),
+                },
+            })
+            .collect()
+    }
+}
