@@ -372,3 +372,92 @@ async fn bad_room_requests_are_refused_and_change_nothing() {
     )
     .await;
 }
+
+fn video(i: usize) -> MediaOptions {
+    MediaOptions {
+        video: Some(natter_client::VideoOptions {
+            width: 320,
+            height: 180,
+            fps: 15,
+            bitrate_kbps: 250,
+        }),
+        ..tone(freq(i))
+    }
+}
+
+/// Video frames rendered from each other participant, as `room` counts them.
+fn rendered(room: &ActiveRoom) -> Vec<(natter_client::protocol::DeviceId, u64)> {
+    room.track_stats()
+        .iter()
+        .filter_map(|(t, s)| Some((t.device, s.picture.as_ref()?.video_frames_rendered)))
+        .collect()
+}
+
+async fn sees(room: &ActiveRoom, n: usize, frames: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = rendered(room);
+        if r.iter().filter(|(_, f)| *f >= frames).count() >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rendered from {n} participants? {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn video_reaches_every_participant_and_a_late_joiner_sees_everyone_at_once() {
+    let server = TestServer::start();
+    let mut ds = Vec::new();
+    for _ in 0..4 {
+        ds.push(device(&server).await);
+    }
+    let group = group_of(&ds.iter().collect::<Vec<_>>()).await;
+    let mut rooms = Vec::new();
+    for (i, d) in ds[..3].iter().enumerate() {
+        rooms.push(
+            d.client
+                .join_room(group, Media::Video, video(i))
+                .await
+                .unwrap(),
+        );
+    }
+    for r in &rooms {
+        r.wait_for(WAIT, |v| v.connected && v.tracks.len() == 4)
+            .await
+            .unwrap();
+        // Two seconds of 15 fps from each of the two others.
+        sees(r, 2, 30).await;
+    }
+    let joined = std::time::Instant::now();
+    let late = ds[3]
+        .client
+        .join_room(group, Media::Video, video(3))
+        .await
+        .unwrap();
+    late.wait_for(WAIT, |v| v.connected && v.tracks.len() == 6)
+        .await
+        .unwrap();
+    let connected = joined.elapsed();
+    sees(&late, 3, 1).await;
+    let first_picture = joined.elapsed();
+    println!(
+        "late joiner: connected after {} ms, a picture from all 3 after {} ms",
+        connected.as_millis(),
+        first_picture.as_millis()
+    );
+    // The bar: a late joiner renders within a second (of its media connecting).
+    assert!(
+        first_picture - connected < Duration::from_secs(1),
+        "{first_picture:?} after the join"
+    );
+    // And the others see it.
+    for r in &rooms {
+        sees(r, 3, 15).await;
+    }
+    let m = server.metrics().await;
+    assert!(metric(&m, "natter_sfu_keyframe_requests_total") >= 1.0);
+}
