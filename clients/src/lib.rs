@@ -28,6 +28,7 @@ pub use error::ClientError;
 pub use natter_crypto as crypto;
 pub use natter_media::{
     CallStats, MediaError, MediaOptions, MediaSession, VideoOptions, VideoStats,
+    session::group::TrackStats,
 };
 pub use natter_signaling as protocol;
 pub use rooms::{ActiveRoom, RoomView};

@@ -111,17 +111,16 @@ impl ActiveRoom {
             .map(|_| ())
     }
 
-    /// Leaves the call; media stops.
+    /// Leaves the call; media stops (first, so no renegotiation in flight is answered).
     pub async fn leave(&self) -> Result<(), ClientError> {
-        let r = self
-            .client
+        self.client.end_room(self.group, "left");
+        self.client
             .request(ClientFrame::RoomLeave {
                 id: 0,
                 group: self.group,
             })
-            .await;
-        self.client.end_room(self.group, "left");
-        r.map(|_| ())
+            .await
+            .map(|_| ())
     }
 }
 

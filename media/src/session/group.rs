@@ -1,7 +1,7 @@
 //! What a session in a group call receives: one track per other participant's audio and
 //! video (m-lines the SFU adds by renegotiation), each decoded and measured on its own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use str0m::media::{MediaKind, Mid};
@@ -17,6 +17,9 @@ pub struct TrackStats {
     /// The m-line, as the SFU's offer named it (the room's `tracks` say whose it is).
     pub mid: String,
     pub video: bool,
+    /// RTP packets and payload bytes received on it (str0m's counts, once a second).
+    pub packets: u64,
+    pub bytes: u64,
     /// Audio tracks: what arrived and decoded.
     pub audio: Option<ReceiveStats>,
     /// Video tracks: frames received, rendered, freezes, fps.
@@ -98,22 +101,24 @@ impl RemoteTracks {
         }
     }
 
-    pub fn stats(&self) -> Vec<TrackStats> {
+    /// `ingress` is str0m's (packets, bytes) per m-line.
+    pub fn stats(&self, ingress: &HashMap<Mid, (u64, u64)>) -> Vec<TrackStats> {
         self.tracks
             .iter()
-            .map(|(mid, d)| match d {
-                Decoder::Audio(a) => TrackStats {
+            .map(|(mid, d)| {
+                let (packets, bytes) = ingress.get(mid).copied().unwrap_or_default();
+                let (audio, picture) = match d {
+                    Decoder::Audio(a) => (Some(a.stats.clone()), None),
+                    Decoder::Video(v) => (None, Some(v.stats())),
+                };
+                TrackStats {
                     mid: mid.to_string(),
-                    video: false,
-                    audio: Some(a.stats.clone()),
-                    picture: None,
-                },
-                Decoder::Video(v) => TrackStats {
-                    mid: mid.to_string(),
-                    video: true,
-                    audio: None,
-                    picture: Some(v.stats()),
-                },
+                    video: picture.is_some(),
+                    packets,
+                    bytes,
+                    audio,
+                    picture,
+                }
             })
             .collect()
     }

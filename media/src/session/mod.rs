@@ -880,7 +880,7 @@ impl Session {
 
     /// In a group call: each received track's figures.
     pub fn track_stats(&self) -> Vec<TrackStats> {
-        self.remote_tracks.stats()
+        self.remote_tracks.stats(&self.ingress)
     }
 
     /// In a group call: the tone expected on the received audio track `mid`.

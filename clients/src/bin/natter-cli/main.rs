@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use natter_client::args::parse_duration;
 
+mod group_call;
+
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use natter_client::protocol::{Conv, GroupId, UserId};
@@ -136,9 +138,16 @@ enum Command {
     #[command(subcommand)]
     Devices(DevicesCmd),
     /// Call a contact (audio, Opus over WebRTC) and show live call statistics. The audio is a
-    /// tone (or a WAV file); the other side's is checked frame by frame.
+    /// tone (or a WAV file); the other side's is checked frame by frame. With --group, join
+    /// (or start) a group's call through the server's SFU instead: every other member's
+    /// devices ring, and what arrives from each participant is shown.
     Call {
-        to: String,
+        /// The contact to call (not with --group).
+        #[arg(required_unless_present = "group")]
+        to: Option<String>,
+        /// Join this group's call (g<ID> or the number).
+        #[arg(long, value_name = "GROUP", conflicts_with_all = ["to", "count"])]
+        group: Option<String>,
         /// How long each call lasts once connected.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
@@ -641,10 +650,22 @@ async fn command(
         }
         Command::Call {
             to,
+            group: Some(g),
+            duration,
+            media,
+            ..
+        } => {
+            debug_assert!(to.is_none());
+            group_call::group_call(client, out, parse_group(g)?, *duration, media).await?;
+        }
+        Command::Call {
+            to,
             duration,
             count,
             media,
+            ..
         } => {
+            let to = to.as_deref().expect("clap requires it without --group");
             let u = resolve_user(client, to).await?;
             calls_out(client, out, u, *duration, *count, media).await?;
         }
