@@ -13,6 +13,7 @@ use natter_sfu::config::SfuSettings;
 use natter_turn::config::TurnConfig;
 
 mod sfu;
+mod sfu_remote;
 use serde::{Deserialize, Serialize};
 
 const ABOUT: &str =
@@ -342,8 +343,18 @@ struct Cli {
 
     /// SFU: the secret room tokens are signed with, shared with a standalone natter-sfu;
     /// generated at start unless set [config: sfu.token_secret]
-    #[arg(long, env = "NATTER_SFU_TOKEN_SECRET", value_name = "SECRET")]
+    #[arg(
+        long,
+        env = "NATTER_SFU_TOKEN_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
     sfu_token_secret: Option<String>,
+
+    /// SFU: use a standalone natter-sfu at this control URL (ws://HOST:7883/v1/control)
+    /// instead of running one in-process; needs --sfu-token-secret [config: sfu.url]
+    #[arg(long, env = "NATTER_SFU_URL", value_name = "URL")]
+    sfu_url: Option<String>,
 }
 
 /// `NAME=BURST:RATE` for `--limit`.
@@ -436,6 +447,9 @@ fn apply(cli: Cli, cfg: &mut Config) {
     if let Some(s) = cli.sfu_token_secret {
         cfg.sfu.token_secret = Some(s);
     }
+    if let Some(u) = cli.sfu_url {
+        cfg.sfu.url = Some(u);
+    }
     for NamedRate(name, rate) in cli.limits {
         *cfg.messaging
             .limits
@@ -525,7 +539,17 @@ async fn run(mut cfg: Config) -> Result<()> {
         );
     }
     let turn = start_turn(&mut cfg).await?;
-    let sfu = if cfg.sfu.enabled {
+    let remote = match (&cfg.sfu.url, &cfg.sfu.token_secret) {
+        (Some(url), Some(secret)) if cfg.sfu.enabled => Some((
+            url.clone(),
+            sfu_remote::RemoteSfu::start(url.clone(), secret.as_bytes()),
+        )),
+        (Some(_), None) if cfg.sfu.enabled => {
+            anyhow::bail!("sfu.url needs sfu.token_secret, the secret the natter-sfu there checks")
+        }
+        _ => None,
+    };
+    let sfu = if cfg.sfu.enabled && remote.is_none() {
         Some(sfu::InProcessSfu::start(&mut cfg.sfu).await?)
     } else {
         None
@@ -544,9 +568,27 @@ async fn run(mut cfg: Config) -> Result<()> {
         }
         text
     });
+    let mut notice_slot = None;
+    let mut remote_url = None;
+    let access = match remote {
+        Some((url, (link, slot))) => {
+            notice_slot = Some(slot);
+            remote_url = Some(url);
+            Some(natter_messaging::rooms::SfuAccess {
+                link: std::sync::Arc::new(link),
+                token_secret: cfg
+                    .sfu
+                    .token_secret
+                    .clone()
+                    .unwrap_or_default()
+                    .into_bytes(),
+            })
+        }
+        None => sfu.as_ref().map(|s| s.access(&cfg.sfu)),
+    };
     let attached = natter_messaging::Attached {
         extra_metrics: Some(extra),
-        sfu: sfu.as_ref().map(|s| s.access(&cfg.sfu)),
+        sfu: access,
     };
     let data_dir = cfg.messaging.data_dir.clone();
     let server = natter_messaging::Server::start_with(cfg.messaging, attached)
@@ -555,6 +597,9 @@ async fn run(mut cfg: Config) -> Result<()> {
     let sfu_addr = sfu.as_ref().map(|s| s.handle.local_addr());
     if let Some(s) = sfu {
         s.relay(server.sfu_notices());
+    }
+    if let Some(slot) = notice_slot {
+        let _ = slot.set(server.sfu_notices());
     }
     let addr = server.local_addr();
     let mut out = std::io::stdout().lock();
@@ -573,6 +618,9 @@ async fn run(mut cfg: Config) -> Result<()> {
     }
     if let Some(a) = sfu_addr {
         writeln!(out, "  sfu        udp:{a} (group calls)")?;
+    }
+    if let Some(u) = &remote_url {
+        writeln!(out, "  sfu        {u} (natter-sfu, group calls)")?;
     }
     writeln!(out, "  data       {} (SQLite, WAL)", data_dir.display())?;
     writeln!(out, "press Ctrl-C to stop")?;

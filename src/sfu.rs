@@ -9,8 +9,8 @@ use natter_messaging::rooms::{BoxFuture, SfuAccess, SfuLink, SfuNotice};
 use natter_sfu::config::SfuSettings;
 use natter_sfu::shell::{self, SfuHandle};
 use natter_sfu::{MediaKind, ParticipantId, SfuError, SfuEvent};
+use natter_signaling::ProtocolError;
 use natter_signaling::call::Media;
-use natter_signaling::{ErrorCode, ProtocolError};
 
 /// A running in-process SFU.
 pub struct InProcessSfu {
@@ -91,15 +91,7 @@ impl InProcessSfu {
 struct Link(SfuHandle);
 
 fn refusal(e: SfuError) -> ProtocolError {
-    let code = match &e {
-        SfuError::BadSdp(_) => ErrorCode::Invalid,
-        SfuError::RoomFull(_) => ErrorCode::LimitExceeded,
-        SfuError::Token(_) => ErrorCode::Unauthorized,
-        SfuError::AlreadyJoined | SfuError::NoOfferPending => ErrorCode::Conflict,
-        SfuError::UnknownParticipant => ErrorCode::NotFound,
-        SfuError::Rtc(_) => ErrorCode::Unavailable,
-    };
-    ProtocolError::new(code, e.to_string())
+    ProtocolError::new(e.code(), e.to_string())
 }
 
 impl SfuLink for Link {

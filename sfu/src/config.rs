@@ -22,6 +22,10 @@ pub struct SfuSettings {
     /// Signs room tokens; gateways and the SFU must share it. Generated at start when the
     /// SFU runs in-process and none is set.
     pub token_secret: Option<String>,
+    /// For a gateway: a standalone natter-sfu's control link
+    /// (`ws://HOST:7883/v1/control`). When set, no SFU runs in-process. (natter-sfu itself
+    /// ignores it.)
+    pub url: Option<String>,
 }
 
 impl Default for SfuSettings {
@@ -32,6 +36,7 @@ impl Default for SfuSettings {
             public_addr: None,
             max_participants: DEFAULT_MAX_PARTICIPANTS,
             token_secret: None,
+            url: None,
         }
     }
 }

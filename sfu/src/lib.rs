@@ -32,6 +32,7 @@ use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Event, IceConnectionState, Input, Output};
 
 pub mod config;
+pub mod control;
 mod participant;
 pub mod rewrite;
 pub mod router;

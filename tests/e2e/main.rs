@@ -22,3 +22,4 @@ mod presence;
 mod protocol;
 mod ratelimit;
 mod raw;
+mod sfu_standalone;
