@@ -80,6 +80,13 @@ impl InProcessSfu {
                         participant: participant.0,
                         reason,
                     },
+                    SfuEvent::Speaker {
+                        participant,
+                        speaker,
+                    } => SfuNotice::Speaker {
+                        participant: participant.0,
+                        speaker: speaker.0,
+                    },
                     SfuEvent::Connected(_) => continue,
                 };
                 to.notice(n);

@@ -236,6 +236,9 @@ async fn run(
                                 .collect();
                             notice(&slot, SfuNotice::Offer { participant, sdp, tracks });
                         }
+                        ControlReply::Speaker { participant, speaker } => {
+                            notice(&slot, SfuNotice::Speaker { participant, speaker });
+                        }
                         ControlReply::Left { participant, reason } => {
                             joined.remove(&participant);
                             notice(&slot, SfuNotice::Left { participant, reason });

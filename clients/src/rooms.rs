@@ -28,6 +28,8 @@ pub struct RoomView {
     pub tracks: Vec<RoomTrack>,
     /// Media flows (ICE and DTLS are up, this device publishes).
     pub connected: bool,
+    /// Who speaks, as the SFU last said.
+    pub speaker: Option<DeviceId>,
     /// Why this device is out of the call, once it is (`left` after its own leave).
     pub ended: Option<String>,
 }
@@ -92,13 +94,17 @@ impl ActiveRoom {
         }
     }
 
-    /// Sets this device's muted / camera / hand state (fields left `None` stay).
+    /// Sets this device's muted / camera / hand state (fields left `None` stay). Muted, it
+    /// sends silence.
     pub async fn set_state(
         &self,
         muted: Option<bool>,
         camera: Option<bool>,
         hand: Option<bool>,
     ) -> Result<(), ClientError> {
+        if let Some(m) = muted {
+            self.media.set_muted(m);
+        }
         self.client
             .request(ClientFrame::RoomState {
                 id: 0,
@@ -271,6 +277,7 @@ async fn run_room(
                 view.send_modify(|v| v.ended = Some(reason));
                 break;
             }
+            RoomEvent::Speaker { device, .. } => view.send_modify(|v| v.speaker = Some(device)),
             RoomEvent::Ringing { .. } | RoomEvent::Ended { .. } => {}
         }
     }

@@ -130,6 +130,23 @@ impl Generator {
 
 /// Whether `freq` dominates the frame: the Goertzel power at `freq` is a large share of the
 /// frame's energy, and the frame is not silent.
+/// A frame's level as RFC 6464 carries it: dBov (0 is full scale, -127 silence), and
+/// whether it holds voice (above -50 dBov, the level of quiet speech).
+pub fn audio_level(frame: &[i16]) -> (i8, bool) {
+    if frame.is_empty() {
+        return (-127, false);
+    }
+    let energy: f64 = frame.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+    let rms = (energy / frame.len() as f64).sqrt();
+    let dbov = if rms < 1.0 {
+        -127.0
+    } else {
+        20.0 * (rms / 32768.0).log10()
+    };
+    let level = dbov.round().clamp(-127.0, 0.0) as i8;
+    (level, level > -50)
+}
+
 pub fn tone_present(frame: &[i16], freq: f32) -> bool {
     let n = frame.len() as f64;
     let k = (n * f64::from(freq) / f64::from(SAMPLE_RATE)).round();
@@ -208,6 +225,19 @@ impl StreamTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audio_level_is_dbov_of_the_frame() {
+        // A sine at half of full scale: rms 0.354 of full scale, -9.03 dBov.
+        let f = Generator::new(AudioSource::Tone { freq: 440.0 }).next_frame();
+        assert_eq!(audio_level(&f), (-9, true));
+        assert_eq!(audio_level(&[0; FRAME]), (-127, false));
+        // 1/1000 of full scale: -60 dBov, not voice.
+        let quiet: Vec<i16> = f.iter().map(|x| x / 500).collect();
+        let (l, voice) = audio_level(&quiet);
+        assert!((-64..=-58).contains(&l), "{l}");
+        assert!(!voice);
+    }
 
     #[test]
     fn the_tone_is_heard_and_other_sounds_are_not() {

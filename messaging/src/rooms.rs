@@ -46,6 +46,8 @@ pub enum SfuNotice {
     },
     /// The SFU dropped the participant (its connection died).
     Left { participant: u64, reason: String },
+    /// Who speaks now in `participant`'s room.
+    Speaker { participant: u64, speaker: u64 },
 }
 
 /// The SFU, and the secret its room tokens are signed with.
@@ -240,7 +242,9 @@ impl Rooms {
     /// (A `left` for an unknown participant is for one that already left: dropped.)
     fn hold_early(&self, n: &SfuNotice) -> bool {
         let participant = match n {
-            SfuNotice::Offer { participant, .. } => *participant,
+            SfuNotice::Offer { participant, .. } | SfuNotice::Speaker { participant, .. } => {
+                *participant
+            }
             SfuNotice::Left { .. } => return false,
         };
         if self.router.lock().unwrap().by_sfu(participant).is_some() {
@@ -289,6 +293,24 @@ impl Rooms {
                     .collect();
                 drop(r);
                 let event = RoomEvent::Offer { sdp, tracks };
+                st.hub
+                    .send_to_device(to.device, Arc::new(ServerFrame::Room { group, event }));
+            }
+            SfuNotice::Speaker {
+                participant,
+                speaker,
+            } => {
+                let r = self.router.lock().unwrap();
+                let (Some((group, to)), Some((_, who))) =
+                    (r.by_sfu(participant), r.by_sfu(speaker))
+                else {
+                    return;
+                };
+                drop(r);
+                let event = RoomEvent::Speaker {
+                    user: who.user,
+                    device: who.device,
+                };
                 st.hub
                     .send_to_device(to.device, Arc::new(ServerFrame::Room { group, event }));
             }

@@ -93,6 +93,11 @@ pub enum ControlReply {
         participant: u64,
         reason: String,
     },
+    /// Who speaks now in `participant`'s room.
+    Speaker {
+        participant: u64,
+        speaker: u64,
+    },
 }
 
 impl SfuError {
@@ -189,6 +194,16 @@ pub async fn serve(
                     ControlReply::Left {
                         participant: participant.0,
                         reason,
+                    },
+                ),
+                SfuEvent::Speaker {
+                    participant,
+                    speaker,
+                } => (
+                    participant,
+                    ControlReply::Speaker {
+                        participant: participant.0,
+                        speaker: speaker.0,
                     },
                 ),
                 SfuEvent::Connected(_) => continue,

@@ -37,6 +37,7 @@ mod participant;
 pub mod rewrite;
 pub mod router;
 pub mod shell;
+pub mod speaker;
 
 use participant::Participant;
 pub use router::{ParticipantId, Route, Router};
@@ -184,6 +185,11 @@ pub enum SfuEvent {
         participant: ParticipantId,
         reason: String,
     },
+    /// Tell the participant who speaks now in its room.
+    Speaker {
+        participant: ParticipantId,
+        speaker: ParticipantId,
+    },
 }
 
 /// Counters, also for `/metrics`.
@@ -208,6 +214,7 @@ pub struct Sfu {
     participants: HashMap<ParticipantId, Participant>,
     rooms: HashMap<RoomId, Vec<ParticipantId>>,
     router: Router,
+    speakers: speaker::SpeakerObserver,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SfuEvent>,
     pub stats: SfuStats,
@@ -220,6 +227,7 @@ impl Sfu {
             participants: HashMap::new(),
             rooms: HashMap::new(),
             router: Router::default(),
+            speakers: speaker::SpeakerObserver::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: SfuStats::default(),
@@ -274,6 +282,12 @@ impl Sfu {
             .collect();
         let p = self.participants.get_mut(&id).expect("inserted above");
         p.to_add.extend(tracks);
+        if let Some(speaker) = self.speakers.speaker(room) {
+            self.events.push_back(SfuEvent::Speaker {
+                participant: id,
+                speaker,
+            });
+        }
         self.drain(id, now);
         Ok((id, answer.to_sdp_string()))
     }
@@ -301,10 +315,12 @@ impl Sfu {
         };
         p.rtc.disconnect();
         self.router.remove(id);
+        self.speakers.remove(&p.room, id);
         if let Some(members) = self.rooms.get_mut(&p.room) {
             members.retain(|m| *m != id);
             if members.is_empty() {
                 self.rooms.remove(&p.room);
+                self.speakers.forget(&p.room);
             }
         }
         for other in self.participants.values_mut() {
@@ -375,7 +391,11 @@ impl Sfu {
 
     /// When [`Sfu::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.participants.values().filter_map(|p| p.timeout).min()
+        let rtc = self.participants.values().filter_map(|p| p.timeout).min();
+        [rtc, self.speakers.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -394,6 +414,14 @@ impl Sfu {
                 continue;
             }
             self.drain(id, now);
+        }
+        for (room, speaker) in self.speakers.handle_timeout(now) {
+            for participant in self.members(&room) {
+                self.events.push_back(SfuEvent::Speaker {
+                    participant,
+                    speaker,
+                });
+            }
         }
     }
 
@@ -522,6 +550,11 @@ impl Sfu {
         let Some(mid) = pubp.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else {
             return;
         };
+        if let Some(level) = pkt.header.ext_vals.audio_level
+            && pubp.published.get(&mid) == Some(&MediaKind::Audio)
+        {
+            self.speakers.level(&pubp.room, publisher, level, now);
+        }
         let pt = pkt.header.payload_type;
         // The codec, and whether this packet is its RED (RFC 2198) form: RED is passed
         // through as it came, so a subscriber without RED cannot take it.

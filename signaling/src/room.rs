@@ -47,6 +47,8 @@ pub enum RoomEvent {
     Offer { sdp: String, tracks: Vec<RoomTrack> },
     /// The call ended (the last participant left).
     Ended { call_id: String },
+    /// Who is speaking now (the SFU's pick from the audio levels; it stays through silence).
+    Speaker { user: UserId, device: DeviceId },
     /// This device is no longer in the call, not by its own `room_leave`.
     Removed { reason: String },
 }

@@ -461,3 +461,55 @@ async fn video_reaches_every_participant_and_a_late_joiner_sees_everyone_at_once
     let m = server.metrics().await;
     assert!(metric(&m, "natter_sfu_keyframe_requests_total") >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_active_speaker_follows_who_talks() {
+    let server = TestServer::start();
+    let ds = [
+        device(&server).await,
+        device(&server).await,
+        device(&server).await,
+    ];
+    let group = group_of(&ds.iter().collect::<Vec<_>>()).await;
+    let mut rooms = Vec::new();
+    for (i, d) in ds.iter().enumerate() {
+        let r = d
+            .client
+            .join_room(group, Media::Audio, tone(freq(i)))
+            .await
+            .unwrap();
+        // Only the first talks; the others send silence.
+        if i > 0 {
+            r.set_state(Some(true), None, None).await.unwrap();
+        }
+        rooms.push(r);
+    }
+    let (a, b) = (ds[0].client.device(), ds[1].client.device());
+    for r in &rooms {
+        r.wait_for(WAIT, |v| v.speaker == Some(a)).await.unwrap();
+    }
+    // The first stops, the second starts: everyone sees the change within a second or so.
+    rooms[0].set_state(Some(true), None, None).await.unwrap();
+    rooms[1].set_state(Some(false), None, None).await.unwrap();
+    let switched = std::time::Instant::now();
+    for r in &rooms {
+        r.wait_for(WAIT, |v| v.speaker == Some(b)).await.unwrap();
+    }
+    println!(
+        "speaker switched after {} ms",
+        switched.elapsed().as_millis()
+    );
+    // A late joiner is told who speaks.
+    let d = device(&server).await;
+    ds[0]
+        .client
+        .add_members(group, &[d.client.user()])
+        .await
+        .unwrap();
+    let late = d
+        .client
+        .join_room(group, Media::Audio, tone(freq(3)))
+        .await
+        .unwrap();
+    late.wait_for(WAIT, |v| v.speaker == Some(b)).await.unwrap();
+}

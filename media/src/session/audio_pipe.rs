@@ -7,8 +7,16 @@ use std::time::Instant;
 
 use crate::audio::{
     AudioSource, FRAME, FRAME_TICKS, Generator, ReceiveStats, SAMPLE_RATE, StreamTracker,
-    tone_present,
+    audio_level, tone_present,
 };
+
+/// One encoded 20 ms frame: its RTP time, its Opus packet and its level (RFC 6464 dBov,
+/// voice or not).
+pub struct EncodedFrame {
+    pub rtp_time: u64,
+    pub data: Vec<u8>,
+    pub level: (i8, bool),
+}
 
 /// Encodes the source a frame at a time.
 pub struct AudioEncoder {
@@ -18,6 +26,8 @@ pub struct AudioEncoder {
     /// RTP time of the next frame (48 kHz ticks).
     pub rtp_time: u64,
     pub frames: u64,
+    /// Muted: the source is replaced by silence (the stream goes on, so nothing restarts).
+    pub muted: bool,
 }
 
 impl AudioEncoder {
@@ -38,12 +48,16 @@ impl AudioEncoder {
             out: vec![0u8; 1500],
             rtp_time: 0,
             frames: 0,
+            muted: false,
         })
     }
 
-    /// The next 20 ms, encoded, and its RTP time.
-    pub fn next_frame(&mut self) -> Result<(u64, Vec<u8>), String> {
-        let pcm = self.generator.next_frame();
+    /// The next 20 ms, encoded.
+    pub fn next_frame(&mut self) -> Result<EncodedFrame, String> {
+        let mut pcm = self.generator.next_frame();
+        if self.muted {
+            pcm = [0; FRAME];
+        }
         let n = self
             .encoder
             .encode(&pcm, &mut self.out)
@@ -51,7 +65,11 @@ impl AudioEncoder {
         let t = self.rtp_time;
         self.rtp_time += u64::from(FRAME_TICKS);
         self.frames += 1;
-        Ok((t, self.out[..n].to_vec()))
+        Ok(EncodedFrame {
+            rtp_time: t,
+            data: self.out[..n].to_vec(),
+            level: audio_level(&pcm),
+        })
     }
 }
 

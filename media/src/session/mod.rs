@@ -98,17 +98,22 @@ fn media_kbps(video: Option<VideoOptions>) -> u64 {
     AUDIO_SHARE_KBPS + video.map_or(0, |v| u64::from(v.bitrate_kbps)) * 23 / 20
 }
 
-/// One encoded frame into `mid`'s first negotiated payload type (str0m packetizes it).
+/// One encoded frame into `mid`'s first negotiated payload type (str0m packetizes it),
+/// with its audio level (RFC 6464: what an SFU picks the active speaker by).
 fn write_frame(
     rtc: &mut Rtc,
     mid: Mid,
     clock: Frequency,
     rtp_time: u64,
     data: Vec<u8>,
+    level: Option<(i8, bool)>,
     now: Instant,
 ) {
-    if let Some(w) = rtc.writer(mid) {
+    if let Some(mut w) = rtc.writer(mid) {
         let pt = w.payload_params().next().map(|p| p.pt());
+        if let Some((level, voice)) = level {
+            w = w.audio_level(level, voice);
+        }
         if let Some(pt) = pt {
             let _ = w.write(pt, now, MediaTime::new(rtp_time, clock), data);
         }
@@ -146,6 +151,8 @@ pub struct Session {
     video_rx: Option<VideoReceiver>,
     /// In a group call: the others' tracks.
     remote_tracks: RemoteTracks,
+    /// Sending silence (kept for an encoder made later).
+    muted: bool,
     /// Packets and bytes per media, each way, from str0m's statistics.
     ingress: HashMap<Mid, (u64, u64)>,
     egress: HashMap<Mid, (u64, u64)>,
@@ -207,6 +214,7 @@ impl Session {
             video_tx: None,
             video_rx: None,
             remote_tracks: RemoteTracks::default(),
+            muted: false,
             ingress: HashMap::new(),
             egress: HashMap::new(),
             video_nacks_sent: 0,
@@ -409,10 +417,10 @@ impl Session {
         if self.rtc.writer(mid).is_none() {
             return Err(MediaError::NoAudio);
         }
-        self.encoder = Some(
-            AudioEncoder::new(self.opts.source.clone(), self.opts.bitrate)
-                .map_err(MediaError::Audio)?,
-        );
+        let mut encoder = AudioEncoder::new(self.opts.source.clone(), self.opts.bitrate)
+            .map_err(MediaError::Audio)?;
+        encoder.muted = self.muted;
+        self.encoder = Some(encoder);
         self.next_frame = Some(now);
         if let (Some(v), Some(mid)) = (self.opts.video, self.video_mid)
             && self.rtc.writer(mid).is_some()
@@ -546,7 +554,7 @@ impl Session {
         let mut due = 0;
         while self.next_frame.is_some_and(|t| t <= now) && due < 5 {
             due += 1;
-            let Ok((rtp_time, data)) = enc.next_frame() else {
+            let Ok(f) = enc.next_frame() else {
                 self.next_frame = None;
                 return;
             };
@@ -554,8 +562,9 @@ impl Session {
                 &mut self.rtc,
                 mid,
                 Frequency::FORTY_EIGHT_KHZ,
-                rtp_time,
-                data,
+                f.rtp_time,
+                f.data,
+                Some(f.level),
                 now,
             );
             self.next_frame = self.next_frame.map(|t| t + FRAME_INTERVAL);
@@ -594,6 +603,7 @@ impl Session {
             Frequency::NINETY_KHZ,
             rtp_time,
             data,
+            None,
             now,
         );
     }
@@ -876,6 +886,14 @@ impl Session {
 
     pub fn first_audio(&self) -> Option<Instant> {
         self.decoder.first_decoded
+    }
+
+    /// Sends silence instead of the source (or the source again).
+    pub fn set_muted(&mut self, muted: bool) {
+        if let Some(e) = self.encoder.as_mut() {
+            e.muted = muted;
+        }
+        self.muted = muted;
     }
 
     /// In a group call: each received track's figures.

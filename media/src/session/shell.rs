@@ -207,6 +207,11 @@ impl MediaSession {
         self.core.lock().unwrap().first_audio()
     }
 
+    /// Sends silence instead of the source (or the source again).
+    pub fn set_muted(&self, muted: bool) {
+        self.core.lock().unwrap().set_muted(muted);
+    }
+
     /// In a group call: each received track's figures.
     pub fn track_stats(&self) -> Vec<super::group::TrackStats> {
         self.core.lock().unwrap().track_stats()
