@@ -3,6 +3,7 @@
 
 pub mod pattern;
 pub mod playout;
+pub mod vp8_rtp;
 pub mod vpx;
 
 use std::collections::VecDeque;
