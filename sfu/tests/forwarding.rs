@@ -78,6 +78,7 @@ impl Client {
                 height: VIDEO_H,
                 fps: 15,
                 bitrate_kbps: 150,
+                temporal_layers: 1,
             })
             .unwrap(),
             sent: 0,

@@ -45,6 +45,7 @@ impl VideoOptions {
             height: self.height,
             fps: self.fps,
             bitrate_kbps: self.bitrate_kbps,
+            temporal_layers: 1,
         }
     }
 }

@@ -41,7 +41,14 @@ pub struct EncoderSettings {
     pub height: u32,
     pub fps: u32,
     pub bitrate_kbps: u32,
+    /// 1, or 2 for two temporal layers: every other frame is a discardable enhancement
+    /// frame that references only the base layer, so an SFU can halve the frame rate by
+    /// dropping them.
+    pub temporal_layers: u8,
 }
+
+/// The base layer's share of the bitrate with two temporal layers (libwebrtc gives it 60 %).
+const BASE_LAYER_SHARE: f64 = 0.6;
 
 impl EncoderSettings {
     fn validate(&self) -> Result<(), VpxError> {
@@ -61,6 +68,12 @@ impl EncoderSettings {
                 self.fps
             )));
         }
+        if !(1..=2).contains(&self.temporal_layers) {
+            return Err(VpxError::Invalid(format!(
+                "{} temporal layers is not 1 or 2",
+                self.temporal_layers
+            )));
+        }
         if !(30..=20_000).contains(&self.bitrate_kbps) {
             return Err(VpxError::Invalid(format!(
                 "{} kbit/s is not 30 to 20000",
@@ -76,6 +89,38 @@ impl EncoderSettings {
 pub struct EncodedFrame {
     pub data: Vec<u8>,
     pub keyframe: bool,
+    pub temporal: crate::video::vp8_rtp::TemporalInfo,
+}
+
+/// Per-frame libvpx flags of the two-layer pattern: the base layer references and updates
+/// only LAST; an enhancement frame references LAST (the previous base frame) and updates
+/// nothing, so dropping it costs nothing.
+fn layer_flags(tid: u8) -> sys::vpx_enc_frame_flags_t {
+    let base = sys::VP8_EFLAG_NO_REF_GF
+        | sys::VP8_EFLAG_NO_REF_ARF
+        | sys::VP8_EFLAG_NO_UPD_GF
+        | sys::VP8_EFLAG_NO_UPD_ARF;
+    let flags = if tid == 0 {
+        base
+    } else {
+        base | sys::VP8_EFLAG_NO_UPD_LAST | sys::VP8_EFLAG_NO_UPD_ENTROPY
+    };
+    flags as sys::vpx_enc_frame_flags_t
+}
+
+/// Cumulative per-layer targets, kbit/s, as libvpx wants them.
+fn set_layer_rates(cfg: &mut sys::vpx_codec_enc_cfg_t, s: &EncoderSettings) {
+    if s.temporal_layers < 2 {
+        return;
+    }
+    cfg.ts_number_layers = 2;
+    cfg.ts_periodicity = 2;
+    cfg.ts_layer_id[0] = 0;
+    cfg.ts_layer_id[1] = 1;
+    cfg.ts_rate_decimator[0] = 2;
+    cfg.ts_rate_decimator[1] = 1;
+    cfg.ts_target_bitrate[0] = (f64::from(s.bitrate_kbps) * BASE_LAYER_SHARE) as c_uint;
+    cfg.ts_target_bitrate[1] = s.bitrate_kbps;
 }
 
 /// An initialised libvpx codec context, destroyed when dropped. Boxed: libvpx keeps
@@ -118,6 +163,8 @@ pub struct Vp8Encoder {
     ctx: Context,
     cfg: sys::vpx_codec_enc_cfg_t,
     settings: EncoderSettings,
+    /// Frames since the last keyframe, for the temporal pattern.
+    in_pattern: u64,
 }
 
 // SAFETY: the context is Send (above); the config's only pointers are the two-pass stats
@@ -163,6 +210,7 @@ impl Vp8Encoder {
         // Keyframes come on request (PLI/FIR) and at least every 100 s.
         cfg.kf_mode = sys::vpx_kf_mode::VPX_KF_AUTO;
         cfg.kf_max_dist = 100 * settings.fps;
+        set_layer_rates(&mut cfg, &settings);
 
         // SAFETY: cfg outlives the call.
         let ctx = Context::init("vpx_codec_enc_init", |ctx| unsafe {
@@ -174,7 +222,12 @@ impl Vp8Encoder {
                 sys::VPX_ENCODER_ABI_VERSION as c_int,
             )
         })?;
-        let mut enc = Vp8Encoder { ctx, cfg, settings };
+        let mut enc = Vp8Encoder {
+            ctx,
+            cfg,
+            settings,
+            in_pattern: 0,
+        };
         // Speed: libwebrtc's realtime setting for VP8 on a desktop CPU.
         enc.control(sys::vp8e_enc_control_id::VP8E_SET_CPUUSED as c_int, -6)?;
         enc.control(
@@ -212,6 +265,7 @@ impl Vp8Encoder {
         };
         next.validate()?;
         self.cfg.rc_target_bitrate = kbps;
+        set_layer_rates(&mut self.cfg, &next);
         // SAFETY: the context is initialised and the config is a valid one it accepted.
         check("vpx_codec_enc_config_set", unsafe {
             sys::vpx_codec_enc_config_set(self.ctx.ptr(), &self.cfg)
@@ -237,10 +291,29 @@ impl Vp8Encoder {
                 i420.len()
             )));
         }
-        let flags = if force_keyframe {
+        // A keyframe starts the temporal pattern over, as a base frame.
+        if force_keyframe {
+            self.in_pattern = 0;
+        }
+        let layers = u64::from(self.settings.temporal_layers);
+        let tid = (self.in_pattern % layers) as u8;
+        let mut flags = if force_keyframe {
             sys::VPX_EFLAG_FORCE_KF as sys::vpx_enc_frame_flags_t
         } else {
             0
+        };
+        if layers > 1 {
+            flags |= layer_flags(tid);
+            self.control(
+                sys::vp8e_enc_control_id::VP8E_SET_TEMPORAL_LAYER_ID as c_int,
+                c_int::from(tid),
+            )?;
+        }
+        self.in_pattern += 1;
+        let temporal = crate::video::vp8_rtp::TemporalInfo {
+            tid,
+            layer_sync: tid > 0,
+            discardable: tid > 0,
         };
         let mut out = None;
         // SAFETY: the image only borrows `i420`, which outlives the encode call (libvpx
@@ -281,9 +354,20 @@ impl Vp8Encoder {
                 }
                 let f = (*pkt).data.frame;
                 let data = std::slice::from_raw_parts(f.buf as *const u8, f.sz as usize).to_vec();
+                let keyframe = f.flags & sys::VPX_FRAME_IS_KEY != 0;
+                if keyframe && tid != 0 {
+                    // libvpx put a keyframe of its own in an enhancement slot: it is a base
+                    // frame now, and the pattern goes on from it.
+                    self.in_pattern = 1;
+                }
                 out = Some(EncodedFrame {
                     data,
-                    keyframe: f.flags & sys::VPX_FRAME_IS_KEY != 0,
+                    keyframe,
+                    temporal: if keyframe {
+                        crate::video::vp8_rtp::TemporalInfo::BASE
+                    } else {
+                        temporal
+                    },
                 });
             }
         }
@@ -372,5 +456,68 @@ impl Vp8Decoder {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::video::{Stamp, TestPattern, read_stamp};
+
+    fn settings(layers: u8) -> EncoderSettings {
+        EncoderSettings {
+            width: 320,
+            height: 180,
+            fps: 30,
+            bitrate_kbps: 300,
+            temporal_layers: layers,
+        }
+    }
+
+    #[test]
+    fn with_two_temporal_layers_the_base_alone_decodes_at_half_the_rate() {
+        let mut enc = Vp8Encoder::new(settings(2)).unwrap();
+        let mut pattern = TestPattern::new(320, 180).unwrap();
+        let mut all = Vp8Decoder::new().unwrap();
+        let mut base_only = Vp8Decoder::new().unwrap();
+        let mut tids = Vec::new();
+        let mut base_stamps = Vec::new();
+        for n in 0..40u32 {
+            let pic = pattern.draw(Stamp {
+                frame: n,
+                capture_ms: n * 33,
+            });
+            // A keyframe asked for on an enhancement slot (frame 15) restarts the pattern.
+            let f = enc
+                .encode(pic, i64::from(n) * 3000, 3000, n == 15)
+                .unwrap()
+                .unwrap();
+            tids.push(f.temporal.tid);
+            assert_eq!(f.keyframe, n == 0 || n == 15, "frame {n}");
+            assert!(all.decode(&f.data).unwrap().is_some());
+            if f.temporal.tid == 0 {
+                let p = base_only.decode(&f.data).unwrap().unwrap();
+                base_stamps.push(read_stamp(&p.luma, p.width, p.height).unwrap().frame);
+            } else {
+                assert!(f.temporal.discardable && f.temporal.layer_sync);
+            }
+        }
+        assert_eq!(&tids[..4], &[0, 1, 0, 1]);
+        assert_eq!(&tids[14..18], &[0, 0, 1, 0], "the keyframe at 15 is a base frame");
+        // Every base frame decoded on its own, in order, with no enhancement frame.
+        assert_eq!(base_stamps.len(), 21);
+        assert!(base_stamps.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn one_layer_is_all_base_frames_and_bad_layer_counts_are_refused() {
+        let mut enc = Vp8Encoder::new(settings(1)).unwrap();
+        let pic = vec![0u8; 320 * 180 * 3 / 2];
+        for n in 0..4 {
+            let f = enc.encode(&pic, n * 3000, 3000, false).unwrap().unwrap();
+            assert_eq!(f.temporal, crate::video::vp8_rtp::TemporalInfo::BASE);
+        }
+        assert!(Vp8Encoder::new(settings(3)).is_err());
+        assert!(Vp8Encoder::new(settings(0)).is_err());
     }
 }
