@@ -31,8 +31,10 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Event, IceConnectionState, Input, Output};
 
+pub mod allocator;
 pub mod config;
 pub mod control;
+pub mod layers;
 mod participant;
 pub mod rewrite;
 pub mod router;

@@ -97,6 +97,18 @@ impl StreamRewriter {
         })
     }
 
+    /// A packet of the current source that the caller drops on purpose (a temporal layer
+    /// the subscriber does not take): the numbers after it close up, so the subscriber sees
+    /// no loss. (A late packet from before the newest one leaves the numbering as it is.)
+    pub fn skip(&mut self, ssrc: u32, seq: u64) {
+        let (Some(src), Some(last)) = (self.source.as_mut(), self.last) else {
+            return;
+        };
+        if src.ssrc == ssrc && (seq as i64 + src.seq_offset) as u64 > last.seq {
+            src.seq_offset -= 1;
+        }
+    }
+
     fn switch_to(&mut self, ssrc: u32, seq: u64, ts: u32, now: Instant) -> Source {
         let (out_seq, out_ts) = match self.last {
             None => (self.first_seq, ts),
@@ -157,6 +169,21 @@ mod tests {
         // A packet of the new source from before the switch point is dropped.
         assert_eq!(r.rewrite(2, 59_999, 3_999_997_000, t1), None);
         assert_eq!(r.source(), Some(2));
+    }
+
+    #[test]
+    fn skipped_packets_leave_no_gap() {
+        let t0 = Instant::now();
+        let mut r = StreamRewriter::new(90_000, 10);
+        let a = r.rewrite(1, 100, 0, t0).unwrap();
+        r.skip(1, 101);
+        r.skip(1, 102);
+        let b = r.rewrite(1, 103, 6_000, t0).unwrap();
+        assert_eq!(b.seq, a.seq + 1);
+        // A late copy of a skipped one does not shift what follows.
+        r.skip(1, 101);
+        let c = r.rewrite(1, 104, 6_000, t0).unwrap();
+        assert_eq!(c.seq, a.seq + 2);
     }
 
     #[test]

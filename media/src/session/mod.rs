@@ -9,6 +9,7 @@ pub mod audio_pipe;
 pub mod dtls;
 pub mod group;
 pub mod shell;
+pub mod simulcast;
 mod types;
 pub mod video_pipe;
 
@@ -148,6 +149,8 @@ pub struct Session {
     decoder: AudioDecoder,
     video_mid: Option<Mid>,
     video_tx: Option<VideoSender>,
+    /// In a group call, video goes as simulcast layers instead.
+    simulcast: Option<simulcast::SimulcastSender>,
     video_rx: Option<VideoReceiver>,
     /// In a group call: the others' tracks.
     remote_tracks: RemoteTracks,
@@ -212,6 +215,7 @@ impl Session {
             decoder,
             video_mid: None,
             video_tx: None,
+            simulcast: None,
             video_rx: None,
             remote_tracks: RemoteTracks::default(),
             muted: false,
@@ -323,8 +327,9 @@ impl Session {
         if self.mid.is_none() {
             self.mid = Some(api.add_media(MediaKind::Audio, dir, None, None, None));
         }
-        if self.video_mid.is_none() && self.opts.video.is_some() {
-            self.video_mid = Some(api.add_media(MediaKind::Video, dir, None, None, None));
+        if let (None, Some(v)) = (self.video_mid, self.opts.video) {
+            let layers = self.opts.group.then(|| simulcast::sdp_layers(&v));
+            self.video_mid = Some(api.add_media(MediaKind::Video, dir, None, None, layers));
         }
         let (offer, pending) = api
             .apply()
@@ -425,10 +430,22 @@ impl Session {
         if let (Some(v), Some(mid)) = (self.opts.video, self.video_mid)
             && self.rtc.writer(mid).is_some()
         {
-            self.video_tx = Some(VideoSender::new(v, now).map_err(MediaError::Video)?);
-            // Before the first frame: str0m drops its resend cache when this is set.
-            if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
-                tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(RTX_RATIO_CAP));
+            if self.opts.group {
+                let s = simulcast::SimulcastSender::new(&v, now).map_err(MediaError::Video)?;
+                s.set_rtx_caches(
+                    &mut self.rtc,
+                    mid,
+                    RTX_CACHE_PACKETS,
+                    RTX_CACHE_AGE,
+                    RTX_RATIO_CAP,
+                );
+                self.simulcast = Some(s);
+            } else {
+                self.video_tx = Some(VideoSender::new(v, now).map_err(MediaError::Video)?);
+                // Before the first frame: str0m drops its resend cache when this is set.
+                if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
+                    tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(RTX_RATIO_CAP));
+                }
             }
             // Probe toward what the configured media needs.
             self.rtc.bwe().set_bitrate(
@@ -501,12 +518,14 @@ impl Session {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let relays = self.relays.iter().filter_map(|r| r.client.poll_timeout());
         let probes = self.probes.iter().map(|p| p.next_send);
-        let video = self
-            .video_tx
+        let open = self.state != MediaState::Closed;
+        let video = self.video_tx.as_ref().filter(|_| open).map(|v| v.next_due);
+        let layers = self
+            .simulcast
             .as_ref()
-            .filter(|_| self.state != MediaState::Closed)
-            .map(|v| v.next_due);
-        [self.rtc_timeout, self.next_frame, video]
+            .filter(|_| open)
+            .and_then(|s| s.next_due());
+        [self.rtc_timeout, self.next_frame, video, layers]
             .into_iter()
             .flatten()
             .chain(relays)
@@ -583,6 +602,14 @@ impl Session {
             return;
         }
         let wall = self.wall_ms(now);
+        if let Some(s) = self.simulcast.as_mut() {
+            if let Err(e) = s.send(&mut self.rtc, mid, now, wall) {
+                self.simulcast = None;
+                self.events
+                    .push_back(SessionEvent::Warning(format!("video stopped: {e}")));
+            }
+            return;
+        }
         let Some(tx) = self.video_tx.as_mut() else {
             return;
         };
@@ -764,6 +791,9 @@ impl Session {
                 if let Some(tx) = self.video_tx.as_mut() {
                     tx.keyframe_requested();
                 }
+                if let Some(s) = self.simulcast.as_mut() {
+                    s.keyframe_requested(r.rid);
+                }
             }
             Event::MediaData(d) if Some(d.mid) == self.mid => {
                 let seq = *d.seq_range.end();
@@ -844,6 +874,11 @@ impl Session {
     /// Sets the video encoder to what the estimate allows, when that moved by more than a
     /// tenth (so small wobbles do not reconfigure it every report).
     fn follow_estimate(&mut self, estimate_kbps: u64) {
+        if let Some(s) = self.simulcast.as_mut() {
+            let room = video_kbps_for(estimate_kbps, s.total_kbps());
+            s.follow_estimate(room);
+            return;
+        }
         let (Some(v), Some(tx)) = (self.opts.video, self.video_tx.as_mut()) else {
             return;
         };
@@ -865,7 +900,7 @@ impl Session {
     }
 
     fn video_stats(&self) -> Option<VideoStats> {
-        if self.video_tx.is_none() && self.video_rx.is_none() {
+        if self.video_tx.is_none() && self.video_rx.is_none() && self.simulcast.is_none() {
             return None;
         }
         let mut s = self
@@ -879,6 +914,13 @@ impl Session {
             s.video_keyframe_requests_received = tx.requests;
             s.video_target_kbps = tx.bitrate_kbps();
         }
+        if let Some(tx) = &self.simulcast {
+            let (frames, keyframes, requests, kbps) = tx.counts();
+            s.video_frames_sent = frames;
+            s.video_keyframes_sent = keyframes;
+            s.video_keyframe_requests_received = requests;
+            s.video_target_kbps = kbps;
+        }
         s.video_nacks_sent = self.video_nacks_sent;
         s.video_nacks_received = self.video_nacks_received;
         Some(s)
@@ -886,6 +928,20 @@ impl Session {
 
     pub fn first_audio(&self) -> Option<Instant> {
         self.decoder.first_decoded
+    }
+
+    /// In a group call: the simulcast layers the SFU says someone receives.
+    pub fn set_wanted_layers(&mut self, rids: &[String]) {
+        if let Some(s) = self.simulcast.as_mut() {
+            let rids: Vec<str0m::media::Rid> =
+                rids.iter().map(|r| str0m::media::Rid::from(r.as_str())).collect();
+            s.set_wanted(&rids);
+        }
+    }
+
+    /// In a group call: the simulcast layers being sent.
+    pub fn active_layers(&self) -> Vec<String> {
+        self.simulcast.as_ref().map(|s| s.active()).unwrap_or_default()
     }
 
     /// Sends silence instead of the source (or the source again).

@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use crate::video::{
-    Playout, RenderTracker, Stamp, TestPattern, VideoOptions, VideoStats, Vp8Decoder, Vp8Encoder,
-    VpxError, read_stamp, vpx::RTP_CLOCK,
+    EncodedFrame, EncoderSettings, Playout, RenderTracker, Stamp, TestPattern, VideoOptions,
+    VideoStats, Vp8Decoder, Vp8Encoder, VpxError, read_stamp, vpx::RTP_CLOCK,
 };
 
 /// Keyframes forced by requests come at most this often: a burst of PLIs (several lost
@@ -32,12 +32,18 @@ pub struct VideoSender {
 
 impl VideoSender {
     pub fn new(opts: VideoOptions, now: Instant) -> Result<VideoSender, String> {
-        let encoder = Vp8Encoder::new(opts.encoder_settings()).map_err(|e| e.to_string())?;
+        Self::with_settings(opts.encoder_settings(), now)
+    }
+
+    /// A sender of the test pattern encoded as `s` says (a simulcast layer, two temporal
+    /// layers).
+    pub fn with_settings(s: EncoderSettings, now: Instant) -> Result<VideoSender, String> {
+        let encoder = Vp8Encoder::new(s).map_err(|e| e.to_string())?;
         Ok(VideoSender {
             encoder,
-            pattern: TestPattern::new(opts.width, opts.height)?,
-            interval: Duration::from_secs(1) / opts.fps,
-            ticks_per_frame: RTP_CLOCK / opts.fps,
+            pattern: TestPattern::new(s.width, s.height)?,
+            interval: Duration::from_secs(1) / s.fps,
+            ticks_per_frame: RTP_CLOCK / s.fps,
             frame: 0,
             next_due: now,
             keyframe_wanted: false,
@@ -70,6 +76,17 @@ impl VideoSender {
         now: Instant,
         wall_ms: u32,
     ) -> Result<Option<(u64, Vec<u8>)>, VpxError> {
+        Ok(self
+            .next_encoded(now, wall_ms)?
+            .map(|(rtp, f)| (rtp, f.data)))
+    }
+
+    /// Like [`VideoSender::next_frame`], with what the encoder said of the frame.
+    pub fn next_encoded(
+        &mut self,
+        now: Instant,
+        wall_ms: u32,
+    ) -> Result<Option<(u64, EncodedFrame)>, VpxError> {
         if now < self.next_due {
             return Ok(None);
         }
@@ -100,7 +117,7 @@ impl VideoSender {
         Ok(out.map(|f| {
             self.frames += 1;
             self.keyframes += u64::from(f.keyframe);
-            (pts as u64, f.data)
+            (pts as u64, f)
         }))
     }
 }

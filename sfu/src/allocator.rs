@@ -1,0 +1,146 @@
+//! Which layers of which video tracks fit a subscriber's downlink: a pure function of the
+//! estimate (str0m's TWCC/GCC of the subscriber's link), the audio it receives and what
+//! each video layer measures at the SFU.
+//!
+//! Audio comes first. Then every video track, most important first (the active speaker,
+//! then the rest), gets its lowest layer; one that does not fit at its full frame rate
+//! gets its base temporal layer only, and one that does not fit even so is paused. What
+//! is left upgrades tracks in the same order, each to the highest layer that fits. The
+//! wanted rate, what every track at its best would take, is what the SFU probes toward.
+
+/// What one audio track takes of a downlink (Opus at 32 kbit/s with RED, RTP and SRTP).
+pub const AUDIO_BPS: u64 = 72_000;
+/// The base temporal layer's share of a layer's rate (the encoder gives it 60 %).
+pub const BASE_TEMPORAL_SHARE: f64 = 0.6;
+
+/// A video track the subscriber receives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoDemand {
+    /// Lower is more important (0: the active speaker).
+    pub priority: u8,
+    /// Measured rate of each spatial layer, lowest first, bits/s.
+    pub layer_bps: Vec<u64>,
+}
+
+/// What one track gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    /// Spatial layer (index into `layer_bps`), or None: paused.
+    pub layer: Option<usize>,
+    /// Highest temporal layer forwarded.
+    pub max_temporal: u8,
+}
+
+/// The choices, in the order of `video`, and the wanted rate.
+pub fn allocate(budget_bps: u64, audio_tracks: usize, video: &[VideoDemand]) -> (Vec<Choice>, u64) {
+    let mut left = budget_bps.saturating_sub(AUDIO_BPS * audio_tracks as u64) as f64;
+    let mut order: Vec<usize> = (0..video.len()).collect();
+    order.sort_by_key(|&i| (video[i].priority, i));
+    let mut out = vec![
+        Choice {
+            layer: None,
+            max_temporal: 0
+        };
+        video.len()
+    ];
+    // Everyone's lowest layer first.
+    for &i in &order {
+        let Some(&low) = video[i].layer_bps.first() else {
+            continue;
+        };
+        let low = low as f64;
+        if low <= left {
+            out[i] = Choice {
+                layer: Some(0),
+                max_temporal: 1,
+            };
+            left -= low;
+        } else if low * BASE_TEMPORAL_SHARE <= left {
+            out[i] = Choice {
+                layer: Some(0),
+                max_temporal: 0,
+            };
+            left -= low * BASE_TEMPORAL_SHARE;
+        }
+    }
+    // Then upgrades, most important first.
+    for &i in &order {
+        let (Some(0), 1) = (out[i].layer, out[i].max_temporal) else {
+            continue;
+        };
+        let rates = &video[i].layer_bps;
+        let mut at = 0;
+        for (l, &r) in rates.iter().enumerate().skip(1) {
+            let extra = r as f64 - rates[at] as f64;
+            if extra <= left {
+                left -= extra.max(0.0);
+                at = l;
+            } else {
+                break;
+            }
+        }
+        out[i].layer = Some(at);
+    }
+    let wanted = AUDIO_BPS * audio_tracks as u64
+        + video
+            .iter()
+            .map(|v| v.layer_bps.last().copied().unwrap_or(0))
+            .sum::<u64>();
+    (out, wanted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn track(priority: u8) -> VideoDemand {
+        VideoDemand {
+            priority,
+            layer_bps: vec![100_000, 250_000, 550_000],
+        }
+    }
+
+    fn layers(c: &[Choice]) -> Vec<Option<usize>> {
+        c.iter().map(|c| c.layer).collect()
+    }
+
+    #[test]
+    fn plenty_gives_everyone_the_top_layer() {
+        let (c, wanted) = allocate(5_000_000, 2, &[track(1), track(1)]);
+        assert_eq!(layers(&c), vec![Some(2), Some(2)]);
+        assert!(c.iter().all(|c| c.max_temporal == 1));
+        assert_eq!(wanted, 2 * AUDIO_BPS + 2 * 550_000);
+    }
+
+    #[test]
+    fn the_speaker_is_upgraded_first() {
+        // 2 audio tracks, then 700k for video: both lowest (200k), 500k left: the speaker
+        // (second) goes to its top layer (450k more), the other stays.
+        let budget = 2 * AUDIO_BPS + 700_000;
+        let (c, _) = allocate(budget, 2, &[track(1), track(0)]);
+        assert_eq!(layers(&c), vec![Some(0), Some(2)]);
+    }
+
+    #[test]
+    fn a_tight_link_takes_half_the_frame_rate_then_pauses() {
+        // 300 kbit/s with one audio track, three video tracks of 100k lowest layers.
+        let budget = AUDIO_BPS + 228_000;
+        let (c, _) = allocate(budget, 1, &[track(0), track(1), track(1)]);
+        // Two fit whole (200k); the third fits at 60 % (60k > 28k left)? No: paused.
+        assert_eq!(layers(&c), vec![Some(0), Some(0), None]);
+        let budget = AUDIO_BPS + 260_000;
+        let (c, _) = allocate(budget, 1, &[track(0), track(1), track(1)]);
+        assert_eq!(c[2], Choice { layer: Some(0), max_temporal: 0 });
+        // Audio alone does not fit: every video track paused, audio still counted first.
+        let (c, _) = allocate(50_000, 1, &[track(0)]);
+        assert_eq!(layers(&c), vec![None]);
+    }
+
+    #[test]
+    fn an_upgrade_that_does_not_fit_leaves_the_room_to_the_next_track() {
+        // Lowest layers (200k) leave 200k: not enough for anyone's h (150k more)? It is:
+        // the speaker takes h (150k), 50k left, the other stays at q.
+        let (c, _) = allocate(400_000, 0, &[track(1), track(0)]);
+        assert_eq!(layers(&c), vec![Some(0), Some(1)]);
+    }
+}

@@ -1,0 +1,169 @@
+//! Simulcast and temporal layers on the SFU's side: the rate each layer of a published
+//! track measures, and the VP8 picture numbering a subscriber sees, kept continuous when
+//! the SFU switches it from one layer (one RTP stream, one picture-id sequence) to another.
+
+use std::time::{Duration, Instant};
+
+use str0m::media::Rid;
+
+/// A layer's rate is the bytes of the last window of this length.
+const RATE_WINDOW: Duration = Duration::from_millis(500);
+/// What a layer is assumed to take until it has been measured (lowest first), bits/s.
+const ASSUMED_BPS: [u64; 3] = [150_000, 350_000, 800_000];
+
+/// The spatial index of a packet's RID among a track's (lowest first; no RID is layer 0).
+pub fn layer_index(rids: &[Rid], rid: Option<Rid>) -> usize {
+    rid.and_then(|r| rids.iter().position(|x| *x == r))
+        .unwrap_or(0)
+}
+
+/// The simulcast layers a publisher offers, lowest first: `q`, `h`, `f` as natter's and
+/// the browsers' clients name them; other names keep the order they came in.
+pub fn order_rids(mut rids: Vec<Rid>) -> Vec<Rid> {
+    let rank = |r: &Rid| match &**r {
+        "q" => 0,
+        "h" => 1,
+        "f" => 2,
+        _ => 1,
+    };
+    rids.sort_by_key(rank);
+    rids
+}
+
+/// Per spatial layer of a track: the bytes of the current window and the last full rate.
+#[derive(Debug, Clone)]
+pub struct LayerRates {
+    window_start: Instant,
+    bytes: Vec<u64>,
+    bps: Vec<Option<u64>>,
+}
+
+impl LayerRates {
+    pub fn new(layers: usize, now: Instant) -> LayerRates {
+        LayerRates {
+            window_start: now,
+            bytes: vec![0; layers.max(1)],
+            bps: vec![None; layers.max(1)],
+        }
+    }
+
+    pub fn packet(&mut self, layer: usize, bytes: usize, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= RATE_WINDOW {
+            for (b, r) in self.bytes.iter_mut().zip(self.bps.iter_mut()) {
+                // A layer that sent nothing keeps its last rate: it is paused, not free.
+                if *b > 0 {
+                    *r = Some(*b * 8 * 1000 / elapsed.as_millis().max(1) as u64);
+                }
+                *b = 0;
+            }
+            self.window_start = now;
+        }
+        if let Some(b) = self.bytes.get_mut(layer) {
+            *b += bytes as u64;
+        }
+    }
+
+    /// Each layer's rate, bits/s (assumed until measured; never below the one beneath).
+    pub fn bps(&self) -> Vec<u64> {
+        let mut out = Vec::with_capacity(self.bps.len());
+        for (i, r) in self.bps.iter().enumerate() {
+            let v = r.unwrap_or(ASSUMED_BPS[i.min(2)]);
+            let floor = out.last().copied().unwrap_or(0);
+            out.push(v.max(floor));
+        }
+        out
+    }
+}
+
+/// The picture id (15 bits) and TL0PICIDX a subscriber sees, continuous across switches.
+#[derive(Debug, Clone, Default)]
+pub struct PictureRewriter {
+    source: Option<u32>,
+    pid_offset: u16,
+    tl0_offset: u8,
+    last_pid: Option<u16>,
+    last_tl0: Option<u8>,
+}
+
+impl PictureRewriter {
+    /// The output numbers for a packet of stream `ssrc` with picture id `pid` and
+    /// TL0PICIDX `tl0`. A new stream continues from the last picture sent.
+    pub fn rewrite(&mut self, ssrc: u32, pid: u16, tl0: Option<u8>) -> (u16, Option<u8>) {
+        if self.source != Some(ssrc) {
+            self.source = Some(ssrc);
+            self.pid_offset = match self.last_pid {
+                Some(last) => last.wrapping_add(1).wrapping_sub(pid) & 0x7FFF,
+                None => 0,
+            };
+            self.tl0_offset = match (self.last_tl0, tl0) {
+                (Some(last), Some(t)) => last.wrapping_add(1).wrapping_sub(t),
+                _ => 0,
+            };
+        }
+        let out = pid.wrapping_add(self.pid_offset) & 0x7FFF;
+        let out_tl0 = tl0.map(|t| t.wrapping_add(self.tl0_offset));
+        // Newer in 15-bit serial arithmetic: within half the space ahead.
+        let newer = self
+            .last_pid
+            .is_none_or(|l| (out.wrapping_sub(l) & 0x7FFF) < 0x4000);
+        if newer {
+            self.last_pid = Some(out);
+            if out_tl0.is_some() {
+                self.last_tl0 = out_tl0;
+            }
+        }
+        (out, out_tl0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picture_ids_continue_across_a_switch_and_wrap_in_15_bits() {
+        let mut p = PictureRewriter::default();
+        assert_eq!(p.rewrite(1, 0x7FFE, Some(10)), (0x7FFE, Some(10)));
+        assert_eq!(p.rewrite(1, 0x7FFF, Some(10)), (0x7FFF, Some(10)));
+        // Packets of one picture share its id.
+        assert_eq!(p.rewrite(1, 0x7FFF, Some(10)), (0x7FFF, Some(10)));
+        // Another layer, numbered its own way: it continues at 0 (after 0x7FFF) and 11.
+        assert_eq!(p.rewrite(2, 500, Some(200)), (0, Some(11)));
+        assert_eq!(p.rewrite(2, 501, Some(201)), (1, Some(12)));
+        // And back.
+        assert_eq!(p.rewrite(1, 40, Some(30)), (2, Some(13)));
+        // A late packet of an older picture does not move the numbering back.
+        assert_eq!(p.rewrite(1, 39, Some(30)), (1, Some(13)));
+        assert_eq!(p.rewrite(3, 9, None), (3, None));
+    }
+
+    #[test]
+    fn rates_are_measured_per_window_and_a_silent_layer_keeps_its_rate() {
+        let t = Instant::now();
+        let mut r = LayerRates::new(3, t);
+        assert_eq!(r.bps(), vec![150_000, 350_000, 800_000]);
+        for i in 0..50u64 {
+            let now = t + Duration::from_millis(i * 10);
+            r.packet(0, 125, now); // 100 kbit/s
+            r.packet(2, 1250, now); // 1 Mbit/s
+        }
+        r.packet(0, 0, t + Duration::from_millis(500));
+        let bps = r.bps();
+        assert_eq!(bps[0], 100_000);
+        assert_eq!(bps[1], 350_000, "not measured: assumed");
+        assert_eq!(bps[2], 1_000_000);
+        // Layer 2 goes quiet: it keeps its last rate.
+        r.packet(0, 125, t + Duration::from_millis(1000));
+        assert_eq!(r.bps()[2], 1_000_000);
+    }
+
+    #[test]
+    fn rids_order_lowest_first() {
+        let rids = order_rids(vec![Rid::from("f"), Rid::from("q"), Rid::from("h")]);
+        let names: Vec<String> = rids.iter().map(|r| r.to_string()).collect();
+        assert_eq!(names, vec!["q", "h", "f"]);
+        assert_eq!(layer_index(&rids, Some(Rid::from("h"))), 1);
+        assert_eq!(layer_index(&rids, None), 0);
+    }
+}
