@@ -87,6 +87,15 @@ impl InProcessSfu {
                         participant: participant.0,
                         speaker: speaker.0,
                     },
+                    SfuEvent::Layers {
+                        participant,
+                        mid,
+                        rids,
+                    } => SfuNotice::Layers {
+                        participant: participant.0,
+                        mid: mid.to_string(),
+                        rids,
+                    },
                     SfuEvent::Connected(_) => continue,
                 };
                 to.notice(n);

@@ -236,6 +236,9 @@ async fn run(
                                 .collect();
                             notice(&slot, SfuNotice::Offer { participant, sdp, tracks });
                         }
+                        ControlReply::Layers { participant, mid, rids } => {
+                            notice(&slot, SfuNotice::Layers { participant, mid, rids });
+                        }
                         ControlReply::Speaker { participant, speaker } => {
                             notice(&slot, SfuNotice::Speaker { participant, speaker });
                         }

@@ -278,6 +278,7 @@ async fn run_room(
                 break;
             }
             RoomEvent::Speaker { device, .. } => view.send_modify(|v| v.speaker = Some(device)),
+            RoomEvent::Layers { rids, .. } => media.set_wanted_layers(&rids),
             RoomEvent::Ringing { .. } | RoomEvent::Ended { .. } => {}
         }
     }

@@ -48,6 +48,12 @@ pub enum SfuNotice {
     Left { participant: u64, reason: String },
     /// Who speaks now in `participant`'s room.
     Speaker { participant: u64, speaker: u64 },
+    /// The simulcast layers of `participant`'s track `mid` that anyone receives.
+    Layers {
+        participant: u64,
+        mid: String,
+        rids: Vec<String>,
+    },
 }
 
 /// The SFU, and the secret its room tokens are signed with.
@@ -242,9 +248,9 @@ impl Rooms {
     /// (A `left` for an unknown participant is for one that already left: dropped.)
     fn hold_early(&self, n: &SfuNotice) -> bool {
         let participant = match n {
-            SfuNotice::Offer { participant, .. } | SfuNotice::Speaker { participant, .. } => {
-                *participant
-            }
+            SfuNotice::Offer { participant, .. }
+            | SfuNotice::Speaker { participant, .. }
+            | SfuNotice::Layers { participant, .. } => *participant,
             SfuNotice::Left { .. } => return false,
         };
         if self.router.lock().unwrap().by_sfu(participant).is_some() {
@@ -311,6 +317,18 @@ impl Rooms {
                     user: who.user,
                     device: who.device,
                 };
+                st.hub
+                    .send_to_device(to.device, Arc::new(ServerFrame::Room { group, event }));
+            }
+            SfuNotice::Layers {
+                participant,
+                mid,
+                rids,
+            } => {
+                let Some((group, to)) = self.router.lock().unwrap().by_sfu(participant) else {
+                    return;
+                };
+                let event = RoomEvent::Layers { mid, rids };
                 st.hub
                     .send_to_device(to.device, Arc::new(ServerFrame::Room { group, event }));
             }

@@ -130,7 +130,13 @@ mod tests {
         assert_eq!(layers(&c), vec![Some(0), Some(0), None]);
         let budget = AUDIO_BPS + 260_000;
         let (c, _) = allocate(budget, 1, &[track(0), track(1), track(1)]);
-        assert_eq!(c[2], Choice { layer: Some(0), max_temporal: 0 });
+        assert_eq!(
+            c[2],
+            Choice {
+                layer: Some(0),
+                max_temporal: 0
+            }
+        );
         // Audio alone does not fit: every video track paused, audio still counted first.
         let (c, _) = allocate(50_000, 1, &[track(0)]);
         assert_eq!(layers(&c), vec![None]);

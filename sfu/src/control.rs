@@ -98,6 +98,12 @@ pub enum ControlReply {
         participant: u64,
         speaker: u64,
     },
+    /// The simulcast layers of `participant`'s track `mid` that anyone receives.
+    Layers {
+        participant: u64,
+        mid: String,
+        rids: Vec<String>,
+    },
 }
 
 impl SfuError {
@@ -204,6 +210,18 @@ pub async fn serve(
                     ControlReply::Speaker {
                         participant: participant.0,
                         speaker: speaker.0,
+                    },
+                ),
+                SfuEvent::Layers {
+                    participant,
+                    mid,
+                    rids,
+                } => (
+                    participant,
+                    ControlReply::Layers {
+                        participant: participant.0,
+                        mid: mid.to_string(),
+                        rids,
                     },
                 ),
                 SfuEvent::Connected(_) => continue,

@@ -25,15 +25,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use natter_signaling::room_token::{self, TokenError};
-use str0m::format::detect_vp8_keyframe;
-use str0m::media::{KeyframeRequestKind, Mid};
+use str0m::bwe::BweKind;
+use str0m::media::Mid;
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Event, IceConnectionState, Input, Output};
 
 pub mod allocator;
 pub mod config;
 pub mod control;
+mod forward;
 pub mod layers;
 mod participant;
 pub mod rewrite;
@@ -159,6 +159,18 @@ impl SfuStats {
             "Keyframe requests (PLI) sent to publishers",
             self.keyframe_requests,
         );
+        line(
+            "natter_sfu_layer_switches_total",
+            "counter",
+            "Subscribers moved from one simulcast layer of a track to another",
+            self.layer_switches,
+        );
+        line(
+            "natter_sfu_allocation_changes_total",
+            "counter",
+            "Changes of a subscriber's layer choice for a track by the bandwidth allocator",
+            self.allocation_changes,
+        );
         s
     }
 }
@@ -192,6 +204,13 @@ pub enum SfuEvent {
         participant: ParticipantId,
         speaker: ParticipantId,
     },
+    /// Tell the publisher which simulcast layers of its track `mid` anyone receives (it
+    /// may stop encoding the others: dynacast).
+    Layers {
+        participant: ParticipantId,
+        mid: Mid,
+        rids: Vec<String>,
+    },
 }
 
 /// Counters, also for `/metrics`.
@@ -209,6 +228,10 @@ pub struct SfuStats {
     pub not_forwarded: u64,
     /// PLIs sent to publishers (for a subscriber that lost a picture or starts watching).
     pub keyframe_requests: u64,
+    /// A subscriber moved from one simulcast layer of a track to another.
+    pub layer_switches: u64,
+    /// The allocator changed a subscriber's layer choice for a track.
+    pub allocation_changes: u64,
 }
 
 pub struct Sfu {
@@ -217,6 +240,7 @@ pub struct Sfu {
     rooms: HashMap<RoomId, Vec<ParticipantId>>,
     router: Router,
     speakers: speaker::SpeakerObserver,
+    next_allocation: Instant,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SfuEvent>,
     pub stats: SfuStats,
@@ -230,6 +254,7 @@ impl Sfu {
             rooms: HashMap::new(),
             router: Router::default(),
             speakers: speaker::SpeakerObserver::default(),
+            next_allocation: Instant::now(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: SfuStats::default(),
@@ -271,13 +296,13 @@ impl Sfu {
             .iter()
             .filter_map(|o| self.participants.get(o).map(|p| (o, p)))
             .flat_map(|(o, p)| {
-                p.published.iter().map(|(mid, kind)| {
+                p.published.iter().map(|(mid, t)| {
                     (
                         TrackId {
                             publisher: *o,
                             mid: *mid,
                         },
-                        *kind,
+                        t.kind,
                     )
                 })
             })
@@ -307,6 +332,9 @@ impl Sfu {
             .ok_or(SfuError::UnknownParticipant)?;
         p.accept_answer(answer)?;
         self.drain(id, now);
+        // New subscriptions: their layers now, and their publishers told at once (a paused
+        // layer must resume for a newcomer without waiting for the next round).
+        self.reallocate(now);
         Ok(())
     }
 
@@ -417,6 +445,10 @@ impl Sfu {
             }
             self.drain(id, now);
         }
+        if now >= self.next_allocation {
+            self.next_allocation = now + forward::ALLOCATE_EVERY;
+            self.reallocate(now);
+        }
         for (room, speaker) in self.speakers.handle_timeout(now) {
             for participant in self.members(&room) {
                 self.events.push_back(SfuEvent::Speaker {
@@ -475,7 +507,23 @@ impl Sfu {
                         gone = Some("its connection timed out");
                     }
                     Event::MediaAdded(m) if m.direction.is_receiving() => {
-                        p.published.insert(m.mid, m.kind);
+                        let rids = m
+                            .simulcast
+                            .as_ref()
+                            .map(|s| if s.recv.is_empty() { &s.send } else { &s.recv })
+                            .map(|l| l.iter().map(|l| l.rid).collect())
+                            .unwrap_or_default();
+                        let rids = layers::order_rids(rids);
+                        let rates = layers::LayerRates::new(rids.len(), now);
+                        p.published.insert(
+                            m.mid,
+                            participant::PublishedTrack {
+                                kind: m.kind,
+                                rids,
+                                rates,
+                                wanted: None,
+                            },
+                        );
                         new_tracks.push((
                             TrackId {
                                 publisher: id,
@@ -485,12 +533,16 @@ impl Sfu {
                         ));
                     }
                     Event::RtpPacket(pkt) => packets.push(pkt),
-                    // The subscriber lost a picture: ask the track's publisher.
+                    // The subscriber lost a picture: ask the track's publisher, for the
+                    // layer it receives.
                     Event::KeyframeRequest(r) => {
                         let track = p.subscribed.iter().find(|(_, o)| o.mid == r.mid);
-                        if let Some((track, _)) = track {
-                            keyframes_wanted.push(*track);
+                        if let Some((track, o)) = track {
+                            keyframes_wanted.push((*track, o.layer.or(o.target)));
                         }
+                    }
+                    Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                        p.estimate_bps = estimate.as_u64();
                     }
                     _ => {}
                 },
@@ -511,8 +563,8 @@ impl Sfu {
         if !new_tracks.is_empty() {
             self.announce(id, &new_tracks, now);
         }
-        for track in keyframes_wanted {
-            self.request_keyframe(track, now);
+        for (track, layer) in keyframes_wanted {
+            self.request_keyframe(track, layer, now);
         }
         for pkt in packets {
             self.forward(id, pkt, now);
@@ -541,124 +593,5 @@ impl Sfu {
             }
             self.drain(other, now);
         }
-    }
-
-    /// One packet of `publisher`'s to every other member that receives its track.
-    fn forward(&mut self, publisher: ParticipantId, pkt: RtpPacket, now: Instant) {
-        let Some(pubp) = self.participants.get_mut(&publisher) else {
-            return;
-        };
-        let ssrc = pkt.header.ssrc;
-        let Some(mid) = pubp.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else {
-            return;
-        };
-        if let Some(level) = pkt.header.ext_vals.audio_level
-            && pubp.published.get(&mid) == Some(&MediaKind::Audio)
-        {
-            self.speakers.level(&pubp.room, publisher, level, now);
-        }
-        let pt = pkt.header.payload_type;
-        // The codec, and whether this packet is its RED (RFC 2198) form: RED is passed
-        // through as it came, so a subscriber without RED cannot take it.
-        let codec = pubp
-            .rtc
-            .codec_config()
-            .find(|p| p.pt() == pt || p.red() == Some(pt))
-            .map(|p| (*p, p.red() == Some(pt)));
-        let Some((params, is_red)) = codec else {
-            self.stats.not_forwarded += 1;
-            return;
-        };
-        let members = self.rooms.get(&pubp.room).cloned().unwrap_or_default();
-        let track = TrackId { publisher, mid };
-        // Only what a receiver can use of the publisher's extensions: the audio level.
-        let ext = ExtensionValues {
-            audio_level: pkt.header.ext_vals.audio_level,
-            voice_activity: pkt.header.ext_vals.voice_activity,
-            ..Default::default()
-        };
-        let mut wants_keyframe = false;
-        for sub in members {
-            if sub == publisher {
-                continue;
-            }
-            let Some(s) = self.participants.get_mut(&sub) else {
-                continue;
-            };
-            let Some(out) = s.subscribed.get_mut(&track) else {
-                continue;
-            };
-            if !out.negotiated {
-                self.stats.not_forwarded += 1;
-                continue;
-            }
-            let out_pt = *out
-                .pts
-                .entry(pt)
-                .or_insert_with(|| participant::map_pt(&s.rtc, &params, is_red));
-            if !out.started {
-                // A decoder can start only at a keyframe: hold the stream until one comes,
-                // and ask for it.
-                if out.kind == MediaKind::Video && !detect_vp8_keyframe(&pkt.payload) {
-                    self.stats.not_forwarded += 1;
-                    wants_keyframe = true;
-                    continue;
-                }
-                out.started = true;
-            }
-            let (Some(out_pt), Some(place)) = (
-                out_pt,
-                out.rewriter
-                    .rewrite(*ssrc, *pkt.seq_no, pkt.header.timestamp, now),
-            ) else {
-                self.stats.not_forwarded += 1;
-                continue;
-            };
-            let out_mid = out.mid;
-            let mut api = s.rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(out_mid, None) else {
-                self.stats.not_forwarded += 1;
-                continue;
-            };
-            tx.write_rtp(
-                RtpWrite::new(
-                    out_pt,
-                    place.seq.into(),
-                    place.timestamp,
-                    pkt.timestamp,
-                    pkt.payload.clone(),
-                )
-                .marker(pkt.header.marker)
-                .ext_vals(ext.clone())
-                .nackable(true),
-            );
-            self.stats.forwarded_packets += 1;
-            self.stats.forwarded_bytes += pkt.payload.len() as u64;
-            self.drain(sub, now);
-        }
-        if wants_keyframe {
-            self.request_keyframe(track, now);
-        }
-    }
-
-    /// Asks `track`'s publisher for a keyframe (PLI), at most once per
-    /// [`KEYFRAME_REQUEST_INTERVAL`] per track: a keyframe is many packets, and every
-    /// subscriber that lost the same picture asks at once.
-    fn request_keyframe(&mut self, track: TrackId, now: Instant) {
-        let Some(p) = self.participants.get_mut(&track.publisher) else {
-            return;
-        };
-        let last = p.keyframe_asked.get(&track.mid);
-        if last.is_some_and(|t| now.saturating_duration_since(*t) < KEYFRAME_REQUEST_INTERVAL) {
-            return;
-        }
-        let mut api = p.rtc.direct_api();
-        let Some(rx) = api.stream_rx_by_mid(track.mid, None) else {
-            return;
-        };
-        rx.request_keyframe(KeyframeRequestKind::Pli);
-        p.keyframe_asked.insert(track.mid, now);
-        self.stats.keyframe_requests += 1;
-        self.drain(track.publisher, now);
     }
 }

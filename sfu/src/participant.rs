@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::media::{Direction, MediaKind, Mid, Pt, Rid};
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 
+use crate::layers::{LayerRates, PictureRewriter};
 use crate::rewrite::StreamRewriter;
 use crate::{ParticipantId, RoomId, SfuError, TrackId};
 
@@ -20,6 +21,22 @@ const INITIAL_ESTIMATE_KBPS: u64 = 500;
 /// An m-line of an offer: which track it carries, and its kind.
 pub(crate) type OfferedTrack = (Mid, TrackId, MediaKind);
 
+/// One of a participant's own m-lines that it sends on.
+pub(crate) struct PublishedTrack {
+    pub kind: MediaKind,
+    /// Its simulcast layers, lowest first (empty: one stream).
+    pub rids: Vec<Rid>,
+    pub rates: LayerRates,
+    /// The layers it was last told someone receives (dynacast).
+    pub wanted: Option<Vec<Rid>>,
+}
+
+impl PublishedTrack {
+    pub fn layers(&self) -> usize {
+        self.rids.len().max(1)
+    }
+}
+
 /// What a participant receives of one published track.
 pub(crate) struct OutTrack {
     /// The m-line in this participant's `Rtc` that carries it, once negotiated.
@@ -28,6 +45,13 @@ pub(crate) struct OutTrack {
     pub negotiated: bool,
     /// Whether forwarding has begun (video begins at a keyframe).
     pub started: bool,
+    /// Video: the spatial layer forwarded now, and the one wanted (None: paused); a switch
+    /// happens at the wanted layer's next keyframe.
+    pub layer: Option<usize>,
+    pub target: Option<usize>,
+    /// Video: the highest temporal layer forwarded.
+    pub max_temporal: u8,
+    pub pictures: PictureRewriter,
     pub rewriter: StreamRewriter,
     /// Publisher's payload type → this participant's, learned per type on first use.
     pub pts: HashMap<Pt, Option<Pt>>,
@@ -40,7 +64,7 @@ pub(crate) struct Participant {
     pub rtc: Rtc,
     pub ufrag: String,
     /// Its own m-lines that it sends on: what it publishes.
-    pub published: HashMap<Mid, MediaKind>,
+    pub published: HashMap<Mid, PublishedTrack>,
     /// What it receives of the others' tracks.
     pub subscribed: HashMap<TrackId, OutTrack>,
     /// Tracks waiting for the renegotiation in flight to finish.
@@ -50,8 +74,10 @@ pub(crate) struct Participant {
     /// The offer this SFU made it, waiting for its answer.
     pub pending: Option<SdpPendingOffer>,
     pub timeout: Option<Instant>,
-    /// When each of its tracks was last asked for a keyframe.
-    pub keyframe_asked: HashMap<Mid, Instant>,
+    /// When each of its tracks (and layers) was last asked for a keyframe.
+    pub keyframe_asked: HashMap<(Mid, Option<Rid>), Instant>,
+    /// The estimate of its downlink (str0m's TWCC/GCC), bits/s.
+    pub estimate_bps: u64,
 }
 
 impl Participant {
@@ -95,6 +121,7 @@ impl Participant {
                 pending: None,
                 timeout: None,
                 keyframe_asked: HashMap::new(),
+                estimate_bps: INITIAL_ESTIMATE_KBPS * 1000,
             },
             answer,
         ))
@@ -134,6 +161,11 @@ impl Participant {
                     kind,
                     negotiated: false,
                     started: false,
+                    layer: None,
+                    // The top layer until the first allocation says otherwise.
+                    target: Some(usize::MAX),
+                    max_temporal: u8::MAX,
+                    pictures: PictureRewriter::default(),
                     rewriter: StreamRewriter::new(clock, first),
                     pts: HashMap::new(),
                 },

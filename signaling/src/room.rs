@@ -49,6 +49,9 @@ pub enum RoomEvent {
     Ended { call_id: String },
     /// Who is speaking now (the SFU's pick from the audio levels; it stays through silence).
     Speaker { user: UserId, device: DeviceId },
+    /// To a publisher: the simulcast layers (RIDs) of its m-line `mid` that anyone
+    /// receives; it may stop encoding the others until they are wanted again.
+    Layers { mid: String, rids: Vec<String> },
     /// This device is no longer in the call, not by its own `room_leave`.
     Removed { reason: String },
 }

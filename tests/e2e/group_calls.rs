@@ -458,6 +458,22 @@ async fn video_reaches_every_participant_and_a_late_joiner_sees_everyone_at_once
     for r in &rooms {
         sees(r, 3, 15).await;
     }
+    // Loopback has room: every track reaches its top simulcast layer (the full picture).
+    for r in rooms.iter().chain([&late]) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let sizes: Vec<(u32, u32)> = r
+                .track_stats()
+                .iter()
+                .filter_map(|(_, s)| s.picture.as_ref().map(|v| (v.video_width, v.video_height)))
+                .collect();
+            if sizes.len() == 3 && sizes.iter().all(|s| *s == (320, 180)) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "sizes {sizes:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let m = server.metrics().await;
     assert!(metric(&m, "natter_sfu_keyframe_requests_total") >= 1.0);
 }

@@ -156,6 +156,8 @@ pub struct Session {
     remote_tracks: RemoteTracks,
     /// Sending silence (kept for an encoder made later).
     muted: bool,
+    /// The SFU's last word on the simulcast layers wanted (kept for layers made later).
+    wanted_layers: Option<Vec<String>>,
     /// Packets and bytes per media, each way, from str0m's statistics.
     ingress: HashMap<Mid, (u64, u64)>,
     egress: HashMap<Mid, (u64, u64)>,
@@ -219,6 +221,7 @@ impl Session {
             video_rx: None,
             remote_tracks: RemoteTracks::default(),
             muted: false,
+            wanted_layers: None,
             ingress: HashMap::new(),
             egress: HashMap::new(),
             video_nacks_sent: 0,
@@ -440,6 +443,9 @@ impl Session {
                     RTX_RATIO_CAP,
                 );
                 self.simulcast = Some(s);
+                if let Some(w) = self.wanted_layers.clone() {
+                    self.set_wanted_layers(&w);
+                }
             } else {
                 self.video_tx = Some(VideoSender::new(v, now).map_err(MediaError::Video)?);
                 // Before the first frame: str0m drops its resend cache when this is set.
@@ -932,16 +938,22 @@ impl Session {
 
     /// In a group call: the simulcast layers the SFU says someone receives.
     pub fn set_wanted_layers(&mut self, rids: &[String]) {
+        self.wanted_layers = Some(rids.to_vec());
         if let Some(s) = self.simulcast.as_mut() {
-            let rids: Vec<str0m::media::Rid> =
-                rids.iter().map(|r| str0m::media::Rid::from(r.as_str())).collect();
+            let rids: Vec<str0m::media::Rid> = rids
+                .iter()
+                .map(|r| str0m::media::Rid::from(r.as_str()))
+                .collect();
             s.set_wanted(&rids);
         }
     }
 
     /// In a group call: the simulcast layers being sent.
     pub fn active_layers(&self) -> Vec<String> {
-        self.simulcast.as_ref().map(|s| s.active()).unwrap_or_default()
+        self.simulcast
+            .as_ref()
+            .map(|s| s.active())
+            .unwrap_or_default()
     }
 
     /// Sends silence instead of the source (or the source again).

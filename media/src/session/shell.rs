@@ -207,6 +207,16 @@ impl MediaSession {
         self.core.lock().unwrap().first_audio()
     }
 
+    /// In a group call: the simulcast layers the SFU says someone receives.
+    pub fn set_wanted_layers(&self, rids: &[String]) {
+        self.core.lock().unwrap().set_wanted_layers(rids);
+    }
+
+    /// In a group call: the simulcast layers being sent.
+    pub fn active_layers(&self) -> Vec<String> {
+        self.core.lock().unwrap().active_layers()
+    }
+
     /// Sends silence instead of the source (or the source again).
     pub fn set_muted(&self, muted: bool) {
         self.core.lock().unwrap().set_muted(muted);

@@ -143,7 +143,13 @@ impl SimulcastSender {
     }
 
     /// Encodes and writes the frames that are due, on every layer that is on.
-    pub fn send(&mut self, rtc: &mut Rtc, mid: Mid, now: Instant, wall_ms: u32) -> Result<(), String> {
+    pub fn send(
+        &mut self,
+        rtc: &mut Rtc,
+        mid: Mid,
+        now: Instant,
+        wall_ms: u32,
+    ) -> Result<(), String> {
         if self.pt.is_none() {
             self.pt = rtc
                 .writer(mid)
@@ -164,8 +170,10 @@ impl SimulcastSender {
                 l.resume = false;
                 l.sender.keyframe_requested();
             }
-            let Some((rtp_time, frame)) =
-                l.sender.next_encoded(now, wall_ms).map_err(|e| e.to_string())?
+            let Some((rtp_time, frame)) = l
+                .sender
+                .next_encoded(now, wall_ms)
+                .map_err(|e| e.to_string())?
             else {
                 continue;
             };
@@ -270,10 +278,17 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            vec![("q", 160, 90, 108), ("h", 320, 180, 252), ("f", 640, 360, 540)]
+            vec![
+                ("q", 160, 90, 108),
+                ("h", 320, 180, 252),
+                ("f", 640, 360, 540)
+            ]
         );
         assert!(l.iter().all(|(_, s)| s.temporal_layers == 2));
-        let two: Vec<&str> = layers_for(&opts(320, 180)).iter().map(|(r, _)| *r).collect();
+        let two: Vec<&str> = layers_for(&opts(320, 180))
+            .iter()
+            .map(|(r, _)| *r)
+            .collect();
         assert_eq!(two, vec!["h", "f"]);
         let one: Vec<&str> = layers_for(&opts(128, 80)).iter().map(|(r, _)| *r).collect();
         assert_eq!(one, vec!["f"]);

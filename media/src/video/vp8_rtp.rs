@@ -149,9 +149,15 @@ mod tests {
         let packets = p.packetize(&f, TemporalInfo::BASE, 1000);
         assert_eq!(packets.len(), 3);
         assert!(packets.iter().all(|q| q.len() <= 1000));
-        let body: Vec<u8> = packets.iter().flat_map(|q| q[DESCRIPTOR_LEN..].to_vec()).collect();
+        let body: Vec<u8> = packets
+            .iter()
+            .flat_map(|q| q[DESCRIPTOR_LEN..].to_vec())
+            .collect();
         assert_eq!(body, f);
-        let h: Vec<Vp8Header> = packets.iter().map(|q| Vp8Header::parse(q).unwrap()).collect();
+        let h: Vec<Vp8Header> = packets
+            .iter()
+            .map(|q| Vp8Header::parse(q).unwrap())
+            .collect();
         assert!(h[0].start && h[0].keyframe);
         assert!(!h[1].start && !h[1].keyframe);
         assert_eq!(h[0].picture_id, Some(0x7FFE));
@@ -189,7 +195,13 @@ mod tests {
 
     #[test]
     fn short_or_truncated_descriptors_are_refused() {
-        for bad in [&[][..], &[0x80], &[0x80, 0x80], &[0x80, 0x80, 0x80], &[0x90, 0x40]] {
+        for bad in [
+            &[][..],
+            &[0x80],
+            &[0x80, 0x80],
+            &[0x80, 0x80, 0x80],
+            &[0x90, 0x40],
+        ] {
             assert_eq!(Vp8Header::parse(bad), None, "{bad:?}");
         }
         // No extension: just the required octet.

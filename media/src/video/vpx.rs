@@ -503,7 +503,11 @@ mod tests {
             }
         }
         assert_eq!(&tids[..4], &[0, 1, 0, 1]);
-        assert_eq!(&tids[14..18], &[0, 0, 1, 0], "the keyframe at 15 is a base frame");
+        assert_eq!(
+            &tids[14..18],
+            &[0, 0, 1, 0],
+            "the keyframe at 15 is a base frame"
+        );
         // Every base frame decoded on its own, in order, with no enhancement frame.
         assert_eq!(base_stamps.len(), 21);
         assert!(base_stamps.windows(2).all(|w| w[0] < w[1]));
