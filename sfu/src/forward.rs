@@ -14,6 +14,11 @@ use crate::allocator::{self, VideoDemand};
 use crate::layers::layer_index;
 use crate::{KEYFRAME_REQUEST_INTERVAL, ParticipantId, Sfu, SfuEvent, TrackId, participant};
 
+/// A subscriber's video resend cache: 3 s of packets, resends up to half the rate.
+const RTX_CACHE_PACKETS: usize = 2000;
+const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
+const RTX_RATIO_CAP: f32 = 0.5;
+
 /// Subscribers' layers are chosen again this often.
 pub const ALLOCATE_EVERY: Duration = Duration::from_millis(500);
 
@@ -99,9 +104,18 @@ impl Sfu {
                         continue;
                     }
                 }
+                // Waiting to switch down: the link is short, so the current layer stops
+                // now (the picture holds) rather than queue ahead of the lower layer's
+                // keyframe, which is asked for at once.
+                if target.is_none_or(|t| out.layer.is_some_and(|l| t < l)) {
+                    out.rewriter.skip(*ssrc, *pkt.seq_no);
+                    self.stats.not_forwarded += 1;
+                    continue;
+                }
+                let max_temporal = out.max_temporal;
                 if vp8
                     .and_then(|h| h.tid)
-                    .is_some_and(|tid| tid > out.max_temporal)
+                    .is_some_and(|tid| tid > max_temporal)
                 {
                     out.rewriter.skip(*ssrc, *pkt.seq_no);
                     self.stats.not_forwarded += 1;
@@ -134,11 +148,18 @@ impl Sfu {
                 b.build().ok()
             });
             let out_mid = out.mid;
+            let first = !std::mem::replace(&mut out.rtx_ready, true);
             let mut api = s.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(out_mid, None) else {
                 self.stats.not_forwarded += 1;
                 continue;
             };
+            if first && kind == MediaKind::Video {
+                // As natter's clients: resends may take up to half the video rate (str0m's
+                // 15 % is crossed by chance at a few percent loss, and each dropped resend
+                // costs a keyframe).
+                tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(RTX_RATIO_CAP));
+            }
             let mut w = RtpWrite::new(
                 out_pt,
                 place.seq.into(),

@@ -36,7 +36,13 @@ pub struct LayerRates {
     window_start: Instant,
     bytes: Vec<u64>,
     bps: Vec<Option<u64>>,
+    /// When each layer first and last sent in this window: a window in which a layer
+    /// started or stopped (paused, resumed with a keyframe) does not give its rate.
+    span: Vec<Option<(Instant, Instant)>>,
 }
+
+/// A layer sent through a window if it sent this close to both of its ends.
+const EDGE: Duration = Duration::from_millis(100);
 
 impl LayerRates {
     pub fn new(layers: usize, now: Instant) -> LayerRates {
@@ -44,23 +50,36 @@ impl LayerRates {
             window_start: now,
             bytes: vec![0; layers.max(1)],
             bps: vec![None; layers.max(1)],
+            span: vec![None; layers.max(1)],
         }
     }
 
     pub fn packet(&mut self, layer: usize, bytes: usize, now: Instant) {
         let elapsed = now.saturating_duration_since(self.window_start);
         if elapsed >= RATE_WINDOW {
-            for (b, r) in self.bytes.iter_mut().zip(self.bps.iter_mut()) {
+            for ((b, r), span) in self
+                .bytes
+                .iter_mut()
+                .zip(self.bps.iter_mut())
+                .zip(self.span.iter_mut())
+            {
                 // A layer that sent nothing keeps its last rate: it is paused, not free.
-                if *b > 0 {
+                let whole = span.is_some_and(|(first, last)| {
+                    first.duration_since(self.window_start) < EDGE
+                        && now.saturating_duration_since(last) < EDGE
+                });
+                if whole {
                     *r = Some(*b * 8 * 1000 / elapsed.as_millis().max(1) as u64);
                 }
                 *b = 0;
+                *span = None;
             }
             self.window_start = now;
         }
-        if let Some(b) = self.bytes.get_mut(layer) {
+        if let (Some(b), Some(span)) = (self.bytes.get_mut(layer), self.span.get_mut(layer)) {
             *b += bytes as u64;
+            let first = span.map_or(now, |(f, _)| f);
+            *span = Some((first, now));
         }
     }
 
@@ -147,14 +166,20 @@ mod tests {
             let now = t + Duration::from_millis(i * 10);
             r.packet(0, 125, now); // 100 kbit/s
             r.packet(2, 1250, now); // 1 Mbit/s
+            if i >= 30 {
+                // Layer 1 starts late in the window: not a rate yet.
+                r.packet(1, 5000, now);
+            }
         }
         r.packet(0, 0, t + Duration::from_millis(500));
         let bps = r.bps();
         assert_eq!(bps[0], 100_000);
         assert_eq!(bps[1], 350_000, "not measured: assumed");
         assert_eq!(bps[2], 1_000_000);
-        // Layer 2 goes quiet: it keeps its last rate.
+        // Layer 2 stops a while into the next window, then goes quiet: it keeps its rate.
+        r.packet(2, 1250, t + Duration::from_millis(600));
         r.packet(0, 125, t + Duration::from_millis(1000));
+        r.packet(0, 125, t + Duration::from_millis(1500));
         assert_eq!(r.bps()[2], 1_000_000);
     }
 

@@ -487,6 +487,7 @@ impl Sfu {
         let mut packets = Vec::new();
         let mut new_tracks = Vec::new();
         let mut keyframes_wanted = Vec::new();
+        let mut reallocate = false;
         let mut gone = None;
         let Some(p) = self.participants.get_mut(&id) else {
             return;
@@ -542,6 +543,10 @@ impl Sfu {
                         }
                     }
                     Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                        // A fall of more than a sixth is acted on now, not at the next round.
+                        if estimate.as_u64() * 6 < p.estimate_bps * 5 {
+                            reallocate = true;
+                        }
                         p.estimate_bps = estimate.as_u64();
                     }
                     _ => {}
@@ -565,6 +570,9 @@ impl Sfu {
         }
         for (track, layer) in keyframes_wanted {
             self.request_keyframe(track, layer, now);
+        }
+        if reallocate {
+            self.reallocate(now);
         }
         for pkt in packets {
             self.forward(id, pkt, now);

@@ -52,6 +52,8 @@ pub(crate) struct OutTrack {
     /// Video: the highest temporal layer forwarded.
     pub max_temporal: u8,
     pub pictures: PictureRewriter,
+    /// Its resend cache is set up (once, before the first packet: str0m empties it then).
+    pub rtx_ready: bool,
     pub rewriter: StreamRewriter,
     /// Publisher's payload type → this participant's, learned per type on first use.
     pub pts: HashMap<Pt, Option<Pt>>,
@@ -166,6 +168,7 @@ impl Participant {
                     target: Some(usize::MAX),
                     max_temporal: u8::MAX,
                     pictures: PictureRewriter::default(),
+                    rtx_ready: false,
                     rewriter: StreamRewriter::new(clock, first),
                     pts: HashMap::new(),
                 },

@@ -3,11 +3,13 @@
 //! each publishing audio frames that name their sender and number, each checking what it
 //! hears of every other.
 
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 mod common;
+
+use common::wire::Wire;
 
 use natter_media::video::{
     EncoderSettings, Stamp, TestPattern, Vp8Decoder, Vp8Encoder, read_stamp,
@@ -166,42 +168,18 @@ impl Client {
     }
 }
 
-#[derive(PartialEq, Eq)]
-struct InFlight {
-    at: Instant,
-    seq: u64,
-    from: SocketAddr,
-    to: SocketAddr,
-    bytes: Vec<u8>,
-}
-
-impl Ord for InFlight {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (o.at, o.seq).cmp(&(self.at, self.seq))
-    }
-}
-impl PartialOrd for InFlight {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-
 struct Group {
     sfu: Sfu,
     room: RoomId,
     clients: Vec<Client>,
-    wire: BinaryHeap<InFlight>,
-    seq: u64,
+    wire: Wire,
     now: Instant,
     next_frame: Instant,
     next_video_frame: Instant,
     video: bool,
     offers: u32,
-    /// Loss on the way to an address (a subscriber's downlink), in [0, 1).
-    loss_to: Vec<(SocketAddr, f64)>,
     /// Addresses whose datagrams vanish both ways (a crashed client).
     cut: Vec<SocketAddr>,
-    rng: u64,
     events: Vec<SfuEvent>,
 }
 
@@ -211,16 +189,13 @@ impl Group {
             sfu: Sfu::new(SfuConfig::new(sfu_addr(), common::SECRET.to_vec())),
             room: RoomId("family".into()),
             clients: Vec::new(),
-            wire: BinaryHeap::new(),
-            seq: 0,
+            wire: Wire::new(ONE_WAY),
             now,
             next_frame: now,
             next_video_frame: now,
             video: false,
             offers: 0,
-            loss_to: Vec::new(),
             cut: Vec::new(),
-            rng: 0x9E37_79B9_7F4A_7C15,
             events: Vec::new(),
         }
     }
@@ -253,24 +228,7 @@ impl Group {
         if self.cut.contains(&from) || self.cut.contains(&to) {
             return;
         }
-        if let Some((_, p)) = self.loss_to.iter().find(|(a, _)| *a == to) {
-            // xorshift64: a fixed sequence of draws.
-            self.rng ^= self.rng << 13;
-            self.rng ^= self.rng >> 7;
-            self.rng ^= self.rng << 17;
-            let draw = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
-            if draw < *p {
-                return;
-            }
-        }
-        self.seq += 1;
-        self.wire.push(InFlight {
-            at: self.now + ONE_WAY,
-            seq: self.seq,
-            from,
-            to,
-            bytes,
-        });
+        self.wire.send(from, to, bytes, self.now);
     }
 
     /// Moves everything that is ready: SFU offers answered, outputs onto the wire.
@@ -340,7 +298,7 @@ impl Group {
         for _ in 0..10_000_000 {
             self.settle();
             let next = [
-                self.wire.peek().map(|w| w.at),
+                self.wire.next_at(),
                 self.sfu.poll_timeout(),
                 Some(self.next_frame),
                 self.video.then_some(self.next_video_frame),
@@ -356,8 +314,7 @@ impl Group {
             }
             self.now = next.max(self.now);
             let now = self.now;
-            while self.wire.peek().is_some_and(|w| w.at <= now) {
-                let w = self.wire.pop().unwrap();
+            while let Some(w) = self.wire.pop_due(now) {
                 if w.to == sfu_addr() {
                     self.sfu.handle_datagram(w.from, w.to, &w.bytes, now);
                 } else if let Some(c) = self.clients.iter_mut().find(|c| c.addr == w.to) {
@@ -471,7 +428,7 @@ fn a_late_joiner_hears_everyone_within_a_second_and_is_heard() {
 fn five_pct_loss_on_one_downlink_is_repaired_by_red() {
     let mut g = Group::with(3, false);
     let victim = g.clients[0].addr;
-    g.loss_to.push((victim, 0.05));
+    g.wire.shape(victim).loss = 0.05;
     g.run(Duration::from_secs(20));
     for other in 1..3u8 {
         let heard = g.clients[0].heard_from(other);

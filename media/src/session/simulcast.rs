@@ -160,10 +160,8 @@ impl SimulcastSender {
         };
         for l in &mut self.layers {
             if !l.on() {
-                // Keep its clock from falling behind, so it resumes on time.
-                if l.sender.next_due <= now {
-                    l.sender.next_due = now;
-                }
+                // Its frames pass unencoded, so it resumes in step with the others.
+                l.sender.skip_due(now);
                 continue;
             }
             if l.resume {

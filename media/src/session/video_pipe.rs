@@ -81,6 +81,16 @@ impl VideoSender {
             .map(|(rtp, f)| (rtp, f.data)))
     }
 
+    /// Lets a due frame pass unencoded (a paused simulcast layer): its number and time are
+    /// used up, so that when the layer resumes its pictures are numbered and timed as the
+    /// other layers' of the same moment.
+    pub fn skip_due(&mut self, now: Instant) {
+        while self.next_due <= now {
+            self.next_due += self.interval;
+            self.frame = self.frame.wrapping_add(1);
+        }
+    }
+
     /// Like [`VideoSender::next_frame`], with what the encoder said of the frame.
     pub fn next_encoded(
         &mut self,

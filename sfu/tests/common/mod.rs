@@ -2,6 +2,11 @@
 //! audio frames carry (the sender's index and the frame's number, so a receiver can tell
 //! whose frame it heard).
 
+// Each test binary uses a different part of it.
+#![allow(dead_code)]
+
+pub mod wire;
+
 use std::sync::Arc;
 use std::time::Instant;
 
