@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use natter_signaling::call::{Action, CallEvent, CallRouter, EndReason, Party};
+use natter_signaling::call::{Action, CallEvent, CallRouter, EndReason, Media, Party};
 use natter_signaling::{
     ClientFrame, DeviceId, IceServer, ProtocolError, QueueItem, ServerFrame, UserId,
 };
@@ -22,6 +22,17 @@ pub struct MissedNotice {
 }
 
 impl MissedNotice {
+    /// `from`'s call `call_id` (1:1 or a group's) that `user` missed at `at_ms`.
+    pub fn new(user: UserId, call_id: String, from: UserId, media: Media, at_ms: u64) -> Self {
+        let item = QueueItem::MissedCall {
+            call_id,
+            from,
+            media,
+            ts_ms: at_ms,
+        };
+        MissedNotice { user, item }
+    }
+
     /// The storage job that queues it.
     pub fn job(self) -> impl FnOnce(&mut Core) -> Result<(), ProtocolError> + Send + 'static {
         move |core: &mut Core| {
@@ -31,8 +42,8 @@ impl MissedNotice {
     }
 }
 
-/// Stores notices the server produced on its own (timeouts, disconnects).
-fn store_missed(st: &SharedState, notices: Vec<MissedNotice>) {
+/// Stores notices the server produced on its own (timeouts, disconnects, group calls).
+pub(crate) fn store_missed(st: &SharedState, notices: Vec<MissedNotice>) {
     for n in notices {
         st.store.submit(n.job(), |r| {
             if let Err(e) = r {
@@ -195,15 +206,7 @@ impl Calls {
                     from,
                     media,
                     at_ms,
-                } => {
-                    let item = QueueItem::MissedCall {
-                        call_id,
-                        from,
-                        media,
-                        ts_ms: at_ms,
-                    };
-                    missed.push(MissedNotice { user, item });
-                }
+                } => missed.push(MissedNotice::new(user, call_id, from, media, at_ms)),
             }
         }
         missed

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use natter_signaling::call::{Media, Party};
 use natter_signaling::room::{RoomAction, RoomEvent, RoomRouter, RoomTrack, StateChange};
-use natter_signaling::{ErrorCode, GroupId, ProtocolError, QueueItem, ServerFrame, room_token};
+use natter_signaling::{ErrorCode, GroupId, ProtocolError, ServerFrame, room_token};
 use tokio::sync::oneshot;
 
 use crate::calls::MissedNotice;
@@ -353,6 +353,7 @@ impl Rooms {
     }
 
     fn apply(&self, st: &SharedState, actions: Vec<RoomAction>) {
+        let mut missed = Vec::new();
         for a in actions {
             match a {
                 RoomAction::Send {
@@ -369,19 +370,7 @@ impl Rooms {
                     from,
                     media,
                     at_ms,
-                } => {
-                    let item = QueueItem::MissedCall {
-                        call_id,
-                        from,
-                        media,
-                        ts_ms: at_ms,
-                    };
-                    st.store.submit(MissedNotice { user, item }.job(), |r| {
-                        if let Err(e) = r {
-                            tracing::warn!("storing a missed group-call notice failed: {e}");
-                        }
-                    });
-                }
+                } => missed.push(MissedNotice::new(user, call_id, from, media, at_ms)),
                 RoomAction::SfuLeave { participant } => {
                     // This may run on the storage thread: the server's runtime does it.
                     if let Some(sfu) = &self.sfu {
@@ -390,5 +379,6 @@ impl Rooms {
                 }
             }
         }
+        crate::calls::store_missed(st, missed);
     }
 }

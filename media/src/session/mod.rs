@@ -8,6 +8,7 @@
 pub mod audio_pipe;
 pub mod dtls;
 pub mod group;
+mod receive;
 pub mod shell;
 pub mod simulcast;
 mod types;
@@ -26,7 +27,7 @@ use natter_signaling::call::IceCandidate;
 use natter_stun::{Class, Message, MessageBuilder, attr, method};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid};
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
@@ -748,51 +749,13 @@ impl Session {
                         .push_back(SessionEvent::Warning(format!("track {}: {e}", m.mid)));
                 }
             }
-            Event::MediaData(d) if self.remote_tracks.has(d.mid) => {
-                if d.params.spec().codec == str0m::format::Codec::Vp8 {
-                    let wall = self.wall_ms(now);
-                    let rtp = d.time.rebase(Frequency::NINETY_KHZ).numer();
-                    if self
-                        .remote_tracks
-                        .video(d.mid, &d.data, rtp, d.contiguous, now, wall)
-                        && let Some(mut w) = self.rtc.writer(d.mid)
-                    {
-                        let _ = w.request_keyframe(d.rid, KeyframeRequestKind::Pli);
-                    }
-                } else {
-                    let seq = **d.seq_range.end() as u16;
-                    let rtp = d.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer() as u32;
-                    self.remote_tracks.audio(d.mid, seq, rtp, &d.data, now);
-                }
-            }
             Event::MediaAdded(m) if m.kind == MediaKind::Audio && self.mid.is_none() => {
                 self.mid = Some(m.mid);
             }
             Event::MediaAdded(m) if m.kind == MediaKind::Video && self.video_mid.is_none() => {
                 self.video_mid = Some(m.mid);
             }
-            Event::MediaData(d) if Some(d.mid) == self.video_mid => {
-                if self.video_rx.is_none() {
-                    match VideoReceiver::new(now) {
-                        Ok(rx) => self.video_rx = Some(rx),
-                        Err(e) => {
-                            self.events.push_back(SessionEvent::Warning(format!(
-                                "video cannot be decoded: {e}"
-                            )));
-                            self.video_mid = None;
-                            return;
-                        }
-                    }
-                }
-                let wall = self.wall_ms(now);
-                let rx = self.video_rx.as_mut().expect("made above");
-                let rtp = d.time.rebase(Frequency::NINETY_KHZ).numer();
-                if rx.frame(&d.data, rtp, d.contiguous, now, wall)
-                    && let Some(mut w) = self.rtc.writer(d.mid)
-                {
-                    let _ = w.request_keyframe(d.rid, KeyframeRequestKind::Pli);
-                }
-            }
+            Event::MediaData(d) => self.media_data(d, now),
             Event::KeyframeRequest(r) if Some(r.mid) == self.video_mid => {
                 if let Some(tx) = self.video_tx.as_mut() {
                     tx.keyframe_requested();
@@ -800,12 +763,6 @@ impl Session {
                 if let Some(s) = self.simulcast.as_mut() {
                     s.keyframe_requested(r.rid);
                 }
-            }
-            Event::MediaData(d) if Some(d.mid) == self.mid => {
-                let seq = *d.seq_range.end();
-                let seq = *seq as u16;
-                let rtp = d.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer() as u32;
-                self.decoder.packet(seq, rtp, &d.data, now);
             }
             Event::MediaIngressStats(m) => {
                 self.ingress.insert(m.mid, (m.packets, m.bytes));
