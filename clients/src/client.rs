@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use natter_crypto::call_media::CallKeyShare;
 use natter_crypto::{Machine, media, safety};
 use natter_signaling::{
     ClientFrame, Conv, DeviceId, DeviceInfo, Envelope, ErrorCode, GroupChange, GroupId, GroupInfo,
@@ -713,16 +714,13 @@ impl Client {
             .await
     }
 
-    async fn send_group_item(
+    /// Makes sure every member device of `group` (as `info` lists them) holds this device's
+    /// current group session, sharing it over Olm with those that do not.
+    async fn share_group_session(
         &self,
         group: GroupId,
-        content: &Content,
-        kind: ItemKind,
-        body: &str,
-        file: Option<&FileRef>,
-    ) -> Result<Sent, ClientError> {
-        let info = self.group_info(group).await?;
-        let _guard = self.inner.send_lock.lock().await;
+        info: &GroupInfo,
+    ) -> Result<(), ClientError> {
         let me = self.user();
         // Every member's devices must be known to share the session key with them.
         for m in &info.members {
@@ -768,6 +766,66 @@ impl Client {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Sends a call key to `group`'s members over the group channel (Megolm), as no chat
+    /// item. `departed`: users who left the call; if one of them is no longer a member, the
+    /// group session is replaced first, so they cannot read this key.
+    pub(crate) async fn send_call_key(
+        &self,
+        group: GroupId,
+        call_id: &str,
+        key: &CallKeyShare,
+        departed: &[UserId],
+    ) -> Result<(), ClientError> {
+        let info = self.group_info(group).await?;
+        let _guard = self.inner.send_lock.lock().await;
+        if departed
+            .iter()
+            .any(|u| !info.members.iter().any(|m| m.user == *u))
+        {
+            self.inner.state.lock().unwrap().machine.rotate_group(group);
+        }
+        self.share_group_session(group, &info).await?;
+        let content = Content::CallKey {
+            group,
+            call_id: call_id.to_owned(),
+            key: key.clone(),
+        };
+        let body = {
+            let mut st = self.inner.state.lock().unwrap();
+            let bytes = st
+                .machine
+                .encrypt_group(group, &content.encode())
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            st.save_crypto()?;
+            bytes
+        };
+        let frame = ClientFrame::SendGroup {
+            id: 0,
+            client_id: random_id(),
+            group,
+            body: OpaqueBytes(body),
+        };
+        match self.request(frame).await? {
+            ServerFrame::Sent { .. } => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn send_group_item(
+        &self,
+        group: GroupId,
+        content: &Content,
+        kind: ItemKind,
+        body: &str,
+        file: Option<&FileRef>,
+    ) -> Result<Sent, ClientError> {
+        let info = self.group_info(group).await?;
+        let _guard = self.inner.send_lock.lock().await;
+        self.share_group_session(group, &info).await?;
+        let me = self.user();
         let client_id = random_id();
         let (local, body_bytes) = {
             let mut st = self.inner.state.lock().unwrap();
@@ -1255,18 +1313,27 @@ fn flush(
     let me = inner.creds.user;
     let result = st.store.transaction(|store| {
         let mut events = Vec::new();
+        let mut call_keys = Vec::new();
         let mut last = 0;
         for (qseq, item) in &items {
-            handle_item(store, &mut st.machine, me, item, &mut events)?;
+            handle_item(
+                store,
+                &mut st.machine,
+                me,
+                item,
+                &mut events,
+                &mut call_keys,
+            )?;
             last = *qseq;
         }
         store.set_crypto_state(&st.machine.pickle(&st.key))?;
         store.set_cursor(last)?;
-        Ok(events)
+        Ok((events, call_keys))
     });
     drop(guard);
     match result {
-        Ok(events) => {
+        Ok((events, call_keys)) => {
+            crate::rooms::call_keys_arrived(inner, call_keys);
             out.extend(events);
             let qseqs = items.iter().map(|(q, _)| *q).collect();
             let _ = conn.notify(ClientFrame::Ack { id: 0, qseqs });
@@ -1296,6 +1363,7 @@ fn handle_item(
     me: UserId,
     item: &QueueItem,
     events: &mut Vec<ClientEvent>,
+    call_keys: &mut Vec<crate::rooms::CallKeyArrived>,
 ) -> Result<(), ClientError> {
     match item {
         QueueItem::Message {
@@ -1324,6 +1392,22 @@ fn handle_item(
                 Content::decode(&p.content)
             });
             let (kind, text, file) = match content {
+                Ok(Content::CallKey {
+                    group,
+                    call_id,
+                    key,
+                }) => {
+                    // A call's media key, for the room this device is in (if it is).
+                    if *conv == Conv::Group(group) && *device != machine.device() {
+                        call_keys.push(crate::rooms::CallKeyArrived {
+                            group,
+                            call_id,
+                            from: *device,
+                            key,
+                        });
+                    }
+                    return Ok(());
+                }
                 Ok(Content::GroupKey { group, session_key }) => {
                     // A key, not a message: nothing to show.
                     if let Err(e) = machine.receive_group_key(*device, group, &session_key.0) {

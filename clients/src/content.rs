@@ -1,5 +1,6 @@
 //! What a natter client seals inside its E2EE messages (the server never sees any of it).
 
+use natter_crypto::call_media::CallKeyShare;
 use natter_crypto::media::MediaKey;
 use natter_signaling::{GroupId, OpaqueBytes};
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,12 @@ pub enum Content {
     GroupKey {
         group: GroupId,
         session_key: OpaqueBytes,
+    },
+    /// The sending device's SFrame key for `group`'s call `call_id` (not shown to the user).
+    CallKey {
+        group: GroupId,
+        call_id: String,
+        key: CallKeyShare,
     },
 }
 

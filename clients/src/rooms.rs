@@ -5,20 +5,92 @@
 //! Each room runs a small task that applies, in order, what the server relays: the SFU's
 //! answer to the join first, then its renegotiation offers (each answered with
 //! `room_answer`), roster changes, and removal from the call.
+//!
+//! Media is end-to-end encrypted with SFrame ([`natter_crypto::call_media`]): each device's
+//! key goes to the group over its Megolm channel (`Content::CallKey`), from a second task
+//! that keeps the key moving with the roster: one ratchet step when someone joins (they
+//! cannot read what came before), a new epoch when someone leaves (they cannot read what
+//! follows), shared [`KEY_SWITCH_DELAY`] before it is used so the others have it first.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use natter_crypto::call_media::{CallKeyShare, CallKeys};
 use natter_media::session::group::TrackStats;
+use natter_media::session::{FrameCrypto, FrameE2ee};
 use natter_signaling::call::Media;
 use natter_signaling::room::{RoomEvent, RoomTrack, RosterEntry};
-use natter_signaling::{ClientFrame, DeviceId, GroupId, ServerFrame};
+use natter_signaling::{ClientFrame, DeviceId, GroupId, ServerFrame, UserId};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::client::Inner;
 use crate::{Client, ClientError};
 use natter_media::{MediaOptions, MediaSession};
+
+/// How long a new epoch's key is shared before frames use it.
+pub const KEY_SWITCH_DELAY: Duration = Duration::from_millis(300);
+
+/// One call's SFrame keys, as the media session seals and opens frames with them.
+pub struct SharedCallKeys(Mutex<CallKeys>);
+
+impl SharedCallKeys {
+    fn with<T>(&self, f: impl FnOnce(&mut CallKeys) -> T) -> T {
+        f(&mut self.0.lock().unwrap())
+    }
+}
+
+impl FrameCrypto for SharedCallKeys {
+    fn seal(&self, frame: &[u8], clear: usize) -> Result<Vec<u8>, String> {
+        self.with(|k| k.seal(frame, clear))
+            .map_err(|e| e.to_string())
+    }
+
+    fn open(&self, frame: &[u8], clear: usize) -> Result<Vec<u8>, String> {
+        self.with(|k| k.open(frame, clear))
+            .map(|(_, f)| f)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A call key that came over the group channel.
+pub(crate) struct CallKeyArrived {
+    pub group: GroupId,
+    pub call_id: String,
+    pub from: DeviceId,
+    pub key: CallKeyShare,
+}
+
+/// Hands keys to the rooms they are for (others are for calls this device is not in).
+pub(crate) fn call_keys_arrived(inner: &Inner, keys: Vec<CallKeyArrived>) {
+    if keys.is_empty() {
+        return;
+    }
+    let rooms = inner.rooms.lock().unwrap();
+    for k in keys {
+        let Some(route) = rooms.get(&k.group) else {
+            continue;
+        };
+        if route.call_id.as_ref().is_some_and(|c| *c != k.call_id) {
+            continue;
+        }
+        if let Err(e) = route.keys.with(|keys| keys.add(k.from, &k.key)) {
+            eprintln!("natter-client: call key from {}: {e}", k.from);
+        }
+    }
+}
+
+/// What the key task is told.
+enum KeyWork {
+    /// Share the current key (the join is done).
+    Start { call_id: String },
+    /// The roster changed: who joined, who left (devices, with their users).
+    Roster {
+        joined: bool,
+        left: Vec<(UserId, DeviceId)>,
+    },
+}
 
 /// What this device knows of the call it is in.
 #[derive(Debug, Clone, Default)]
@@ -42,10 +114,14 @@ pub struct ActiveRoom {
     media: Arc<MediaSession>,
     view: watch::Receiver<RoomView>,
     tones: Arc<std::sync::Mutex<HashMap<DeviceId, f32>>>,
+    keys: Option<Arc<SharedCallKeys>>,
 }
 
 pub(crate) struct RoomRoute {
     pub signals: mpsc::UnboundedSender<RoomEvent>,
+    pub keys: Arc<SharedCallKeys>,
+    /// Known once the join is answered; keys for another call of the group are not taken.
+    pub call_id: Option<String>,
 }
 
 impl ActiveRoom {
@@ -69,6 +145,12 @@ impl ActiveRoom {
                 self.view()
             ))),
         }
+    }
+
+    /// The call's SFrame keys (None when media is not end-to-end encrypted): what this
+    /// device seals its frames with and opens others' with.
+    pub fn call_keys(&self) -> Option<Arc<SharedCallKeys>> {
+        self.keys.clone()
     }
 
     /// Each received track's figures, with whose it is.
@@ -137,9 +219,23 @@ impl Client {
         &self,
         group: GroupId,
         media: Media,
+        opts: MediaOptions,
+    ) -> Result<ActiveRoom, ClientError> {
+        self.join_room_with(group, media, opts, true).await
+    }
+
+    /// Like [`Client::join_room`], with media end-to-end encrypted (SFrame) or not (to
+    /// measure what SFrame costs, and what an SFU sees without it).
+    pub async fn join_room_with(
+        &self,
+        group: GroupId,
+        media: Media,
         mut opts: MediaOptions,
+        e2ee: bool,
     ) -> Result<ActiveRoom, ClientError> {
         opts.group = true;
+        let keys = Arc::new(SharedCallKeys(Mutex::new(CallKeys::new(self.device()))));
+        opts.e2ee = e2ee.then(|| FrameE2ee(keys.clone()));
         // Tones are per track in a group call: see ActiveRoom::expect_tone.
         opts.expect_tone = None;
         let ice = self.ice_servers().await?;
@@ -154,7 +250,18 @@ impl Client {
                     "already in the call of {group}"
                 )));
             }
-            rooms.insert(group, RoomRoute { signals: sig_tx });
+            rooms.insert(
+                group,
+                RoomRoute {
+                    signals: sig_tx,
+                    keys: keys.clone(),
+                    call_id: None,
+                },
+            );
+        }
+        let (key_tx, key_rx) = mpsc::unbounded_channel();
+        if e2ee {
+            tokio::spawn(run_keys(self.clone(), group, keys.clone(), key_rx));
         }
         let (view_tx, view_rx) = watch::channel(RoomView::default());
         let (answer_tx, answer_rx) = oneshot::channel();
@@ -168,6 +275,7 @@ impl Client {
             view_tx,
             answer_rx,
             tones.clone(),
+            key_tx.clone(),
         ));
         let joined = self
             .request(ClientFrame::RoomJoin {
@@ -184,6 +292,12 @@ impl Client {
                 roster,
                 ..
             }) => {
+                if let Some(route) = self.inner.rooms.lock().unwrap().get_mut(&group) {
+                    route.call_id = Some(call_id.clone());
+                }
+                let _ = key_tx.send(KeyWork::Start {
+                    call_id: call_id.clone(),
+                });
                 let _ = answer_tx.send((sdp, roster));
                 Ok(ActiveRoom {
                     group,
@@ -192,6 +306,7 @@ impl Client {
                     media: session,
                     view: view_rx,
                     tones,
+                    keys: e2ee.then_some(keys),
                 })
             }
             Ok(other) => {
@@ -227,9 +342,21 @@ async fn run_room(
     view: watch::Sender<RoomView>,
     answer: oneshot::Receiver<(String, Vec<RosterEntry>)>,
     tones: Arc<std::sync::Mutex<HashMap<DeviceId, f32>>>,
+    keys: mpsc::UnboundedSender<KeyWork>,
 ) {
+    let me = client.device();
+    // The other devices in the call, with their users.
+    let others = |roster: &[RosterEntry]| -> BTreeMap<DeviceId, UserId> {
+        roster
+            .iter()
+            .filter(|r| r.device != me)
+            .map(|r| (r.device, r.user))
+            .collect()
+    };
+    let mut present = BTreeMap::new();
     let started = match answer.await {
         Ok((sdp, roster)) => {
+            present = others(&roster);
             view.send_modify(|v| v.roster = roster);
             media.set_answer(&sdp).await.map_err(|e| e.to_string())
         }
@@ -272,7 +399,20 @@ async fn run_room(
                 }
                 Err(e) => eprintln!("natter-client: room {group}: offer: {e}"),
             },
-            RoomEvent::Roster { participants } => view.send_modify(|v| v.roster = participants),
+            RoomEvent::Roster { participants } => {
+                let now = others(&participants);
+                let joined = now.keys().any(|d| !present.contains_key(d));
+                let left: Vec<(UserId, DeviceId)> = present
+                    .iter()
+                    .filter(|(d, _)| !now.contains_key(d))
+                    .map(|(d, u)| (*u, *d))
+                    .collect();
+                if joined || !left.is_empty() {
+                    let _ = keys.send(KeyWork::Roster { joined, left });
+                }
+                present = now;
+                view.send_modify(|v| v.roster = participants);
+            }
             RoomEvent::Removed { reason } => {
                 view.send_modify(|v| v.ended = Some(reason));
                 break;
@@ -283,6 +423,46 @@ async fn run_room(
         }
     }
     finish(&client, group, &media).await;
+}
+
+/// A room's key task (see the module documentation). Ends when the room's task does.
+async fn run_keys(
+    client: Client,
+    group: GroupId,
+    keys: Arc<SharedCallKeys>,
+    mut work: mpsc::UnboundedReceiver<KeyWork>,
+) {
+    let mut call_id = None;
+    while let Some(w) = work.recv().await {
+        let (share, departed) = match w {
+            KeyWork::Start { call_id: c } => {
+                call_id = Some(c);
+                (keys.with(|k| k.current()), Vec::new())
+            }
+            KeyWork::Roster { joined, left } if left.is_empty() => {
+                debug_assert!(joined);
+                (keys.with(|k| k.ratchet()), Vec::new())
+            }
+            KeyWork::Roster { left, .. } => {
+                let share = keys.with(|k| {
+                    for (_, d) in &left {
+                        k.forget(*d);
+                    }
+                    k.next_epoch()
+                });
+                (share, left.into_iter().map(|(u, _)| u).collect())
+            }
+        };
+        let Some(call) = &call_id else { continue };
+        let rotating = !departed.is_empty();
+        if let Err(e) = client.send_call_key(group, call, &share, &departed).await {
+            eprintln!("natter-client: room {group}: call key not sent: {e}");
+        }
+        if rotating {
+            tokio::time::sleep(KEY_SWITCH_DELAY).await;
+            keys.with(|k| k.use_next_epoch());
+        }
+    }
 }
 
 async fn finish(client: &Client, group: GroupId, media: &MediaSession) {

@@ -20,6 +20,7 @@
 //! | `one_time[i].key` | a Curve25519 one-time key (32 bytes) + its Ed25519 signature (64) |
 //! | `last_resort.key` | the Olm fallback key, signed the same way |
 
+pub mod call_media;
 mod error;
 mod machine;
 pub mod media;

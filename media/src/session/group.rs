@@ -1,7 +1,7 @@
 //! What a session in a group call receives: one track per other participant's audio and
 //! video (m-lines the SFU adds by renegotiation), each decoded and measured on its own.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use str0m::media::{MediaKind, Mid};
@@ -24,6 +24,8 @@ pub struct TrackStats {
     pub audio: Option<ReceiveStats>,
     /// Video tracks: frames received, rendered, freezes, fps.
     pub picture: Option<VideoStats>,
+    /// Frames that arrived but did not open with the call's keys (end-to-end encryption).
+    pub undecryptable: u64,
 }
 
 enum Decoder {
@@ -34,6 +36,10 @@ enum Decoder {
 #[derive(Default)]
 pub(crate) struct RemoteTracks {
     tracks: BTreeMap<Mid, Decoder>,
+    /// Per track: frames that did not open; and the video tracks whose next frame follows
+    /// one that did not.
+    undecryptable: HashMap<Mid, u64>,
+    gap: BTreeSet<Mid>,
     /// Tones asked for before the track's m-line was applied (bounded by the m-lines).
     tones: BTreeMap<Mid, f32>,
 }
@@ -87,9 +93,18 @@ impl RemoteTracks {
         now: Instant,
         wall_ms: u32,
     ) -> bool {
+        let after_gap = self.gap.remove(&mid);
         match self.tracks.get_mut(&mid) {
-            Some(Decoder::Video(v)) => v.frame(data, rtp, contiguous, now, wall_ms),
+            Some(Decoder::Video(v)) => v.frame(data, rtp, contiguous && !after_gap, now, wall_ms),
             _ => false,
+        }
+    }
+
+    /// A frame of `mid` did not open.
+    pub fn undecryptable(&mut self, mid: Mid) {
+        if self.tracks.contains_key(&mid) {
+            *self.undecryptable.entry(mid).or_default() += 1;
+            self.gap.insert(mid);
         }
     }
 
@@ -118,6 +133,7 @@ impl RemoteTracks {
                     bytes,
                     audio,
                     picture,
+                    undecryptable: self.undecryptable.get(mid).copied().unwrap_or_default(),
                 }
             })
             .collect()

@@ -15,7 +15,8 @@ mod types;
 pub mod video_pipe;
 
 pub use types::{
-    CallStats, MediaError, MediaOptions, MediaState, SessionEvent, Transmit, TransportStats, Via,
+    CallStats, FrameCrypto, FrameE2ee, MediaError, MediaOptions, MediaState, SessionEvent,
+    Transmit, TransportStats, Via, vp8_clear_bytes,
 };
 
 use std::collections::{HashMap, VecDeque};
@@ -580,10 +581,18 @@ impl Session {
         let mut due = 0;
         while self.next_frame.is_some_and(|t| t <= now) && due < 5 {
             due += 1;
-            let Ok(f) = enc.next_frame() else {
+            let Ok(mut f) = enc.next_frame() else {
                 self.next_frame = None;
                 return;
             };
+            self.next_frame = self.next_frame.map(|t| t + FRAME_INTERVAL);
+            if let Some(e2ee) = &self.opts.e2ee {
+                match e2ee.0.seal(&f.data, 0) {
+                    Ok(sealed) => f.data = sealed,
+                    // Nothing leaves in the clear.
+                    Err(_) => continue,
+                }
+            }
             write_frame(
                 &mut self.rtc,
                 mid,
@@ -593,7 +602,6 @@ impl Session {
                 Some(f.level),
                 now,
             );
-            self.next_frame = self.next_frame.map(|t| t + FRAME_INTERVAL);
         }
         // Far behind (the process was stopped): skip ahead rather than burst.
         if self.next_frame.is_some_and(|t| t <= now) {
@@ -610,7 +618,7 @@ impl Session {
         }
         let wall = self.wall_ms(now);
         if let Some(s) = self.simulcast.as_mut() {
-            if let Err(e) = s.send(&mut self.rtc, mid, now, wall) {
+            if let Err(e) = s.send(&mut self.rtc, mid, now, wall, self.opts.e2ee.as_ref()) {
                 self.simulcast = None;
                 self.events
                     .push_back(SessionEvent::Warning(format!("video stopped: {e}")));

@@ -14,6 +14,7 @@ use str0m::Rtc;
 use str0m::media::{Mid, Pt, Rid, Simulcast, SimulcastLayer};
 use str0m::rtp::RtpWrite;
 
+use super::types::{FrameE2ee, vp8_clear_bytes};
 use super::video_pipe::VideoSender;
 use crate::video::vp8_rtp::Vp8Packetizer;
 use crate::video::{EncoderSettings, VideoOptions};
@@ -149,6 +150,7 @@ impl SimulcastSender {
         mid: Mid,
         now: Instant,
         wall_ms: u32,
+        e2ee: Option<&FrameE2ee>,
     ) -> Result<(), String> {
         if self.pt.is_none() {
             self.pt = rtc
@@ -179,7 +181,12 @@ impl SimulcastSender {
             let Some(tx) = api.stream_tx_by_mid(mid, Some(l.rid)) else {
                 continue;
             };
-            let payloads = l.packetizer.packetize(&frame.data, frame.temporal, MTU);
+            let data = match e2ee {
+                // What an SFU needs to find keyframes stays readable; the rest is sealed.
+                Some(e) => e.0.seal(&frame.data, vp8_clear_bytes(&frame.data))?,
+                None => frame.data,
+            };
+            let payloads = l.packetizer.packetize(&data, frame.temporal, MTU);
             let last = payloads.len().saturating_sub(1);
             for (i, p) in payloads.into_iter().enumerate() {
                 tx.write_rtp(

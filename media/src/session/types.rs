@@ -32,6 +32,33 @@ pub struct MediaOptions {
     /// A group call through an SFU: publish only (send-only m-lines), and receive each
     /// other participant's tracks as the SFU adds them, each decoded on its own.
     pub group: bool,
+    /// End-to-end encryption of every encoded frame (SFrame in a group call): sent frames
+    /// are sealed before they are packetized, received ones opened before they are decoded.
+    pub e2ee: Option<FrameE2ee>,
+}
+
+/// Seals and opens encoded frames end to end. `clear` is how many leading bytes stay
+/// readable (authenticated, not encrypted): what an SFU needs of a VP8 frame.
+pub trait FrameCrypto: Send + Sync {
+    fn seal(&self, frame: &[u8], clear: usize) -> Result<Vec<u8>, String>;
+    fn open(&self, frame: &[u8], clear: usize) -> Result<Vec<u8>, String>;
+}
+
+/// A shared [`FrameCrypto`] (the call's keys, which the client updates as people come and go).
+#[derive(Clone)]
+pub struct FrameE2ee(pub std::sync::Arc<dyn FrameCrypto>);
+
+impl std::fmt::Debug for FrameE2ee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FrameE2ee")
+    }
+}
+
+/// How many leading bytes of a VP8 frame an SFU must read: the frame tag and, for a
+/// keyframe, the start code and picture size (10 bytes); 3 bytes of any other frame.
+pub fn vp8_clear_bytes(frame: &[u8]) -> usize {
+    let keyframe = frame.first().is_some_and(|b| b & 0x01 == 0);
+    (if keyframe { 10 } else { 3 }).min(frame.len())
 }
 
 impl Default for MediaOptions {
@@ -46,6 +73,7 @@ impl Default for MediaOptions {
             red: true,
             video: None,
             group: false,
+            e2ee: None,
         }
     }
 }
