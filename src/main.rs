@@ -355,6 +355,11 @@ struct Cli {
     /// instead of running one in-process; needs --sfu-token-secret [config: sfu.url]
     #[arg(long, env = "NATTER_SFU_URL", value_name = "URL")]
     sfu_url: Option<String>,
+
+    /// SFU: write every forwarded payload, as the SFU can read it (after SRTP), to FILE, to
+    /// check what it sees of end-to-end encrypted media [config: sfu.capture]
+    #[arg(long, value_name = "FILE")]
+    sfu_capture: Option<PathBuf>,
 }
 
 /// `NAME=BURST:RATE` for `--limit`.
@@ -446,6 +451,9 @@ fn apply(cli: Cli, cfg: &mut Config) {
     }
     if let Some(s) = cli.sfu_token_secret {
         cfg.sfu.token_secret = Some(s);
+    }
+    if let Some(c) = cli.sfu_capture {
+        cfg.sfu.capture = Some(c);
     }
     if let Some(u) = cli.sfu_url {
         cfg.sfu.url = Some(u);

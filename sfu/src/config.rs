@@ -26,6 +26,10 @@ pub struct SfuSettings {
     /// (`ws://HOST:7883/v1/control`). When set, no SFU runs in-process. (natter-sfu itself
     /// ignores it.)
     pub url: Option<String>,
+    /// Writes the payload of every packet the SFU forwards, as it can read them, to this
+    /// file (see `natter_sfu::capture`): to check what the SFU sees. Costs a write per
+    /// packet; at most 200,000 packets.
+    pub capture: Option<std::path::PathBuf>,
 }
 
 impl Default for SfuSettings {
@@ -37,6 +41,7 @@ impl Default for SfuSettings {
             max_participants: DEFAULT_MAX_PARTICIPANTS,
             token_secret: None,
             url: None,
+            capture: None,
         }
     }
 }
@@ -63,6 +68,7 @@ impl SfuSettings {
         }
         let mut cfg = SfuConfig::new(public, secret.as_bytes().to_vec());
         cfg.max_participants = self.max_participants;
+        cfg.capture = self.capture.clone();
         Ok((cfg, self.listen))
     }
 }

@@ -41,6 +41,17 @@ impl Sfu {
             return;
         };
         let kind = published.kind;
+        if let Some(c) = self.captured.as_mut() {
+            c.push(crate::capture::Captured {
+                publisher,
+                kind,
+                ssrc: *ssrc,
+                seq: *pkt.seq_no,
+                timestamp: pkt.header.timestamp,
+                marker: pkt.header.marker,
+                payload: pkt.payload.to_vec(),
+            });
+        }
         let spatial = layer_index(&published.rids, rid);
         let layers = published.layers();
         published.rates.packet(spatial, pkt.payload.len(), now);

@@ -31,6 +31,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Event, IceConnectionState, Input, Output};
 
 pub mod allocator;
+pub mod capture;
 pub mod config;
 pub mod control;
 mod forward;
@@ -69,6 +70,8 @@ pub struct SfuConfig {
     pub max_participants: usize,
     /// Signs the room tokens a join must carry (shared with the gateways that mint them).
     pub token_secret: Vec<u8>,
+    /// Records every forwarded payload, as the SFU can read it, to this file.
+    pub capture: Option<std::path::PathBuf>,
 }
 
 impl SfuConfig {
@@ -77,6 +80,7 @@ impl SfuConfig {
             public_addr,
             max_participants: DEFAULT_MAX_PARTICIPANTS,
             token_secret,
+            capture: None,
         }
     }
 }
@@ -87,6 +91,7 @@ impl std::fmt::Debug for SfuConfig {
             .field("public_addr", &self.public_addr)
             .field("max_participants", &self.max_participants)
             .field("token_secret", &"<hidden>")
+            .field("capture", &self.capture)
             .finish()
     }
 }
@@ -244,10 +249,13 @@ pub struct Sfu {
     transmits: VecDeque<Transmit>,
     events: VecDeque<SfuEvent>,
     pub stats: SfuStats,
+    /// What was forwarded, for `cfg.capture`.
+    pub(crate) captured: Option<capture::CaptureQueue>,
 }
 
 impl Sfu {
     pub fn new(cfg: SfuConfig) -> Sfu {
+        let cfg_capture = cfg.capture.is_some();
         Sfu {
             cfg,
             participants: HashMap::new(),
@@ -258,7 +266,13 @@ impl Sfu {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: SfuStats::default(),
+            captured: cfg_capture.then(capture::CaptureQueue::default),
         }
+    }
+
+    /// The next forwarded payload recorded for the capture file (see [`capture`]).
+    pub fn poll_captured(&mut self) -> Option<capture::Captured> {
+        self.captured.as_mut()?.pop()
     }
 
     /// A participant joins with its offer and the room token a gateway minted for it (which

@@ -47,6 +47,10 @@ struct Cli {
     /// [default: 127.0.0.1:7883]
     #[arg(long, env = "NATTER_SFU_CONTROL_LISTEN")]
     control_listen: Option<SocketAddr>,
+    /// Write every forwarded payload, as the SFU can read it (after SRTP), to FILE: to
+    /// check what the SFU sees of end-to-end encrypted media [config: sfu.capture]
+    #[arg(long, value_name = "FILE")]
+    capture: Option<PathBuf>,
     /// A tracing filter, e.g. `info` or `natter_sfu=debug` [default: info]
     #[arg(long, env = "NATTER_LOG", default_value = "info")]
     log: String,
@@ -90,6 +94,9 @@ fn settings(cli: &Cli) -> Result<SfuSettings> {
     }
     if let Some(v) = &cli.token_secret {
         s.token_secret = Some(v.clone());
+    }
+    if let Some(v) = &cli.capture {
+        s.capture = Some(v.clone());
     }
     Ok(s)
 }

@@ -11,6 +11,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::capture::CaptureWriter;
 use crate::{ParticipantId, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats};
 
 /// Commands waiting for the SFU task; a sender waits (async) when it is full.
@@ -110,6 +111,15 @@ pub async fn spawn(
         cfg.public_addr = socket.local_addr()?;
     }
     let local = cfg.public_addr;
+    let capture = match &cfg.capture {
+        Some(path) => Some(CaptureWriter::create(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("the capture file {}: {e}", path.display()),
+            )
+        })?),
+        None => None,
+    };
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
     let stats = Arc::new(Mutex::new(SfuStats::default()));
@@ -119,6 +129,7 @@ pub async fn spawn(
         command_rx,
         event_tx,
         stats.clone(),
+        capture,
     ));
     Ok((
         SfuHandle {
@@ -137,6 +148,7 @@ async fn run(
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<SfuEvent>,
     stats: Arc<Mutex<SfuStats>>,
+    mut capture: Option<CaptureWriter>,
 ) {
     let local = sfu.cfg.public_addr;
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -148,6 +160,12 @@ async fn run(
             s.rooms = sfu.rooms() as u64;
             s.participants = sfu.participants() as u64;
             *stats.lock().unwrap() = s;
+            if let Some(w) = capture.as_mut()
+                && let Err(e) = w.flush()
+            {
+                tracing::warn!("sfu capture stopped: {e}");
+                capture = None;
+            }
         }
         let wake = sfu
             .poll_timeout()
@@ -160,7 +178,12 @@ async fn run(
                 Err(e) => tracing::debug!("sfu socket: {e}"),
             },
             c = commands.recv() => match c {
-                None => return,
+                None => {
+                    if let Some(w) = capture.as_mut() {
+                        let _ = w.flush();
+                    }
+                    return;
+                }
                 Some(Command::Join { token, offer, reply }) => {
                     let _ = reply.send(sfu.join(&token, &offer, Instant::now(), unix_now()));
                 }
@@ -174,6 +197,14 @@ async fn run(
         while let Some(t) = sfu.poll_transmit() {
             // A full send buffer drops the datagram, as a congested network would.
             let _ = socket.try_send_to(&t.contents, t.destination);
+        }
+        while let Some(c) = sfu.poll_captured() {
+            if let Some(w) = capture.as_mut()
+                && let Err(e) = w.write(&c)
+            {
+                tracing::warn!("sfu capture stopped: {e}");
+                capture = None;
+            }
         }
         while let Some(e) = sfu.poll_event() {
             if events.send(e).await.is_err() {

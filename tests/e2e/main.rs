@@ -12,6 +12,7 @@ mod calls;
 mod crash;
 mod e2ee;
 mod group_calls;
+mod group_e2ee;
 mod groups;
 mod messages;
 mod netem_calls;

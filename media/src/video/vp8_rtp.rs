@@ -75,6 +75,8 @@ impl Vp8Packetizer {
 /// RFC 7741 payload that carries the fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Vp8Header {
+    /// The descriptor's length: the VP8 frame's bytes begin there.
+    pub len: usize,
     /// First packet of a frame.
     pub start: bool,
     pub picture_id: Option<u16>,
@@ -121,6 +123,7 @@ impl Vp8Header {
         }
         let payload_header = p.get(i)?;
         Some(Vp8Header {
+            len: i,
             start,
             picture_id,
             tl0_pic_idx,
