@@ -572,7 +572,7 @@ async fn run(mut cfg: Config) -> Result<()> {
             text.push_str(&natter_turn::config::render_metrics(&stats, n));
         }
         if let Some(s) = &sfu_stats {
-            text.push_str(&s.stats().render());
+            text.push_str(&s.render_metrics());
         }
         text
     });

@@ -268,14 +268,16 @@ impl Client {
         let tones = Arc::new(std::sync::Mutex::new(HashMap::new()));
         self.inner.live_calls.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(run_room(
-            self.clone(),
-            group,
-            session.clone(),
+            RoomTask {
+                client: self.clone(),
+                group,
+                media: session.clone(),
+                view: view_tx,
+                tones: tones.clone(),
+                keys: key_tx.clone(),
+            },
             sig_rx,
-            view_tx,
             answer_rx,
-            tones.clone(),
-            key_tx.clone(),
         ));
         let joined = self
             .request(ClientFrame::RoomJoin {
@@ -333,17 +335,30 @@ impl Client {
     }
 }
 
-/// One room's task: see the module documentation.
-async fn run_room(
+/// What a room's task works with.
+struct RoomTask {
     client: Client,
     group: GroupId,
     media: Arc<MediaSession>,
-    mut signals: mpsc::UnboundedReceiver<RoomEvent>,
     view: watch::Sender<RoomView>,
-    answer: oneshot::Receiver<(String, Vec<RosterEntry>)>,
     tones: Arc<std::sync::Mutex<HashMap<DeviceId, f32>>>,
     keys: mpsc::UnboundedSender<KeyWork>,
+}
+
+/// One room's task: see the module documentation.
+async fn run_room(
+    task: RoomTask,
+    mut signals: mpsc::UnboundedReceiver<RoomEvent>,
+    answer: oneshot::Receiver<(String, Vec<RosterEntry>)>,
 ) {
+    let RoomTask {
+        client,
+        group,
+        media,
+        view,
+        tones,
+        keys,
+    } = task;
     let me = client.device();
     // The other devices in the call, with their users.
     let others = |roster: &[RosterEntry]| -> BTreeMap<DeviceId, UserId> {

@@ -263,7 +263,7 @@ pub async fn serve(
 }
 
 async fn metrics(State(c): State<Control>) -> String {
-    c.sfu.stats().render()
+    c.sfu.render_metrics()
 }
 
 async fn upgrade(State(c): State<Control>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {

@@ -185,6 +185,7 @@ impl Sfu {
                 w = w.vp8_patch(p);
             }
             tx.write_rtp(w);
+            out.written += 1;
             self.stats.forwarded_packets += 1;
             self.stats.forwarded_bytes += pkt.payload.len() as u64;
             self.drain(sub, now);

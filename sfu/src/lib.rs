@@ -36,6 +36,7 @@ pub mod config;
 pub mod control;
 mod forward;
 pub mod layers;
+pub mod metrics;
 mod participant;
 pub mod rewrite;
 pub mod router;
@@ -176,6 +177,24 @@ impl SfuStats {
             "Changes of a subscriber's layer choice for a track by the bandwidth allocator",
             self.allocation_changes,
         );
+        line(
+            "natter_sfu_nacks_received_total",
+            "counter",
+            "NACKs from subscribers (each may name several lost packets)",
+            self.nacks_received,
+        );
+        line(
+            "natter_sfu_rtx_packets_total",
+            "counter",
+            "Packets sent to subscribers beyond those forwarded: resends (RTX) from their caches, as str0m counts them",
+            self.rtx_packets,
+        );
+        line(
+            "natter_sfu_nacks_sent_total",
+            "counter",
+            "NACKs sent to publishers for packets lost on the way to the SFU",
+            self.nacks_sent,
+        );
         s
     }
 }
@@ -237,6 +256,11 @@ pub struct SfuStats {
     pub layer_switches: u64,
     /// The allocator changed a subscriber's layer choice for a track.
     pub allocation_changes: u64,
+    /// NACKs subscribers sent (each may name several packets), packets resent to them from
+    /// their resend caches (RTX), and NACKs sent to publishers for loss on the way in.
+    pub nacks_received: u64,
+    pub rtx_packets: u64,
+    pub nacks_sent: u64,
 }
 
 pub struct Sfu {
@@ -273,6 +297,15 @@ impl Sfu {
     /// The next forwarded payload recorded for the capture file (see [`capture`]).
     pub fn poll_captured(&mut self) -> Option<capture::Captured> {
         self.captured.as_mut()?.pop()
+    }
+
+    /// Each participant's downlink estimate (str0m's TWCC/GCC), bits/s, for those that
+    /// receive anything.
+    pub fn estimates(&self) -> impl Iterator<Item = u64> + '_ {
+        self.participants
+            .values()
+            .filter(|p| !p.subscribed.is_empty())
+            .map(|p| p.estimate_bps)
     }
 
     /// A participant joins with its offer and the room token a gateway minted for it (which
@@ -555,6 +588,22 @@ impl Sfu {
                         if let Some((track, o)) = track {
                             keyframes_wanted.push((*track, o.layer.or(o.target)));
                         }
+                    }
+                    // Counters come as totals: what changed since the last report is added.
+                    Event::MediaEgressStats(e) => {
+                        let written = p.subscribed.values().find(|o| o.mid == e.mid);
+                        if let Some(written) = written.map(|o| o.written) {
+                            let resent = e.packets.saturating_sub(written);
+                            let last = p.egress_seen.entry(e.mid).or_default();
+                            self.stats.nacks_received += e.nacks.saturating_sub(last.0);
+                            self.stats.rtx_packets += resent.saturating_sub(last.1);
+                            *last = (e.nacks.max(last.0), resent.max(last.1));
+                        }
+                    }
+                    Event::MediaIngressStats(i) => {
+                        let last = p.ingress_nacks.entry((i.mid, i.rid)).or_default();
+                        self.stats.nacks_sent += i.nacks.saturating_sub(*last);
+                        *last = i.nacks.max(*last);
                     }
                     Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                         // A fall of more than a sixth is acted on now, not at the next round.

@@ -55,9 +55,14 @@ pub(crate) struct OutTrack {
     /// Its resend cache is set up (once, before the first packet: str0m empties it then).
     pub rtx_ready: bool,
     pub rewriter: StreamRewriter,
+    /// Packets written to its stream (what str0m sends beyond these are resends).
+    pub written: u64,
     /// Publisher's payload type → this participant's, learned per type on first use.
     pub pts: HashMap<Pt, Option<Pt>>,
 }
+
+/// How often str0m reports a participant's stream counters.
+const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(crate) struct Participant {
     pub room: RoomId,
@@ -80,6 +85,10 @@ pub(crate) struct Participant {
     pub keyframe_asked: HashMap<(Mid, Option<Rid>), Instant>,
     /// The estimate of its downlink (str0m's TWCC/GCC), bits/s.
     pub estimate_bps: u64,
+    /// str0m's last counts per m-line it receives on: NACKs it sent us, packets resent.
+    pub egress_seen: HashMap<Mid, (u64, u64)>,
+    /// str0m's last count of NACKs sent to it, per m-line and layer it publishes.
+    pub ingress_nacks: HashMap<(Mid, Option<Rid>), u64>,
 }
 
 impl Participant {
@@ -103,6 +112,8 @@ impl Participant {
             .enable_opus(true, true)
             .enable_vp8(true)
             .enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)))
+            // Its NACK and resend counts, for the metrics.
+            .set_stats_interval(Some(STATS_INTERVAL))
             .build(now);
         let cand = Candidate::host(public, "udp").map_err(|e| SfuError::Rtc(e.to_string()))?;
         rtc.add_local_candidate(cand);
@@ -124,6 +135,8 @@ impl Participant {
                 timeout: None,
                 keyframe_asked: HashMap::new(),
                 estimate_bps: INITIAL_ESTIMATE_KBPS * 1000,
+                egress_seen: HashMap::new(),
+                ingress_nacks: HashMap::new(),
             },
             answer,
         ))
@@ -170,6 +183,7 @@ impl Participant {
                     pictures: PictureRewriter::default(),
                     rtx_ready: false,
                     rewriter: StreamRewriter::new(clock, first),
+                    written: 0,
                     pts: HashMap::new(),
                 },
             );

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::capture::CaptureWriter;
+use crate::metrics::SfuMetrics;
 use crate::{ParticipantId, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats};
 
 /// Commands waiting for the SFU task; a sender waits (async) when it is full.
@@ -47,12 +48,20 @@ pub struct SfuHandle {
     commands: mpsc::Sender<Command>,
     local: SocketAddr,
     stats: Arc<Mutex<SfuStats>>,
+    metrics: Arc<SfuMetrics>,
 }
 
 impl SfuHandle {
     /// The SFU's counters, as of at most [`STATS_EVERY`] ago.
     pub fn stats(&self) -> SfuStats {
         self.stats.lock().unwrap().clone()
+    }
+
+    /// Everything for `/metrics`: the counters and the histograms, in Prometheus' text form.
+    pub fn render_metrics(&self) -> String {
+        let mut text = self.stats().render();
+        text.push_str(&self.metrics.render());
+        text
     }
 
     /// The socket's address.
@@ -123,12 +132,14 @@ pub async fn spawn(
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
     let stats = Arc::new(Mutex::new(SfuStats::default()));
+    let metrics = Arc::new(SfuMetrics::default());
     let task = tokio::spawn(run(
         Sfu::new(cfg),
         socket,
         command_rx,
         event_tx,
         stats.clone(),
+        metrics.clone(),
         capture,
     ));
     Ok((
@@ -136,6 +147,7 @@ pub async fn spawn(
             commands,
             local,
             stats,
+            metrics,
         },
         events,
         task,
@@ -148,6 +160,7 @@ async fn run(
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<SfuEvent>,
     stats: Arc<Mutex<SfuStats>>,
+    metrics: Arc<SfuMetrics>,
     mut capture: Option<CaptureWriter>,
 ) {
     let local = sfu.cfg.public_addr;
@@ -160,6 +173,9 @@ async fn run(
             s.rooms = sfu.rooms() as u64;
             s.participants = sfu.participants() as u64;
             *stats.lock().unwrap() = s;
+            for bps in sfu.estimates() {
+                metrics.estimate.observe(bps as f64);
+            }
             if let Some(w) = capture.as_mut()
                 && let Err(e) = w.flush()
             {
@@ -171,9 +187,14 @@ async fn run(
             .poll_timeout()
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
+        let mut arrived = None;
         tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => sfu.handle_datagram(from, local, &buf[..n], Instant::now()),
+                Ok((n, from)) => {
+                    let now = Instant::now();
+                    arrived = Some(now);
+                    sfu.handle_datagram(from, local, &buf[..n], now);
+                }
                 // ICMP errors surface here on some systems; the socket stays usable.
                 Err(e) => tracing::debug!("sfu socket: {e}"),
             },
@@ -194,9 +215,15 @@ async fn run(
             },
             _ = tokio::time::sleep_until(wake) => sfu.handle_timeout(Instant::now()),
         }
+        let mut sent = 0;
         while let Some(t) = sfu.poll_transmit() {
             // A full send buffer drops the datagram, as a congested network would.
             let _ = socket.try_send_to(&t.contents, t.destination);
+            sent += 1;
+        }
+        // A datagram that made others go out (a forwarded packet, most of the time).
+        if let Some(at) = arrived.filter(|_| sent > 0) {
+            metrics.processing.observe(at.elapsed().as_secs_f64());
         }
         while let Some(c) = sfu.poll_captured() {
             if let Some(w) = capture.as_mut()

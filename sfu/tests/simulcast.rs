@@ -223,7 +223,7 @@ impl Call {
                 && s.next_due().is_some_and(|t| t <= now)
             {
                 wall = wall.wrapping_add(1);
-                s.send(&mut self.peers[0].rtc, self.video_mid, now, wall)
+                s.send(&mut self.peers[0].rtc, self.video_mid, now, wall, None)
                     .unwrap();
             }
         }
@@ -309,4 +309,55 @@ fn a_limited_downlink_drops_to_a_lower_layer_and_climbs_back_when_it_lifts() {
         "a freeze of {gap_limited:?} under the limit"
     );
     assert!(c.sfu.stats.layer_switches >= 2);
+}
+
+#[test]
+fn five_percent_loss_on_a_downlink_is_repaired_by_nack_and_rtx() {
+    let mut c = Call::new();
+    c.run(Duration::from_secs(6));
+    assert_eq!(c.width_at(c.now), Some(640), "the full picture first");
+    let sub = c.peers[1].addr;
+    let before = c.receiver.as_ref().unwrap().stats();
+    let (sent0, lost0) = (
+        c.wire.sent_to[&sub],
+        c.wire.lost_to.get(&sub).copied().unwrap_or(0),
+    );
+    let (nacks0, rtx0) = (c.sfu.stats.nacks_received, c.sfu.stats.rtx_packets);
+    let lossy = c.now;
+    c.wire.shape(sub).loss = 0.05;
+    c.run(Duration::from_secs(20));
+    let after = c.receiver.as_ref().unwrap().stats();
+    let sent = c.wire.sent_to[&sub] - sent0;
+    let lost = c.wire.lost_to[&sub] - lost0;
+    let rendered = after.video_frames_rendered - before.video_frames_rendered;
+    let missed = after.video_frames_missed - before.video_frames_missed;
+    let residual = missed as f64 / (rendered + missed).max(1) as f64;
+    let nacks = c.sfu.stats.nacks_received - nacks0;
+    let rtx = c.sfu.stats.rtx_packets - rtx0;
+    let gap = c.longest_gap(lossy + Duration::from_secs(1), c.now);
+    println!(
+        "5 % loss toward the subscriber: {lost} of {sent} datagrams lost ({:.1} %); frames \
+         rendered {rendered}, missed {missed} (residual {:.2} %); NACKs {nacks}, resent {rtx}; \
+         longest gap {} ms; width at the end {:?}",
+        lost as f64 * 100.0 / sent as f64,
+        residual * 100.0,
+        gap.as_millis(),
+        c.width_at(c.now),
+    );
+    assert!(
+        lost * 100 >= sent * 3,
+        "the loss happened: {lost} of {sent}"
+    );
+    assert!(nacks > 0 && rtx > 0, "NACKs {nacks}, resent {rtx}");
+    // Unrepaired, 5 % of packets is a damaged frame in three at these frame sizes.
+    assert!(
+        residual <= 0.01,
+        "residual frame loss {:.2} %",
+        residual * 100.0
+    );
+    assert!(
+        rendered >= 20 * 15 * 9 / 10,
+        "rendered {rendered} frames in 20 s"
+    );
+    assert!(gap < Duration::from_millis(500), "a freeze of {gap:?}");
 }

@@ -234,7 +234,7 @@ impl CallKeys {
         let (meta, rest) = frame.split_at(clear);
         let sealed = EncryptedFrameView::try_with_meta_data(&rest, &meta)
             .map_err(|e| FrameError::Sframe(e.to_string()))?;
-        let sender = kid_device(u64::from(sealed.header().key_id()));
+        let sender = kid_device(sealed.header().key_id());
         let opened = sealed
             .decrypt(&mut self.receive)
             .map_err(|e| FrameError::Sframe(e.to_string()))?;

@@ -45,6 +45,9 @@ pub struct Wire {
     shapes: HashMap<SocketAddr, Shape>,
     rng: u64,
     pub dropped_by_limit: u64,
+    /// Per destination: datagrams sent toward it, and those the random loss took.
+    pub sent_to: HashMap<SocketAddr, u64>,
+    pub lost_to: HashMap<SocketAddr, u64>,
 }
 
 impl Wire {
@@ -56,6 +59,8 @@ impl Wire {
             shapes: HashMap::new(),
             rng: 0x9E37_79B9_7F4A_7C15,
             dropped_by_limit: 0,
+            sent_to: HashMap::new(),
+            lost_to: HashMap::new(),
         }
     }
 
@@ -74,8 +79,10 @@ impl Wire {
 
     pub fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>, now: Instant) {
         let mut at = now + self.one_way;
+        *self.sent_to.entry(to).or_default() += 1;
         if let Some(s) = self.shapes.get(&to).cloned() {
             if s.loss > 0.0 && self.draw() < s.loss {
+                *self.lost_to.entry(to).or_default() += 1;
                 return;
             }
             if let Some(rate) = s.rate_bps {
