@@ -17,7 +17,7 @@ use natter_media::video::{
 use natter_sfu::{ParticipantId, RoomId, Sfu, SfuConfig, SfuEvent};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
@@ -37,6 +37,8 @@ struct Camera {
     sent: u32,
     keyframe_asked: bool,
     keyframes: u32,
+    /// Keyframe requests that reached it.
+    requests: u32,
 }
 
 fn sfu_addr() -> SocketAddr {
@@ -86,6 +88,7 @@ impl Client {
             sent: 0,
             keyframe_asked: false,
             keyframes: 0,
+            requests: 0,
         });
         let (offer, pending) = api.apply().unwrap();
         let c = Client {
@@ -268,6 +271,7 @@ impl Group {
                     Output::Event(Event::KeyframeRequest(_)) => {
                         if let Some(cam) = c.camera.as_mut() {
                             cam.keyframe_asked = true;
+                            cam.requests += 1;
                         }
                     }
                     Output::Event(_) => {}
@@ -664,4 +668,70 @@ fn four_participants_each_see_every_other_and_a_late_joiner_within_a_second() {
             .take(3)
             .all(|c| c.camera.as_ref().unwrap().keyframes >= 2)
     );
+}
+
+#[test]
+fn rtcp_naming_another_participants_ssrc_reaches_no_one() {
+    let mut g = Group::with(3, true);
+    g.run(Duration::from_secs(4));
+    // Publisher 0's own video SSRC toward the SFU (which subscribers never see: the SFU
+    // rewrites it), as participant 2 might guess or learn it.
+    let cam_mid = g.clients[0].camera.as_ref().unwrap().mid;
+    let uplink = g.clients[0]
+        .rtc
+        .direct_api()
+        .stream_tx_by_mid(cam_mid, None)
+        .unwrap()
+        .ssrc();
+    let bad = &mut g.clients[2];
+    let mid = *bad.decoders.keys().next().expect("2 receives video");
+    let real = bad
+        .rtc
+        .direct_api()
+        .stream_rx_by_mid(mid, None)
+        .unwrap()
+        .ssrc();
+    bad.rtc
+        .direct_api()
+        .expect_stream_rx(uplink, None, mid, None);
+    let requests = |g: &Group| g.clients[0].camera.as_ref().unwrap().requests;
+    let (asked, sfu_asked) = (requests(&g), g.sfu.stats.keyframe_requests);
+    // Two seconds of PLIs and FIRs naming that SSRC, every 100 ms.
+    for i in 0..20 {
+        let kind = if i % 2 == 0 {
+            KeyframeRequestKind::Pli
+        } else {
+            KeyframeRequestKind::Fir
+        };
+        if let Some(rx) = g.clients[2].rtc.direct_api().stream_rx(&uplink) {
+            rx.request_keyframe(kind);
+        }
+        g.run(Duration::from_millis(100));
+    }
+    assert_eq!(requests(&g), asked, "a request naming 0's SSRC reached 0");
+    assert_eq!(g.sfu.stats.keyframe_requests, sfu_asked);
+    // The same request on a stream 2 really receives does reach that track's publisher: the
+    // check above could fail.
+    let total = |g: &Group| -> u32 {
+        g.clients[..2]
+            .iter()
+            .map(|c| c.camera.as_ref().unwrap().requests)
+            .sum()
+    };
+    let before = total(&g);
+    g.clients[2]
+        .rtc
+        .direct_api()
+        .stream_rx(&real)
+        .unwrap()
+        .request_keyframe(KeyframeRequestKind::Pli);
+    g.run(Duration::from_millis(300));
+    assert!(total(&g) > before, "a real PLI should reach its publisher");
+    assert!(g.sfu.stats.keyframe_requests > sfu_asked);
+    // And the room goes on: everyone still sees everyone.
+    let seen: Vec<usize> = (0..3).map(|i| g.clients[1].seen_from(i).len()).collect();
+    g.run(Duration::from_secs(1));
+    for i in [0u8, 2] {
+        assert!(g.clients[1].seen_from(i).len() >= seen[i as usize] + 12);
+    }
 }
