@@ -104,6 +104,11 @@ impl CaptureWriter {
 pub fn read_capture(path: &Path) -> io::Result<Vec<Captured>> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
+    parse_capture(&bytes)
+}
+
+/// [`read_capture`] of bytes already read.
+pub fn parse_capture(bytes: &[u8]) -> io::Result<Vec<Captured>> {
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
     let rest = bytes
         .strip_prefix(MAGIC)

@@ -53,6 +53,11 @@ impl Router {
         }
     }
 
+    /// How many addresses `id` is reachable from now.
+    pub fn addresses(&self, id: ParticipantId) -> usize {
+        self.addrs_of.get(&id).map_or(0, Vec::len)
+    }
+
     pub fn route(&self, source: SocketAddr, bytes: &[u8]) -> Route {
         if let Some(id) = binding_request_ufrag(bytes).and_then(|u| self.by_ufrag.get(u)) {
             return Route::Stun(*id);
