@@ -21,5 +21,7 @@ pub mod video;
 
 pub use session::shell::MediaSession;
 pub use session::{CallStats, MediaError, MediaOptions, MediaState, TransportStats};
+/// The WebRTC implementation underneath, for tools that drive it directly (natter-load).
+pub use str0m;
 pub use turn_client::{TurnClient, TurnConfig, TurnError, TurnEvent, TurnStats, TurnTransport};
 pub use video::{VideoOptions, VideoStats};

@@ -18,11 +18,8 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use natter_signaling::ErrorCode;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use tokio::sync::mpsc;
 
 use crate::shell::SfuHandle;
@@ -33,12 +30,7 @@ pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
 /// Frames queued toward one gateway before the link is considered stuck and closed.
 const LINK_QUEUE: usize = 1024;
 
-/// The bearer key of the control link for a token secret.
-pub fn control_key(secret: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(b"natter-sfu control link v1");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
-}
+pub use natter_signaling::room_token::control_key;
 
 /// A gateway's request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

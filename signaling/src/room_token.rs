@@ -146,3 +146,11 @@ mod tests {
         }
     }
 }
+
+/// The bearer key of a standalone SFU's control link (`/v1/control`) for a token secret: a
+/// holder of the secret may drive the SFU.
+pub fn control_key(secret: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(b"natter-sfu control link v1");
+    BASE64URL.encode(mac.finalize().into_bytes())
+}

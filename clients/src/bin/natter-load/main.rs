@@ -10,6 +10,8 @@
 //! ciphertext), so the figures are the server's alone. With `--e2ee` every message is
 //! encrypted with Olm (1:1) or Megolm (groups) exactly as the client does.
 //!
+//! `sfu` runs a group call's participants against a standalone natter-sfu (see `sfu.rs`).
+//!
 //! `idle` opens many authenticated sockets that then sit idle, and reports how much the
 //! server's resident memory grew per socket.
 
@@ -27,6 +29,7 @@ mod durable;
 mod idle;
 mod reliability;
 mod setup;
+mod sfu;
 mod throughput;
 
 #[derive(Debug, Parser)]
@@ -205,6 +208,39 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         settle: Duration,
     },
+    /// A group call against a standalone natter-sfu: N WebRTC participants (str0m) in this
+    /// process, each publishing audio frames (the first --video also replay pre-encoded VP8)
+    /// and receiving everyone else's; reports per-subscriber receive rate, loss, freezes,
+    /// send-to-receipt latency and, with --sfu-pid, forwarded packets per SFU CPU-second.
+    Sfu {
+        /// The SFU's control link.
+        #[arg(long, default_value = "ws://127.0.0.1:7883/v1/control")]
+        control: String,
+        /// The SFU's room-token secret (room tokens are minted with it, as a gateway does).
+        #[arg(long, env = "NATTER_SFU_TOKEN_SECRET", hide_env_values = true)]
+        token_secret: String,
+        /// The room's name.
+        #[arg(long, default_value = "load")]
+        room: String,
+        /// Participants in the room.
+        #[arg(long, default_value_t = 10)]
+        participants: usize,
+        /// How many of them also publish video (320x180, 15 fps, ~300 kbit/s).
+        #[arg(long, default_value_t = 0)]
+        video: usize,
+        /// The measured window.
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Time for everyone to join and connect before the window starts.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        warmup: Duration,
+        /// Local address the participants' sockets bind.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        /// PID of the SFU: its CPU time over the window is read from /proc.
+        #[arg(long)]
+        sfu_pid: Option<u32>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -282,6 +318,30 @@ async fn run(cli: Cli) -> Result<()> {
                 rate,
                 duration,
                 seed,
+            })
+            .await
+        }
+        Command::Sfu {
+            control,
+            token_secret,
+            room,
+            participants,
+            video,
+            duration,
+            warmup,
+            bind,
+            sfu_pid,
+        } => {
+            sfu::run(sfu::SfuLoad {
+                control,
+                secret: token_secret,
+                room,
+                participants,
+                video,
+                duration,
+                warmup,
+                bind,
+                sfu_pid,
             })
             .await
         }

@@ -1,0 +1,565 @@
+//! `natter-load sfu`: a group call's worth of WebRTC participants in one process, against a
+//! standalone natter-sfu (over its control link, with room tokens minted from the shared
+//! secret). Each participant is a str0m `Rtc` on its own UDP socket that publishes Opus-sized
+//! audio frames (and, for the first `--video`, VP8 frames encoded once at start and replayed)
+//! and receives every other participant's tracks.
+//!
+//! Each audio frame carries its publisher, number and send time, so every subscriber counts
+//! what arrived of each publisher's frames sent in the measured window, the gaps (a freeze:
+//! over 100 ms without a frame from a publisher) and the time from send to receipt (both
+//! ends in this process: the SFU's part plus two trips through the kernel).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use natter_media::str0m::change::{SdpAnswer, SdpOffer};
+use natter_media::str0m::format::Codec;
+use natter_media::str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
+use natter_media::str0m::net::{Protocol, Receive};
+use natter_media::str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use natter_media::video::{EncoderSettings, Stamp, TestPattern, Vp8Encoder};
+use serde_json::{Value, json};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// What `natter-load sfu` is asked to do.
+#[derive(Debug, Clone)]
+pub struct SfuLoad {
+    pub control: String,
+    pub secret: String,
+    pub room: String,
+    pub participants: usize,
+    pub video: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub bind: IpAddr,
+    pub sfu_pid: Option<u32>,
+}
+
+const AUDIO_FRAME: Duration = Duration::from_millis(20);
+const AUDIO_BYTES: usize = 60;
+const VIDEO_FPS: u32 = 15;
+const FREEZE: Duration = Duration::from_millis(100);
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn since_epoch_us(t: Instant) -> u64 {
+    t.duration_since(epoch()).as_micros() as u64
+}
+
+/// The control link: requests answered by number, notices routed by participant.
+struct Control {
+    out: mpsc::UnboundedSender<String>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Value>>>,
+    routes: Mutex<HashMap<u64, mpsc::UnboundedSender<Value>>>,
+    /// Notices for a participant whose join reply has not been read yet.
+    early: Mutex<HashMap<u64, Vec<Value>>>,
+    next: AtomicU64,
+}
+
+impl Control {
+    async fn connect(url: &str, secret: &str) -> Result<Arc<Control>> {
+        let mut req = url.into_client_request().context("control URL")?;
+        let key = natter_signaling::room_token::control_key(secret.as_bytes());
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {key}").parse()?);
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .with_context(|| format!("cannot open the SFU's control link {url}"))?;
+        let (mut sink, mut stream) = ws.split();
+        let (out, mut out_rx) = mpsc::unbounded_channel::<String>();
+        let ctl = Arc::new(Control {
+            out,
+            pending: Mutex::new(HashMap::new()),
+            routes: Mutex::new(HashMap::new()),
+            early: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        });
+        tokio::spawn(async move {
+            while let Some(t) = out_rx.recv().await {
+                if sink.send(Message::Text(t.into())).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let reader = ctl.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = stream.next().await {
+                let Message::Text(t) = m else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(&t) else {
+                    continue;
+                };
+                reader.dispatch(v);
+            }
+            eprintln!("natter-load: the SFU's control link closed");
+        });
+        Ok(ctl)
+    }
+
+    fn dispatch(&self, v: Value) {
+        if let Some(req) = v.get("req").and_then(Value::as_u64) {
+            if let Some(tx) = self.pending.lock().unwrap().remove(&req) {
+                let _ = tx.send(v);
+            }
+            return;
+        }
+        let Some(p) = v.get("participant").and_then(Value::as_u64) else {
+            return;
+        };
+        match self.routes.lock().unwrap().get(&p) {
+            Some(tx) => {
+                let _ = tx.send(v);
+            }
+            None => self.early.lock().unwrap().entry(p).or_default().push(v),
+        }
+    }
+
+    async fn request(&self, mut v: Value) -> Result<Value> {
+        let req = self.next.fetch_add(1, Ordering::Relaxed);
+        v["req"] = json!(req);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap().insert(req, tx);
+        self.out
+            .send(v.to_string())
+            .map_err(|_| anyhow!("control link closed"))?;
+        let r = tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .context("the SFU did not answer within 20 s")??;
+        if r["op"] == "refused" {
+            bail!("refused: {} {}", r["code"], r["message"]);
+        }
+        Ok(r)
+    }
+
+    fn notify(&self, v: Value) {
+        let _ = self.out.send(v.to_string());
+    }
+
+    fn register(&self, participant: u64) -> mpsc::UnboundedReceiver<Value> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for v in self
+            .early
+            .lock()
+            .unwrap()
+            .remove(&participant)
+            .unwrap_or_default()
+        {
+            let _ = tx.send(v);
+        }
+        self.routes.lock().unwrap().insert(participant, tx);
+        rx
+    }
+}
+
+/// What one participant measured.
+#[derive(Default)]
+struct Report {
+    /// Audio frames it sent with a send time in the window.
+    sent: u64,
+    /// Per publisher: frames received that were sent in the window.
+    received: HashMap<u16, u64>,
+    freezes: u64,
+    video_frames: u64,
+    /// RTP packets of those frames.
+    video_packets: u64,
+    latency_us: Option<Histogram<u64>>,
+    connected: bool,
+}
+
+/// Pre-encoded video: a keyframe, then the frames after it, replayed in a loop.
+struct Clip {
+    frames: Vec<Vec<u8>>,
+}
+
+impl Clip {
+    fn encode() -> Result<Clip> {
+        let (w, h) = (320, 180);
+        let mut pattern = TestPattern::new(w, h).map_err(|e| anyhow!("{e}"))?;
+        let mut enc = Vp8Encoder::new(EncoderSettings {
+            width: w,
+            height: h,
+            fps: VIDEO_FPS,
+            bitrate_kbps: 300,
+            temporal_layers: 1,
+        })
+        .map_err(|e| anyhow!("{e}"))?;
+        let mut frames = Vec::new();
+        for n in 0..(VIDEO_FPS * 4) {
+            let pic = pattern
+                .draw(Stamp {
+                    frame: n,
+                    capture_ms: n * 66,
+                })
+                .to_vec();
+            let pts = i64::from(n) * 6_000;
+            if let Some(f) = enc
+                .encode(&pic, pts, 6_000, n == 0)
+                .map_err(|e| anyhow!("{e}"))?
+            {
+                frames.push(f.data);
+            }
+        }
+        Ok(Clip { frames })
+    }
+}
+
+pub async fn run(o: SfuLoad) -> Result<()> {
+    let _ = epoch();
+    let ctl = Control::connect(&o.control, &o.secret).await?;
+    let clip = Arc::new(if o.video > 0 {
+        Some(Clip::encode()?)
+    } else {
+        None
+    });
+    let start = Instant::now();
+    // Everyone joins within the warm-up; the window is the same for all.
+    let window = (start + o.warmup, start + o.warmup + o.duration);
+    let mut tasks = Vec::new();
+    for i in 0..o.participants {
+        let (ctl, o2, clip) = (ctl.clone(), o.clone(), clip.clone());
+        tasks.push(tokio::spawn(async move {
+            participant(
+                i,
+                &ctl,
+                &o2,
+                if i < o2.video { clip } else { Arc::new(None) },
+                window,
+            )
+            .await
+        }));
+        // Joins spread out a little, as people arrive.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu0 = wait_until(window.0, o.sfu_pid).await;
+    let cpu1 = wait_until(window.1, o.sfu_pid).await;
+    let mut reports = Vec::new();
+    for t in tasks {
+        match t.await? {
+            Ok(r) => reports.push(r),
+            Err(e) => eprintln!("natter-load: a participant failed: {e:#}"),
+        }
+    }
+    summarize(
+        &o,
+        &reports,
+        cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a)),
+    );
+    Ok(())
+}
+
+/// Sleeps until `t`, then reads the SFU's CPU time (µs), if its PID is known.
+async fn wait_until(t: Instant, pid: Option<u32>) -> Option<u64> {
+    tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await;
+    pid.and_then(|p| crate::cpu_us(p).ok())
+}
+
+fn summarize(o: &SfuLoad, reports: &[Report], sfu_cpu_us: Option<u64>) {
+    let n = reports.len();
+    let sent: HashMap<u16, u64> = reports
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i as u16, r.sent))
+        .collect();
+    let mut pcts = Vec::new();
+    let (mut expected, mut got, mut freezes, mut video) = (0u64, 0u64, 0u64, 0u64);
+    let mut video_packets = 0u64;
+    let mut lat = Histogram::<u64>::new(3).expect("histogram");
+    for (i, r) in reports.iter().enumerate() {
+        let mut e = 0;
+        let mut g = 0;
+        for (p, s) in &sent {
+            if usize::from(*p) == i {
+                continue;
+            }
+            e += s;
+            g += r.received.get(p).copied().unwrap_or(0).min(*s);
+        }
+        if e > 0 {
+            pcts.push(g as f64 * 100.0 / e as f64);
+        }
+        expected += e;
+        got += g;
+        freezes += r.freezes;
+        video += r.video_frames;
+        video_packets += r.video_packets;
+        if let Some(h) = &r.latency_us {
+            let _ = lat.add(h);
+        }
+    }
+    let secs = o.duration.as_secs_f64();
+    let min_pct = pcts.iter().copied().fold(f64::INFINITY, f64::min);
+    let mean_pct = pcts.iter().sum::<f64>() / pcts.len().max(1) as f64;
+    let connected = reports.iter().filter(|r| r.connected).count();
+    let audio_out_pps = got as f64 / secs;
+    // Everything the subscribers got: audio frames (a packet each) and video packets.
+    let out_packets = got + video_packets;
+    let video_fps_out = video as f64 / secs;
+    let mut line = format!(
+        "participants={n} connected={connected} video_publishers={} out_pps={:.0} audio_pps_out={:.0} \
+         recv_pct_min={:.2} recv_pct_mean={:.2} loss_pct={:.3} freezes={freezes} \
+         video_fps_out={video_fps_out:.1} latency_p50_ms={:.2} latency_p99_ms={:.2}",
+        o.video.min(n),
+        out_packets as f64 / secs,
+        audio_out_pps,
+        if min_pct.is_finite() { min_pct } else { 0.0 },
+        mean_pct,
+        if expected > 0 {
+            (expected - got) as f64 * 100.0 / expected as f64
+        } else {
+            100.0
+        },
+        lat.value_at_quantile(0.5) as f64 / 1000.0,
+        lat.value_at_quantile(0.99) as f64 / 1000.0,
+    );
+    if let Some(us) = sfu_cpu_us {
+        let cpu_s = us as f64 / 1e6;
+        line.push_str(&format!(
+            " sfu_cpu_s={cpu_s:.2} out_pps_per_cpu={:.0}",
+            out_packets as f64 / cpu_s.max(1e-6)
+        ));
+    }
+    println!("{line}");
+}
+
+struct Peer {
+    index: u16,
+    rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    audio: Mid,
+    video: Option<Mid>,
+    connected: bool,
+    next_audio: Instant,
+    next_video: Instant,
+    audio_n: u32,
+    video_n: usize,
+    keyframe_next: bool,
+    /// Per publisher: when its last frame arrived (for freezes).
+    last_from: HashMap<u16, Instant>,
+    report: Report,
+}
+
+async fn participant(
+    i: usize,
+    ctl: &Control,
+    o: &SfuLoad,
+    clip: Arc<Option<Clip>>,
+    window: (Instant, Instant),
+) -> Result<Report> {
+    let socket = UdpSocket::bind((o.bind, 0)).await?;
+    let local = socket.local_addr()?;
+    let now = Instant::now();
+    let mut rtc = RtcConfig::new()
+        .set_crypto_provider(Arc::new(natter_media::session::dtls::crypto_provider()))
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_vp8(true)
+        .build(now);
+    rtc.add_local_candidate(Candidate::host(local, "udp")?);
+    let mut api = rtc.sdp_api();
+    let audio = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    let video = clip
+        .is_some()
+        .then(|| api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+    let (offer, pending) = api.apply().context("no offer")?;
+    let token = natter_signaling::room_token::mint(
+        o.secret.as_bytes(),
+        &o.room,
+        i as u64 + 1,
+        unix_now(),
+        3600,
+    );
+    let joined = ctl
+        .request(json!({"op": "join", "token": token, "offer": offer.to_sdp_string()}))
+        .await
+        .with_context(|| format!("participant {i} could not join"))?;
+    let id = joined["participant"]
+        .as_u64()
+        .context("no participant id")?;
+    let answer = joined["answer"].as_str().context("no answer")?;
+    rtc.sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(answer)?)?;
+    let mut notices = ctl.register(id);
+    let mut p = Peer {
+        index: i as u16,
+        rtc,
+        socket,
+        local,
+        audio,
+        video,
+        connected: false,
+        next_audio: now,
+        next_video: now,
+        audio_n: 0,
+        video_n: 0,
+        keyframe_next: false,
+        last_from: HashMap::new(),
+        report: Report {
+            latency_us: Some(Histogram::new_with_bounds(1, 10_000_000, 3).expect("bounds")),
+            ..Default::default()
+        },
+    };
+    let mut buf = vec![0u8; 2000];
+    let end = window.1 + Duration::from_millis(300);
+    loop {
+        let timeout = p.drain(window)?;
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        let mut wake = timeout.min(end);
+        if p.connected {
+            wake = wake.min(p.next_audio);
+            if p.video.is_some() {
+                wake = wake.min(p.next_video);
+            }
+        }
+        tokio::select! {
+            r = p.socket.recv_from(&mut buf) => {
+                let (n, from) = r?;
+                if let Ok(r) = Receive::new(Protocol::Udp, from, p.local, &buf[..n]) {
+                    p.rtc.handle_input(Input::Receive(Instant::now(), r))?;
+                }
+            }
+            v = notices.recv() => {
+                let Some(v) = v else { bail!("control link closed") };
+                if v["op"] == "offer" {
+                    let sdp = v["sdp"].as_str().unwrap_or_default();
+                    let answer = p.rtc.sdp_api().accept_offer(SdpOffer::from_sdp_string(sdp)?)?;
+                    ctl.notify(json!({
+                        "op": "answer", "req": 0, "participant": id,
+                        "sdp": answer.to_sdp_string(),
+                    }));
+                } else if v["op"] == "left" {
+                    bail!("participant {i} removed: {}", v["reason"]);
+                }
+            }
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                let now = Instant::now();
+                p.rtc.handle_input(Input::Timeout(now))?;
+                if p.connected {
+                    p.send_due(now, &clip, window);
+                }
+            }
+        }
+    }
+    ctl.notify(json!({"op": "leave", "participant": id}));
+    Ok(p.report)
+}
+
+impl Peer {
+    /// Sends what str0m wants sent and takes its events; returns when it wants time next.
+    fn drain(&mut self, window: (Instant, Instant)) -> Result<Instant> {
+        loop {
+            match self.rtc.poll_output()? {
+                Output::Timeout(t) => return Ok(t),
+                Output::Transmit(t) => {
+                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                }
+                Output::Event(Event::Connected) => {
+                    self.connected = true;
+                    self.report.connected = true;
+                }
+                Output::Event(Event::KeyframeRequest(_)) => self.keyframe_next = true,
+                Output::Event(Event::MediaData(d)) => {
+                    let now = Instant::now();
+                    if d.params.spec().codec == Codec::Vp8 {
+                        if now >= window.0 && now < window.1 {
+                            self.report.video_frames += 1;
+                            let (a, b) = (**d.seq_range.start(), **d.seq_range.end());
+                            self.report.video_packets += b.saturating_sub(a) + 1;
+                        }
+                    } else if d.data.len() >= 14 {
+                        self.heard(&d.data, now, window);
+                    }
+                }
+                Output::Event(_) => {}
+            }
+        }
+    }
+
+    fn heard(&mut self, data: &[u8], now: Instant, window: (Instant, Instant)) {
+        let from = u16::from_be_bytes([data[0], data[1]]);
+        let sent_us = u64::from_be_bytes(data[6..14].try_into().expect("8 bytes"));
+        let (w0, w1) = (since_epoch_us(window.0), since_epoch_us(window.1));
+        if sent_us < w0 || sent_us >= w1 {
+            return;
+        }
+        *self.report.received.entry(from).or_default() += 1;
+        let now_us = since_epoch_us(now);
+        if let Some(h) = self.report.latency_us.as_mut() {
+            let _ = h.record(now_us.saturating_sub(sent_us).max(1));
+        }
+        if let Some(last) = self.last_from.insert(from, now)
+            && now.duration_since(last) > FREEZE
+        {
+            self.report.freezes += 1;
+        }
+    }
+
+    fn send_due(&mut self, now: Instant, clip: &Option<Clip>, window: (Instant, Instant)) {
+        if now >= self.next_audio {
+            self.next_audio += AUDIO_FRAME;
+            if self.next_audio < now {
+                self.next_audio = now + AUDIO_FRAME;
+            }
+            let mut data = Vec::with_capacity(AUDIO_BYTES);
+            data.extend_from_slice(&self.index.to_be_bytes());
+            data.extend_from_slice(&self.audio_n.to_be_bytes());
+            data.extend_from_slice(&since_epoch_us(now).to_be_bytes());
+            data.resize(AUDIO_BYTES, 0x5A);
+            let time = MediaTime::new(u64::from(self.audio_n) * 960, Frequency::FORTY_EIGHT_KHZ);
+            if let Some(pt) = first_pt(&mut self.rtc, self.audio)
+                && let Some(w) = self.rtc.writer(self.audio)
+                && w.write(pt, now, time, data).is_ok()
+            {
+                self.audio_n += 1;
+                if now >= window.0 && now < window.1 {
+                    self.report.sent += 1;
+                }
+            }
+        }
+        if let (Some(mid), Some(clip)) = (self.video, clip)
+            && now >= self.next_video
+        {
+            self.next_video += Duration::from_secs(1) / VIDEO_FPS;
+            if self.next_video < now {
+                self.next_video = now + Duration::from_secs(1) / VIDEO_FPS;
+            }
+            if std::mem::take(&mut self.keyframe_next) {
+                self.video_n = 0;
+            }
+            let frame = clip.frames[self.video_n % clip.frames.len()].clone();
+            // The replay loops back to the keyframe, never to a frame that follows another.
+            self.video_n = (self.video_n + 1) % clip.frames.len();
+            let n = since_epoch_us(now) * 90 / 1000;
+            if let Some(pt) = first_pt(&mut self.rtc, mid)
+                && let Some(w) = self.rtc.writer(mid)
+            {
+                let _ = w.write(pt, now, MediaTime::new(n, Frequency::NINETY_KHZ), frame);
+            }
+        }
+    }
+}
+
+/// The first payload type negotiated on `mid`.
+fn first_pt(rtc: &mut Rtc, mid: Mid) -> Option<natter_media::str0m::media::Pt> {
+    rtc.writer(mid)?.payload_params().next().map(|p| p.pt())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
