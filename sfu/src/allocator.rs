@@ -2,14 +2,24 @@
 //! estimate (str0m's TWCC/GCC of the subscriber's link), the audio it receives and what
 //! each video layer measures at the SFU.
 //!
-//! Audio comes first. Then every video track, most important first (the active speaker,
+//! Audio comes first, at what each track measures. Then every video track, most important first (the active speaker,
 //! then the rest), gets its lowest layer; one that does not fit at its full frame rate
 //! gets its base temporal layer only, and one that does not fit even so is paused. What
 //! is left upgrades tracks in the same order, each to the highest layer that fits. The
 //! wanted rate, what every track at its best would take, is what the SFU probes toward.
 
-/// What one audio track takes of a downlink (Opus at 32 kbit/s with RED, RTP and SRTP).
+/// What one audio track is taken to cost of a downlink until its rate is measured (Opus at
+/// 32 kbit/s with RED, RTP and SRTP).
 pub const AUDIO_BPS: u64 = 72_000;
+/// What 50 packets a second add to an audio track's measured payload rate on the wire
+/// (RTP header and extensions, SRTP tag, UDP and IP: ~64 bytes a packet).
+pub const AUDIO_OVERHEAD_BPS: u64 = 26_000;
+
+/// The downlink an audio track takes: its measured payload rate and the packets' overhead,
+/// or [`AUDIO_BPS`] before it is measured.
+pub fn audio_cost(measured_payload_bps: Option<u64>) -> u64 {
+    measured_payload_bps.map_or(AUDIO_BPS, |b| b + AUDIO_OVERHEAD_BPS)
+}
 /// The base temporal layer's share of a layer's rate (the encoder gives it 60 %).
 pub const BASE_TEMPORAL_SHARE: f64 = 0.6;
 
@@ -32,8 +42,9 @@ pub struct Choice {
 }
 
 /// The choices, in the order of `video`, and the wanted rate.
-pub fn allocate(budget_bps: u64, audio_tracks: usize, video: &[VideoDemand]) -> (Vec<Choice>, u64) {
-    let mut left = budget_bps.saturating_sub(AUDIO_BPS * audio_tracks as u64) as f64;
+/// `audio_bps` is what the subscriber's audio tracks take together (see [`audio_cost`]).
+pub fn allocate(budget_bps: u64, audio_bps: u64, video: &[VideoDemand]) -> (Vec<Choice>, u64) {
+    let mut left = budget_bps.saturating_sub(audio_bps) as f64;
     let mut order: Vec<usize> = (0..video.len()).collect();
     order.sort_by_key(|&i| (video[i].priority, i));
     let mut out = vec![
@@ -81,7 +92,7 @@ pub fn allocate(budget_bps: u64, audio_tracks: usize, video: &[VideoDemand]) -> 
         }
         out[i].layer = Some(at);
     }
-    let wanted = AUDIO_BPS * audio_tracks as u64
+    let wanted = audio_bps
         + video
             .iter()
             .map(|v| v.layer_bps.last().copied().unwrap_or(0))
@@ -106,7 +117,7 @@ mod tests {
 
     #[test]
     fn plenty_gives_everyone_the_top_layer() {
-        let (c, wanted) = allocate(5_000_000, 2, &[track(1), track(1)]);
+        let (c, wanted) = allocate(5_000_000, 2 * AUDIO_BPS, &[track(1), track(1)]);
         assert_eq!(layers(&c), vec![Some(2), Some(2)]);
         assert!(c.iter().all(|c| c.max_temporal == 1));
         assert_eq!(wanted, 2 * AUDIO_BPS + 2 * 550_000);
@@ -117,7 +128,7 @@ mod tests {
         // 2 audio tracks, then 700k for video: both lowest (200k), 500k left: the speaker
         // (second) goes to its top layer (450k more), the other stays.
         let budget = 2 * AUDIO_BPS + 700_000;
-        let (c, _) = allocate(budget, 2, &[track(1), track(0)]);
+        let (c, _) = allocate(budget, 2 * AUDIO_BPS, &[track(1), track(0)]);
         assert_eq!(layers(&c), vec![Some(0), Some(2)]);
     }
 
@@ -125,11 +136,11 @@ mod tests {
     fn a_tight_link_takes_half_the_frame_rate_then_pauses() {
         // 300 kbit/s with one audio track, three video tracks of 100k lowest layers.
         let budget = AUDIO_BPS + 228_000;
-        let (c, _) = allocate(budget, 1, &[track(0), track(1), track(1)]);
+        let (c, _) = allocate(budget, AUDIO_BPS, &[track(0), track(1), track(1)]);
         // Two fit whole (200k); the third fits at 60 % (60k > 28k left)? No: paused.
         assert_eq!(layers(&c), vec![Some(0), Some(0), None]);
         let budget = AUDIO_BPS + 260_000;
-        let (c, _) = allocate(budget, 1, &[track(0), track(1), track(1)]);
+        let (c, _) = allocate(budget, AUDIO_BPS, &[track(0), track(1), track(1)]);
         assert_eq!(
             c[2],
             Choice {
@@ -138,7 +149,7 @@ mod tests {
             }
         );
         // Audio alone does not fit: every video track paused, audio still counted first.
-        let (c, _) = allocate(50_000, 1, &[track(0)]);
+        let (c, _) = allocate(50_000, AUDIO_BPS, &[track(0)]);
         assert_eq!(layers(&c), vec![None]);
     }
 
@@ -148,5 +159,26 @@ mod tests {
         // the speaker takes h (150k), 50k left, the other stays at q.
         let (c, _) = allocate(400_000, 0, &[track(1), track(0)]);
         assert_eq!(layers(&c), vec![Some(0), Some(1)]);
+    }
+}
+
+#[cfg(test)]
+mod audio_tests {
+    use super::*;
+
+    #[test]
+    fn audio_costs_what_it_measures_and_is_assumed_dear_until_then() {
+        assert_eq!(audio_cost(None), AUDIO_BPS);
+        // A 24 kbit/s payload (60-byte frames every 20 ms) on the wire.
+        assert_eq!(audio_cost(Some(24_000)), 50_000);
+        // Nineteen such tracks leave room for a 300k video layer in 1.3 Mbit/s.
+        let video = [VideoDemand {
+            priority: 0,
+            layer_bps: vec![300_000],
+        }];
+        let (c, _) = allocate(1_300_000, 19 * audio_cost(Some(24_000)), &video);
+        assert_eq!(c[0].layer, Some(0));
+        let (c, _) = allocate(1_300_000, 19 * AUDIO_BPS, &video);
+        assert_eq!(c[0].layer, None);
     }
 }

@@ -188,7 +188,12 @@ impl Sfu {
             out.written += 1;
             self.stats.forwarded_packets += 1;
             self.stats.forwarded_bytes += pkt.payload.len() as u64;
-            self.drain(sub, now);
+            // In a batch of datagrams, each subscriber's output is taken once at the end.
+            if let Some(d) = self.deferred.as_mut() {
+                d.insert(sub);
+            } else {
+                self.drain(sub, now);
+            }
         }
         for layer in keyframes_wanted {
             self.request_keyframe(track, Some(layer), now);
@@ -224,6 +229,22 @@ impl Sfu {
     /// Chooses every subscriber's layers from its estimate, probes toward what it could
     /// use, and tells publishers which layers anyone receives.
     pub(crate) fn reallocate(&mut self, _now: Instant) {
+        let audio_costs: HashMap<TrackId, u64> = self
+            .participants
+            .iter()
+            .flat_map(|(id, p)| {
+                p.published
+                    .iter()
+                    .filter(|(_, t)| t.kind == MediaKind::Audio)
+                    .map(|(mid, t)| {
+                        let track = TrackId {
+                            publisher: *id,
+                            mid: *mid,
+                        };
+                        (track, allocator::audio_cost(t.rates.measured(0)))
+                    })
+            })
+            .collect();
         let rates: HashMap<TrackId, Vec<u64>> = self
             .participants
             .iter()
@@ -249,11 +270,17 @@ impl Sfu {
             let Some(s) = self.participants.get_mut(&id) else {
                 continue;
             };
-            let audio = s
+            let audio: u64 = s
                 .subscribed
-                .values()
-                .filter(|o| o.kind == MediaKind::Audio && o.negotiated)
-                .count();
+                .iter()
+                .filter(|(_, o)| o.kind == MediaKind::Audio && o.negotiated)
+                .map(|(t, _)| {
+                    audio_costs
+                        .get(t)
+                        .copied()
+                        .unwrap_or(allocator::AUDIO_BPS)
+                })
+                .sum();
             let videos: Vec<TrackId> = s
                 .subscribed
                 .iter()
@@ -268,7 +295,7 @@ impl Sfu {
                 })
                 .collect();
             let (choices, want_bps) = allocator::allocate(s.estimate_bps, audio, &demands);
-            let mut using = allocator::AUDIO_BPS * audio as u64;
+            let mut using = audio;
             for ((track, choice), demand) in videos.iter().zip(&choices).zip(&demands) {
                 let Some(out) = s.subscribed.get_mut(track) else {
                     continue;

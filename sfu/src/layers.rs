@@ -83,6 +83,11 @@ impl LayerRates {
         }
     }
 
+    /// A layer's measured rate, bits/s, if it has been measured.
+    pub fn measured(&self, layer: usize) -> Option<u64> {
+        self.bps.get(layer).copied().flatten()
+    }
+
     /// Each layer's rate, bits/s (assumed until measured; never below the one beneath).
     pub fn bps(&self) -> Vec<u64> {
         let mut out = Vec::with_capacity(self.bps.len());
