@@ -529,3 +529,58 @@ async fn the_active_speaker_follows_who_talks() {
         .unwrap();
     late.wait_for(WAIT, |v| v.speaker == Some(b)).await.unwrap();
 }
+
+/// A participant that may only use relayed candidates reaches the SFU through natter's own
+/// TURN server (as one behind a firewall that lets out nothing but TURN would), and hears and
+/// is heard by the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_participant_reaches_the_sfu_through_natter_turn() {
+    let server = TestServer::start_with(&[
+        "--turn-listen",
+        "127.0.0.1:0",
+        "--turn-allow-peers",
+        "127.0.0.0/8",
+    ]);
+    let mut ds = Vec::new();
+    for _ in 0..3 {
+        ds.push(device(&server).await);
+    }
+    let group = group_of(&ds.iter().collect::<Vec<_>>()).await;
+    let mut rooms = Vec::new();
+    for (i, d) in ds.iter().enumerate() {
+        let opts = MediaOptions {
+            relay_only: i == 2,
+            ..tone(freq(i))
+        };
+        rooms.push(d.client.join_room(group, Media::Audio, opts).await.unwrap());
+    }
+    for (i, r) in rooms.iter().enumerate() {
+        for (j, d) in ds.iter().enumerate() {
+            if i != j {
+                r.expect_tone(d.client.device(), freq(j));
+            }
+        }
+    }
+    for r in &rooms {
+        r.wait_for(WAIT, |v| v.connected && v.roster.len() == 3)
+            .await
+            .unwrap();
+        hears(r, 2, 50).await;
+    }
+    let metrics = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let relayed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("natter_turn_relayed_packets_to_peers_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    // A second of the relayed participant's audio, and the checks, went through the relay.
+    assert!(relayed >= 50.0, "natter-turn relayed {relayed} packets");
+    for r in &rooms {
+        r.leave().await.unwrap();
+    }
+}
