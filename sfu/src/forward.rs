@@ -274,12 +274,7 @@ impl Sfu {
                 .subscribed
                 .iter()
                 .filter(|(_, o)| o.kind == MediaKind::Audio && o.negotiated)
-                .map(|(t, _)| {
-                    audio_costs
-                        .get(t)
-                        .copied()
-                        .unwrap_or(allocator::AUDIO_BPS)
-                })
+                .map(|(t, _)| audio_costs.get(t).copied().unwrap_or(allocator::AUDIO_BPS))
                 .sum();
             let videos: Vec<TrackId> = s
                 .subscribed

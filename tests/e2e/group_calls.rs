@@ -530,9 +530,9 @@ async fn the_active_speaker_follows_who_talks() {
     late.wait_for(WAIT, |v| v.speaker == Some(b)).await.unwrap();
 }
 
-/// A participant that may only use relayed candidates reaches the SFU through natter's own
-/// TURN server (as one behind a firewall that lets out nothing but TURN would), and hears and
-/// is heard by the others.
+/// A participant that may only use relayed candidates, through TURN over TCP, reaches the
+/// SFU through natter's own TURN server (as one behind a firewall that blocks UDP would),
+/// and hears and is heard by the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_participant_reaches_the_sfu_through_natter_turn() {
     let server = TestServer::start_with(&[
@@ -550,6 +550,7 @@ async fn a_participant_reaches_the_sfu_through_natter_turn() {
     for (i, d) in ds.iter().enumerate() {
         let opts = MediaOptions {
             relay_only: i == 2,
+            turn_tcp_only: i == 2,
             ..tone(freq(i))
         };
         rooms.push(d.client.join_room(group, Media::Audio, opts).await.unwrap());

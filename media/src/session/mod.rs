@@ -264,6 +264,9 @@ impl Session {
             }
         }
         for server in &servers.turn {
+            if s.opts.turn_tcp_only && server.transport != TurnTransport::Tcp {
+                continue;
+            }
             let local = match server.transport {
                 TurnTransport::Udp => {
                     match locals.iter().find(|l| l.is_ipv4() == server.addr.is_ipv4()) {

@@ -16,6 +16,9 @@ pub struct MediaOptions {
     pub expect_tone: Option<f32>,
     /// Offer only relayed candidates (the ICE transport policy `relay`).
     pub relay_only: bool,
+    /// Use only TURN servers reached over TCP (with `relay_only`: media that needs nothing
+    /// but an outgoing TCP connection, for networks that block UDP).
+    pub turn_tcp_only: bool,
     /// Write what is received (decoded) to this WAV file.
     pub wav_out: Option<std::path::PathBuf>,
     /// Opus target bitrate, bits per second.
@@ -67,6 +70,7 @@ impl Default for MediaOptions {
             source: AudioSource::Tone { freq: 440.0 },
             expect_tone: Some(440.0),
             relay_only: false,
+            turn_tcp_only: false,
             wav_out: None,
             bitrate: 32_000,
             udp_bind: vec!["0.0.0.0:0".to_owned()],

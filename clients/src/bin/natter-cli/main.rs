@@ -190,6 +190,9 @@ struct MediaArgs {
     /// Connect only through TURN relays (ICE policy `relay`).
     #[arg(long)]
     relay: bool,
+    /// Connect only through TURN relays reached over TCP (for networks that block UDP).
+    #[arg(long)]
+    relay_tcp: bool,
     /// Local address for media (default: every non-loopback interface; e.g. 127.0.0.1:0 to
     /// keep a call on this machine's loopback).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
@@ -240,7 +243,8 @@ impl MediaArgs {
         Ok(natter_client::MediaOptions {
             source,
             expect_tone: Some(self.expect_tone.unwrap_or(theirs)),
-            relay_only: self.relay,
+            relay_only: self.relay || self.relay_tcp,
+            turn_tcp_only: self.relay_tcp,
             wav_out: self.wav_out.clone(),
             udp_bind: vec![self.media_bind.clone()],
             video: self.video.then_some(natter_client::VideoOptions {
