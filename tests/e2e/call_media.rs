@@ -392,21 +392,10 @@ async fn relay_only_call_through_natter_turn() {
     let (out, inc) = call_with(&mut a, &mut b, true).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_audio_heard_both_ways(&out, &inc);
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let relayed: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("natter_turn_relayed_packets_to_peers_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
-    assert!(
-        relayed >= 100.0,
-        "natter-turn relayed {relayed} packets:\n{metrics}"
-    );
+    let relayed = server
+        .metric("natter_turn_relayed_packets_to_peers_total")
+        .await;
+    assert!(relayed >= 100.0, "natter-turn relayed {relayed} packets");
     out.hangup().await.unwrap();
     inc.ended(WAIT).await.unwrap();
 }

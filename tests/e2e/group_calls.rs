@@ -28,7 +28,7 @@ fn freq(i: usize) -> f32 {
     [440.0, 660.0, 880.0, 550.0][i]
 }
 
-async fn group_of(devices: &[&Device]) -> GroupId {
+pub(crate) async fn group_of(devices: &[&Device]) -> GroupId {
     let others: Vec<_> = devices[1..].iter().map(|d| d.client.user()).collect();
     devices[0]
         .client
@@ -568,17 +568,9 @@ async fn a_participant_reaches_the_sfu_through_natter_turn() {
             .unwrap();
         hears(r, 2, 50).await;
     }
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let relayed: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("natter_turn_relayed_packets_to_peers_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
+    let relayed = server
+        .metric("natter_turn_relayed_packets_to_peers_total")
+        .await;
     // A second of the relayed participant's audio, and the checks, went through the relay.
     assert!(relayed >= 50.0, "natter-turn relayed {relayed} packets");
     for r in &rooms {

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use natter_client::audio::AudioSource;
-use natter_client::protocol::GroupId;
 use natter_client::protocol::call::Media;
 use natter_client::{ActiveRoom, MediaOptions};
 use natter_media::session::FrameCrypto;
@@ -19,7 +18,8 @@ use natter_media::video::{Vp8Decoder, read_stamp};
 use natter_sfu::capture::{Captured, MediaKind, read_capture};
 
 use crate::common::*;
-use crate::e2ee::{Device, device};
+use crate::e2ee::device;
+use crate::group_calls::group_of;
 
 const WAIT: Duration = Duration::from_secs(20);
 const FREQS: [f32; 3] = [440.0, 660.0, 880.0];
@@ -38,16 +38,6 @@ fn options(i: usize) -> MediaOptions {
         }),
         ..Default::default()
     }
-}
-
-async fn group_of(devices: &[Device]) -> GroupId {
-    let others: Vec<_> = devices[1..].iter().map(|d| d.client.user()).collect();
-    devices[0]
-        .client
-        .create_group("call", &others)
-        .await
-        .unwrap()
-        .group
 }
 
 /// Waits until `room` has, from each of `n` others, `frames` audio frames with their tone
@@ -179,7 +169,7 @@ async fn call_and_capture(e2ee: bool) -> Recovered {
     for _ in 0..3 {
         ds.push(device(&server).await);
     }
-    let group = group_of(&ds).await;
+    let group = group_of(&ds.iter().collect::<Vec<_>>()).await;
     let mut rooms = Vec::new();
     for (i, d) in ds.iter().enumerate() {
         rooms.push(
@@ -259,7 +249,7 @@ async fn a_member_removed_from_the_group_cannot_open_what_is_sent_after() {
     for _ in 0..3 {
         ds.push(device(&server).await);
     }
-    let group = group_of(&ds).await;
+    let group = group_of(&ds.iter().collect::<Vec<_>>()).await;
     let audio = |i: usize| MediaOptions {
         video: None,
         ..options(i)
