@@ -113,6 +113,17 @@ struct State {
 }
 
 impl State {
+    /// `content` encrypted for `group` with this device's group session (shared already),
+    /// the ratchet's new state saved.
+    fn seal_group(&mut self, group: GroupId, content: &Content) -> Result<Vec<u8>, ClientError> {
+        let bytes = self
+            .machine
+            .encrypt_group(group, &content.encode())
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.save_crypto()?;
+        Ok(bytes)
+    }
+
     fn save_crypto(&self) -> Result<(), ClientError> {
         self.store.set_crypto_state(&self.machine.pickle(&self.key))
     }
@@ -793,15 +804,12 @@ impl Client {
             call_id: call_id.to_owned(),
             key: key.clone(),
         };
-        let body = {
-            let mut st = self.inner.state.lock().unwrap();
-            let bytes = st
-                .machine
-                .encrypt_group(group, &content.encode())
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            st.save_crypto()?;
-            bytes
-        };
+        let body = self
+            .inner
+            .state
+            .lock()
+            .unwrap()
+            .seal_group(group, &content)?;
         let frame = ClientFrame::SendGroup {
             id: 0,
             client_id: random_id(),
@@ -829,11 +837,7 @@ impl Client {
         let client_id = random_id();
         let (local, body_bytes) = {
             let mut st = self.inner.state.lock().unwrap();
-            let bytes = st
-                .machine
-                .encrypt_group(group, &content.encode())
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            st.save_crypto()?;
+            let bytes = st.seal_group(group, content)?;
             let local = st.store.add_item(NewItem {
                 conv: Conv::Group(group),
                 seq: None,

@@ -38,6 +38,16 @@ pub(crate) async fn group_of(devices: &[&Device]) -> GroupId {
         .group
 }
 
+/// `n` new users with a device each, in one new group.
+pub(crate) async fn members(server: &TestServer, n: usize) -> (Vec<Device>, GroupId) {
+    let mut ds = Vec::new();
+    for _ in 0..n {
+        ds.push(device(server).await);
+    }
+    let group = group_of(&ds.iter().collect::<Vec<_>>()).await;
+    (ds, group)
+}
+
 /// Waits until `room` hears `n` other participants' tones, each in at least `frames`
 /// decoded frames.
 async fn hears(room: &ActiveRoom, n: usize, frames: u64) {
@@ -541,11 +551,7 @@ async fn a_participant_reaches_the_sfu_through_natter_turn() {
         "--turn-allow-peers",
         "127.0.0.0/8",
     ]);
-    let mut ds = Vec::new();
-    for _ in 0..3 {
-        ds.push(device(&server).await);
-    }
-    let group = group_of(&ds.iter().collect::<Vec<_>>()).await;
+    let (ds, group) = members(&server, 3).await;
     let mut rooms = Vec::new();
     for (i, d) in ds.iter().enumerate() {
         let opts = MediaOptions {

@@ -18,8 +18,7 @@ use natter_media::video::{Vp8Decoder, read_stamp};
 use natter_sfu::capture::{Captured, MediaKind, read_capture};
 
 use crate::common::*;
-use crate::e2ee::device;
-use crate::group_calls::group_of;
+use crate::group_calls::members;
 
 const WAIT: Duration = Duration::from_secs(20);
 const FREQS: [f32; 3] = [440.0, 660.0, 880.0];
@@ -165,11 +164,7 @@ async fn call_and_capture(e2ee: bool) -> Recovered {
     let dir = tempfile::tempdir().unwrap();
     let capture = dir.path().join("forwarded.cap");
     let server = TestServer::start_with(&["--sfu-capture", capture.to_str().unwrap()]);
-    let mut ds = Vec::new();
-    for _ in 0..3 {
-        ds.push(device(&server).await);
-    }
-    let group = group_of(&ds.iter().collect::<Vec<_>>()).await;
+    let (ds, group) = members(&server, 3).await;
     let mut rooms = Vec::new();
     for (i, d) in ds.iter().enumerate() {
         rooms.push(
@@ -245,11 +240,7 @@ async fn the_sfu_forwards_neither_the_tones_nor_the_picture_it_cannot_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_removed_from_the_group_cannot_open_what_is_sent_after() {
     let server = TestServer::start();
-    let mut ds = Vec::new();
-    for _ in 0..3 {
-        ds.push(device(&server).await);
-    }
-    let group = group_of(&ds.iter().collect::<Vec<_>>()).await;
+    let (ds, group) = members(&server, 3).await;
     let audio = |i: usize| MediaOptions {
         video: None,
         ..options(i)
