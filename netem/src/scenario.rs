@@ -86,6 +86,10 @@ pub const BUILT_IN: &[(&str, &str)] = &[
         "symmetric-nat",
         include_str!("../scenarios/symmetric-nat.toml"),
     ),
+    (
+        "sfu-downlink-300k",
+        include_str!("../scenarios/sfu-downlink-300k.toml"),
+    ),
 ];
 
 /// Traces the built-in scenarios refer to, by file name.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use natter_netem::scenario::Scenario;
 use natter_netem::topology::{Topology, nat_unavailable};
 
-fn skip(why: &str) {
+pub(crate) fn skip(why: &str) {
     if std::env::var("NATTER_REQUIRE_ALL").is_ok_and(|v| v == "1") {
         panic!("required (NATTER_REQUIRE_ALL=1): {why}");
     }
@@ -20,7 +20,7 @@ fn skip(why: &str) {
 
 /// `natter-cli` from the same build as the `natter` binary under test (`scripts/test`
 /// builds it first).
-fn cli_path() -> Option<PathBuf> {
+pub(crate) fn cli_path() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_BIN_EXE_natter")).with_file_name("natter-cli");
     p.exists().then_some(p)
 }

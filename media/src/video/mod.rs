@@ -72,6 +72,8 @@ pub struct VideoStats {
     pub video_nacks_received: u64,
     pub video_freezes: u64,
     pub video_freeze_ms: u64,
+    /// The longest time between two rendered frames so far.
+    pub video_longest_gap_ms: u64,
     /// Rendered frames per second over the last second.
     pub video_fps: f64,
     /// Rendered frames per second since the first one.
@@ -148,6 +150,7 @@ impl RenderTracker {
         }
         if let Some((at, _)) = self.last {
             let gap = now.duration_since(at);
+            s.video_longest_gap_ms = s.video_longest_gap_ms.max(gap.as_millis() as u64);
             if gap > FREEZE_GAP {
                 s.video_freezes += 1;
                 s.video_freeze_ms += gap.as_millis() as u64;
@@ -268,6 +271,7 @@ mod tests {
         let s = r.snapshot();
         assert_eq!(s.video_freezes, 1);
         assert_eq!(s.video_freeze_ms, 200);
+        assert_eq!(s.video_longest_gap_ms, 200);
         assert_eq!(s.video_frames_missed, 6);
         assert_eq!(s.video_frames_rendered, 3);
         assert_eq!(s.video_frames_decoded, 5);

@@ -35,8 +35,13 @@ fn track_line(client: &Client, t: &RoomTrack, s: &natter_client::TrackStats, kbp
             )
         }
         (None, Some(v)) => format!(
-            "{who} video: {kbps:.0} kbit/s · {}x{} · {:.0} fps · rendered {} · freezes {}",
-            v.video_width, v.video_height, v.video_fps, v.video_frames_rendered, v.video_freezes
+            "{who} video: {kbps:.0} kbit/s · {}x{} · {:.0} fps · rendered {} · freezes {} · longest gap {} ms",
+            v.video_width,
+            v.video_height,
+            v.video_fps,
+            v.video_frames_rendered,
+            v.video_freezes,
+            v.video_longest_gap_ms
         ),
         _ => format!("{who}: nothing yet"),
     }
