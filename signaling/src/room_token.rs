@@ -92,6 +92,14 @@ pub fn verify(secret: &[u8], token: &str, now_unix: u64) -> Result<RoomClaims, T
     })
 }
 
+/// The bearer key of a standalone SFU's control link (`/v1/control`) for a token secret: a
+/// holder of the secret may drive the SFU.
+pub fn control_key(secret: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(b"natter-sfu control link v1");
+    BASE64URL.encode(mac.finalize().into_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,12 +153,4 @@ mod tests {
             assert_eq!(verify(SECRET, bad, 0), Err(TokenError::Malformed), "{bad}");
         }
     }
-}
-
-/// The bearer key of a standalone SFU's control link (`/v1/control`) for a token secret: a
-/// holder of the secret may drive the SFU.
-pub fn control_key(secret: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(b"natter-sfu control link v1");
-    BASE64URL.encode(mac.finalize().into_bytes())
 }
