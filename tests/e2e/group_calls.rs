@@ -251,6 +251,13 @@ async fn removal_from_the_group_and_a_dropped_socket_take_a_participant_out() {
             .await
             .unwrap();
     }
+    // The SFU's gauges are copied out four times a second: see all three first.
+    assert_eq!(
+        server
+            .wait_metric("natter_sfu_participants", 3.0, WAIT)
+            .await,
+        3.0
+    );
     // The admin removes member 2 from the group: it is out of the call.
     ds[0]
         .client

@@ -96,26 +96,30 @@ impl Client {
         key: &CallKeyShare,
         departed: &[UserId],
     ) -> Result<(), ClientError> {
-        let info = self.group_info(group).await?;
-        let _guard = self.inner.send_lock.lock().await;
-        if departed
-            .iter()
-            .any(|u| !info.members.iter().any(|m| m.user == *u))
-        {
-            self.inner.state.lock().unwrap().machine.rotate_group(group);
-        }
-        self.share_group_session(group, &info).await?;
         let content = Content::CallKey {
             group,
             call_id: call_id.to_owned(),
             key: key.clone(),
         };
-        let body = self
-            .inner
-            .state
-            .lock()
-            .unwrap()
-            .seal_group(group, &content)?;
+        // A membership change taken in meanwhile may end the session just shared (the sync
+        // loop replaces it): share again, once.
+        let mut attempt = 0;
+        let body = loop {
+            let info = self.group_info(group).await?;
+            let _guard = self.inner.send_lock.lock().await;
+            if departed
+                .iter()
+                .any(|u| !info.members.iter().any(|m| m.user == *u))
+            {
+                self.inner.state.lock().unwrap().machine.rotate_group(group);
+            }
+            self.share_group_session(group, &info).await?;
+            match self.inner.state.lock().unwrap().seal_group(group, &content) {
+                Ok(body) => break body,
+                Err(e) if attempt > 0 => return Err(e),
+                Err(_) => attempt += 1,
+            }
+        };
         let frame = ClientFrame::SendGroup {
             id: 0,
             client_id: random_id(),
