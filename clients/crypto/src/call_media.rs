@@ -183,11 +183,17 @@ impl CallKeys {
         let key = RatchetingDecryptionKey::derive_from(SUITE, kid, &share.material)
             .map_err(|e| FrameError::Sframe(e.to_string()))?;
         let generation = u64::from(kid.generation());
-        // A step behind one already held would only lose the later steps.
-        if let Some(held) = self.receive.get(kid.generation())
-            && u64::from(held.key_id().ratchet_step()) >= u64::from(kid.ratchet_step())
-        {
-            return Ok(());
+        // A generation already held is followed step by step as frames need it: taking the
+        // shared step now would lose the key of frames still in flight at the step before.
+        // Only a share far ahead (past what a frame may make us follow) replaces it.
+        if let Some(held) = self.receive.get(kid.generation()) {
+            let (held, shared) = (
+                u64::from(held.key_id().ratchet_step()),
+                u64::from(kid.ratchet_step()),
+            );
+            if shared <= held || shared - held <= MAX_STEPS / 2 {
+                return Ok(());
+            }
         }
         self.receive.insert(key);
         let kept = self.generations.entry(from).or_default();
@@ -356,6 +362,17 @@ mod tests {
         assert!(b.open(&a.seal(b"now", 0).unwrap(), 0).is_ok());
         b.forget(DeviceId(1));
         assert!(b.open(&a.seal(b"gone", 0).unwrap(), 0).is_err());
+    }
+
+    #[test]
+    fn a_step_shared_before_the_frames_of_the_step_before_have_arrived_loses_nothing() {
+        let (mut a, mut b, _) = pair();
+        let in_flight = a.seal(b"sent before the join", 0).unwrap();
+        // The join's step reaches b before the frame a sent just before it.
+        let step = a.ratchet();
+        b.add(DeviceId(1), &step).unwrap();
+        assert!(b.open(&in_flight, 0).is_ok());
+        assert!(b.open(&a.seal(b"after", 0).unwrap(), 0).is_ok());
     }
 
     #[test]
