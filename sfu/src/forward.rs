@@ -188,12 +188,7 @@ impl Sfu {
             out.written += 1;
             self.stats.forwarded_packets += 1;
             self.stats.forwarded_bytes += pkt.payload.len() as u64;
-            // In a batch of datagrams, each subscriber's output is taken once at the end.
-            if let Some(d) = self.deferred.as_mut() {
-                d.insert(sub);
-            } else {
-                self.drain(sub, now);
-            }
+            self.drain(sub, now);
         }
         for layer in keyframes_wanted {
             self.request_keyframe(track, Some(layer), now);

@@ -47,9 +47,6 @@ use participant::Participant;
 pub use router::{ParticipantId, Route, Router};
 pub use str0m::media::MediaKind;
 
-/// Datagrams taken from the socket at one wake-up, by default.
-pub const DEFAULT_RECV_BATCH: usize = 32;
-
 /// A publisher's track is asked for a keyframe at most this often.
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
 
@@ -76,8 +73,6 @@ pub struct SfuConfig {
     pub token_secret: Vec<u8>,
     /// Records every forwarded payload, as the SFU can read it, to this file.
     pub capture: Option<std::path::PathBuf>,
-    /// Datagrams the shell takes from the socket at one wake-up, at most (1: one at a time).
-    pub recv_batch: usize,
 }
 
 impl SfuConfig {
@@ -87,7 +82,6 @@ impl SfuConfig {
             max_participants: DEFAULT_MAX_PARTICIPANTS,
             token_secret,
             capture: None,
-            recv_batch: DEFAULT_RECV_BATCH,
         }
     }
 }
@@ -281,9 +275,6 @@ pub struct Sfu {
     pub stats: SfuStats,
     /// What was forwarded, for `cfg.capture`.
     pub(crate) captured: Option<capture::CaptureQueue>,
-    /// While a batch of datagrams is handled: subscribers written to, whose output is taken
-    /// once the batch is done (see [`Sfu::handle_datagrams`]).
-    pub(crate) deferred: Option<std::collections::BTreeSet<ParticipantId>>,
 }
 
 impl Sfu {
@@ -300,7 +291,6 @@ impl Sfu {
             events: VecDeque::new(),
             stats: SfuStats::default(),
             captured: cfg_capture.then(capture::CaptureQueue::default),
-            deferred: None,
         }
     }
 
@@ -439,35 +429,6 @@ impl Sfu {
 
     /// A datagram that arrived on the SFU's socket.
     pub fn handle_datagram(
-        &mut self,
-        source: SocketAddr,
-        destination: SocketAddr,
-        bytes: &[u8],
-        now: Instant,
-    ) {
-        self.handle_datagrams([(source, bytes)], destination, now);
-    }
-
-    /// Several datagrams that arrived together: each is handled as by
-    /// [`Sfu::handle_datagram`], but a subscriber's `Rtc` is polled for what to send once
-    /// for the whole batch rather than once per forwarded packet (the bulk of the work at
-    /// many subscribers per packet).
-    pub fn handle_datagrams<'a>(
-        &mut self,
-        batch: impl IntoIterator<Item = (SocketAddr, &'a [u8])>,
-        destination: SocketAddr,
-        now: Instant,
-    ) {
-        self.deferred = Some(Default::default());
-        for (source, bytes) in batch {
-            self.handle_one(source, destination, bytes, now);
-        }
-        for sub in self.deferred.take().unwrap_or_default() {
-            self.drain(sub, now);
-        }
-    }
-
-    fn handle_one(
         &mut self,
         source: SocketAddr,
         destination: SocketAddr,

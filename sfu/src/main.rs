@@ -51,10 +51,6 @@ struct Cli {
     /// check what the SFU sees of end-to-end encrypted media [config: sfu.capture]
     #[arg(long, value_name = "FILE")]
     capture: Option<PathBuf>,
-    /// Datagrams taken from the socket at each wake-up, at most (1: one at a time, to
-    /// measure what batching saves) [default: 32]
-    #[arg(long, value_name = "N")]
-    recv_batch: Option<usize>,
     /// A tracing filter, e.g. `info` or `natter_sfu=debug` [default: info]
     #[arg(long, env = "NATTER_LOG", default_value = "info")]
     log: String,
@@ -115,12 +111,9 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let s = settings(&cli)?;
-    let (mut cfg, bind) = s
+    let (cfg, bind) = s
         .build()
         .map_err(|e| anyhow::anyhow!("invalid [sfu] configuration: {e}"))?;
-    if let Some(n) = cli.recv_batch {
-        cfg.recv_batch = n.max(1);
-    }
     let secret = cfg.token_secret.clone();
     let (sfu, events, _task) = shell::spawn(cfg, Some(bind))
         .await

@@ -164,9 +164,7 @@ async fn run(
     mut capture: Option<CaptureWriter>,
 ) {
     let local = sfu.cfg.public_addr;
-    let batch_max = sfu.cfg.recv_batch.clamp(1, 256);
-    // Room for a batch of datagrams received back to back.
-    let mut buf = vec![0u8; MAX_DATAGRAM * batch_max];
+    let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut copied = Instant::now();
     loop {
         if copied.elapsed() >= STATS_EVERY {
@@ -191,24 +189,11 @@ async fn run(
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
         let mut arrived = None;
         tokio::select! {
-            r = socket.recv_from(&mut buf[..MAX_DATAGRAM]) => match r {
+            r = socket.recv_from(&mut buf) => match r {
                 Ok((n, from)) => {
                     let now = Instant::now();
                     arrived = Some(now);
-                    // What else has arrived is taken with it, up to a batch.
-                    let mut batch = vec![(from, 0..n)];
-                    let mut at = n;
-                    while batch.len() < batch_max && buf.len() - at >= MAX_DATAGRAM {
-                        match socket.try_recv_from(&mut buf[at..at + MAX_DATAGRAM]) {
-                            Ok((m, from)) => {
-                                batch.push((from, at..at + m));
-                                at += m;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    let datagrams = batch.iter().map(|(f, r)| (*f, &buf[r.clone()]));
-                    sfu.handle_datagrams(datagrams, local, now);
+                    sfu.handle_datagram(from, local, &buf[..n], now);
                 }
                 // ICMP errors surface here on some systems; the socket stays usable.
                 Err(e) => tracing::debug!("sfu socket: {e}"),
