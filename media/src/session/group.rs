@@ -1,7 +1,7 @@
 //! What a session in a group call receives: one track per other participant's audio and
 //! video (m-lines the SFU adds by renegotiation), each decoded and measured on its own.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use str0m::media::{MediaKind, Mid};
@@ -33,13 +33,17 @@ enum Decoder {
     Video(Box<VideoReceiver>),
 }
 
+struct Track {
+    decoder: Decoder,
+    /// Frames that did not open with the call's keys.
+    undecryptable: u64,
+    /// The next video frame follows one that did not open.
+    after_gap: bool,
+}
+
 #[derive(Default)]
 pub(crate) struct RemoteTracks {
-    tracks: BTreeMap<Mid, Decoder>,
-    /// Per track: frames that did not open; and the video tracks whose next frame follows
-    /// one that did not.
-    undecryptable: HashMap<Mid, u64>,
-    gap: BTreeSet<Mid>,
+    tracks: BTreeMap<Mid, Track>,
     /// Tones asked for before the track's m-line was applied (bounded by the m-lines).
     tones: BTreeMap<Mid, f32>,
 }
@@ -57,7 +61,14 @@ impl RemoteTracks {
             }
             MediaKind::Video => Decoder::Video(Box::new(VideoReceiver::new(now)?)),
         };
-        self.tracks.insert(mid, d);
+        self.tracks.insert(
+            mid,
+            Track {
+                decoder: d,
+                undecryptable: 0,
+                after_gap: false,
+            },
+        );
         Ok(())
     }
 
@@ -67,7 +78,7 @@ impl RemoteTracks {
 
     /// The tone expected on an audio track (its publisher's), for the continuity figure.
     pub fn expect_tone(&mut self, mid: Mid, freq: f32) {
-        match self.tracks.get_mut(&mid) {
+        match self.tracks.get_mut(&mid).map(|t| &mut t.decoder) {
             Some(Decoder::Audio(a)) => a.expect_tone(Some(freq)),
             Some(Decoder::Video(_)) => {}
             None if self.tones.len() < 256 => {
@@ -78,7 +89,7 @@ impl RemoteTracks {
     }
 
     pub fn audio(&mut self, mid: Mid, seq: u16, rtp: u32, data: &[u8], now: Instant) {
-        if let Some(Decoder::Audio(a)) = self.tracks.get_mut(&mid) {
+        if let Some(Decoder::Audio(a)) = self.tracks.get_mut(&mid).map(|t| &mut t.decoder) {
             a.packet(seq, rtp, data, now);
         }
     }
@@ -93,24 +104,27 @@ impl RemoteTracks {
         now: Instant,
         wall_ms: u32,
     ) -> bool {
-        let after_gap = self.gap.remove(&mid);
-        match self.tracks.get_mut(&mid) {
-            Some(Decoder::Video(v)) => v.frame(data, rtp, contiguous && !after_gap, now, wall_ms),
-            _ => false,
+        let Some(t) = self.tracks.get_mut(&mid) else {
+            return false;
+        };
+        let after_gap = std::mem::take(&mut t.after_gap);
+        match &mut t.decoder {
+            Decoder::Video(v) => v.frame(data, rtp, contiguous && !after_gap, now, wall_ms),
+            Decoder::Audio(_) => false,
         }
     }
 
     /// A frame of `mid` did not open.
     pub fn undecryptable(&mut self, mid: Mid) {
-        if self.tracks.contains_key(&mid) {
-            *self.undecryptable.entry(mid).or_default() += 1;
-            self.gap.insert(mid);
+        if let Some(t) = self.tracks.get_mut(&mid) {
+            t.undecryptable += 1;
+            t.after_gap = true;
         }
     }
 
     pub fn set_rtt(&mut self, rtt: Duration) {
-        for d in self.tracks.values_mut() {
-            if let Decoder::Video(v) = d {
+        for t in self.tracks.values_mut() {
+            if let Decoder::Video(v) = &mut t.decoder {
                 v.set_rtt(rtt);
             }
         }
@@ -120,9 +134,9 @@ impl RemoteTracks {
     pub fn stats(&self, ingress: &HashMap<Mid, (u64, u64)>) -> Vec<TrackStats> {
         self.tracks
             .iter()
-            .map(|(mid, d)| {
+            .map(|(mid, t)| {
                 let (packets, bytes) = ingress.get(mid).copied().unwrap_or_default();
-                let (audio, picture) = match d {
+                let (audio, picture) = match &t.decoder {
                     Decoder::Audio(a) => (Some(a.stats.clone()), None),
                     Decoder::Video(v) => (None, Some(v.stats())),
                 };
@@ -133,7 +147,7 @@ impl RemoteTracks {
                     bytes,
                     audio,
                     picture,
-                    undecryptable: self.undecryptable.get(mid).copied().unwrap_or_default(),
+                    undecryptable: t.undecryptable,
                 }
             })
             .collect()
