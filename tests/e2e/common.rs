@@ -176,21 +176,6 @@ impl TestServer {
         HttpClient::new(&self.base)
     }
 
-    /// A counter or gauge from the server's `/metrics` (0 when it is not there).
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.base))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        let prefix = format!("{name} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -547,6 +532,11 @@ impl TestServer {
             .text()
             .await
             .expect("metrics text")
+    }
+
+    /// A counter or gauge from `/metrics` (0 when it is not there).
+    pub async fn metric(&self, name: &str) -> f64 {
+        try_metric(&self.metrics().await, name).unwrap_or(0.0)
     }
 
     /// Waits up to `within` for the series `name` to reach `at_least`; returns its value.
