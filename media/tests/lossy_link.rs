@@ -189,9 +189,12 @@ fn video_opts() -> MediaOptions {
     }
 }
 
-/// Two minutes of video behind 5 % loss each way: NACK/RTX (and a keyframe when that is not
-/// enough) repair it and the playout delay absorbs the repairs: at most one freeze a minute
-/// on each side. In 40 side-runs (docs/benchmarks.md) the worst was two in the two minutes.
+/// Four minutes of video behind 5 % loss each way: NACK/RTX (and a keyframe when that is
+/// not enough) repair it and the playout delay absorbs the repairs: at most one freeze a
+/// minute, counted over both sides' eight minutes. Freezes come from the rare packet that
+/// needs four repair rounds, about 0.3 a minute (docs/benchmarks.md): one side's count over
+/// two minutes was too small a sample (3 where 2 was allowed happened about one run in 25),
+/// so the rate is taken over a sample where a real regression still shows.
 /// `LOSSY_SEED=N` picks other loss draws.
 #[test]
 fn video_behind_5_pct_loss_is_repaired() {
@@ -207,9 +210,9 @@ fn video_behind_5_pct_loss_is_repaired() {
     } = call(
         &link,
         [video_opts(), video_opts()],
-        Duration::from_secs(120),
+        Duration::from_secs(240),
     );
-    assert!(dropped > 1000, "the link lost {dropped} datagrams");
+    assert!(dropped > 2000, "the link lost {dropped} datagrams");
     println!(
         "freezes_a={} freezes_b={}",
         a.video.as_ref().unwrap().video_freezes,
@@ -218,17 +221,18 @@ fn video_behind_5_pct_loss_is_repaired() {
     for (name, s) in [("a", &a), ("b", &b)] {
         let v = s.video.as_ref().unwrap();
         eprintln!("{name}: {v:?}\n  {:?}", s.transport);
-        assert!(v.video_frames_sent >= 3500, "{name}: {v:?}");
+        assert!(v.video_frames_sent >= 7000, "{name}: {v:?}");
         assert!(
             v.video_nacks_sent > 0,
             "{name} asked for retransmissions: {v:?}"
         );
         assert!(v.rendered_pct() >= 95.0, "{name}: {v:?}");
-        assert!(
-            v.video_freezes <= 2,
-            "{name}: more than one freeze a minute: {v:?}"
-        );
     }
+    let freezes = a.video.as_ref().unwrap().video_freezes + b.video.as_ref().unwrap().video_freezes;
+    assert!(
+        freezes <= 8,
+        "{freezes} freezes in 8 side-minutes: more than one a minute"
+    );
 }
 
 /// Call setup behind 5 % loss each way, 40 times over: ICE checks and the DTLS flights
