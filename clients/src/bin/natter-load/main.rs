@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -27,6 +27,7 @@ use natter_client::{Credentials, HttpClient};
 
 mod durable;
 mod idle;
+mod janus;
 mod reliability;
 mod setup;
 mod sfu;
@@ -208,18 +209,30 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         settle: Duration,
     },
-    /// A group call against a standalone natter-sfu: N WebRTC participants (str0m) in this
-    /// process, each publishing audio frames (the first --video also replay pre-encoded VP8)
-    /// and receiving everyone else's; reports per-subscriber receive rate, loss, freezes,
-    /// send-to-receipt latency and, with --sfu-pid, forwarded packets per SFU CPU-second.
+    /// A group call against a standalone natter-sfu (or, with --janus, a Janus VideoRoom):
+    /// N WebRTC participants (str0m) in this process, each publishing audio frames (the
+    /// first --video also replay pre-encoded VP8) and receiving everyone else's; reports
+    /// per-subscriber receive rate, loss, freezes, send-to-receipt latency and, with
+    /// --sfu-pid, forwarded packets per SFU CPU-second.
     Sfu {
-        /// The SFU's control link.
+        /// natter-sfu's control link.
         #[arg(long, default_value = "ws://127.0.0.1:7883/v1/control")]
         control: String,
-        /// The SFU's room-token secret (room tokens are minted with it, as a gateway does).
-        #[arg(long, env = "NATTER_SFU_TOKEN_SECRET", hide_env_values = true)]
-        token_secret: String,
-        /// The room's name.
+        /// natter-sfu's room-token secret (room tokens are minted with it, as a gateway
+        /// does). Needed unless --janus is given.
+        #[arg(
+            long,
+            env = "NATTER_SFU_TOKEN_SECRET",
+            hide_env_values = true,
+            required_unless_present = "janus"
+        )]
+        token_secret: Option<String>,
+        /// Load a Janus VideoRoom instead, through Janus's HTTP API at this URL (e.g.
+        /// http://10.77.0.2:8088/janus): each participant publishes on one connection and
+        /// subscribes to all the others on a second, and the room is created for the run.
+        #[arg(long, conflicts_with_all = ["control", "token_secret", "room"])]
+        janus: Option<String>,
+        /// The room's name (natter-sfu).
         #[arg(long, default_value = "load")]
         room: String,
         /// Participants in the room.
@@ -324,6 +337,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Sfu {
             control,
             token_secret,
+            janus,
             room,
             participants,
             video,
@@ -332,10 +346,17 @@ async fn run(cli: Cli) -> Result<()> {
             bind,
             sfu_pid,
         } => {
+            let target = match (janus, token_secret) {
+                (Some(url), _) => sfu::Target::Janus { url },
+                (None, Some(secret)) => sfu::Target::Natter {
+                    control,
+                    secret,
+                    room,
+                },
+                (None, None) => bail!("--token-secret (or --janus) is needed"),
+            };
             sfu::run(sfu::SfuLoad {
-                control,
-                secret: token_secret,
-                room,
+                target,
                 participants,
                 video,
                 duration,

@@ -1,6 +1,7 @@
 //! `natter-load sfu`: a group call's worth of WebRTC participants in one process, against a
 //! standalone natter-sfu (over its control link, with room tokens minted from the shared
-//! secret). Each participant is a str0m `Rtc` on its own UDP socket that publishes Opus-sized
+//! secret) or a Janus VideoRoom (`janus.rs`; there a participant is two connections, a
+//! publisher's and a subscriber's, as VideoRoom has it). Each participant is a str0m `Rtc` on its own UDP socket that publishes Opus-sized
 //! audio frames (and, for the first `--video`, VP8 frames encoded once at start and replayed)
 //! and receives every other participant's tracks.
 //!
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use natter_media::str0m::change::{SdpAnswer, SdpOffer};
+use natter_media::str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use natter_media::str0m::format::Codec;
 use natter_media::str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
 use natter_media::str0m::net::{Protocol, Receive};
@@ -30,18 +31,43 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use crate::janus::Janus;
+
 /// What `natter-load sfu` is asked to do.
 #[derive(Debug, Clone)]
 pub struct SfuLoad {
-    pub control: String,
-    pub secret: String,
-    pub room: String,
+    pub target: Target,
     pub participants: usize,
     pub video: usize,
     pub duration: Duration,
     pub warmup: Duration,
     pub bind: IpAddr,
     pub sfu_pid: Option<u32>,
+}
+
+/// The SFU under load.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// natter-sfu, over its control link, with room tokens minted from the shared secret.
+    Natter {
+        control: String,
+        secret: String,
+        room: String,
+    },
+    /// A Janus VideoRoom, over Janus's HTTP API (e.g. `http://10.77.0.2:8088/janus`).
+    Janus { url: String },
+}
+
+/// A VideoRoom made for this run, and the publishers' feed ids by participant.
+struct JanusRoom {
+    janus: Arc<Janus>,
+    number: u64,
+    feeds: Mutex<HashMap<usize, u64>>,
+}
+
+enum Backend {
+    Natter(Arc<Control>, String, String),
+    Janus(Arc<JanusRoom>),
 }
 
 const AUDIO_FRAME: Duration = Duration::from_millis(20);
@@ -177,6 +203,23 @@ struct Report {
     connected: bool,
 }
 
+impl Report {
+    /// Adds what another connection of the same participant measured.
+    fn merge(&mut self, o: Report) {
+        self.sent += o.sent;
+        for (p, n) in o.received {
+            *self.received.entry(p).or_default() += n;
+        }
+        self.freezes += o.freezes;
+        self.video_frames += o.video_frames;
+        self.video_packets += o.video_packets;
+        if let (Some(a), Some(b)) = (self.latency_us.as_mut(), o.latency_us.as_ref()) {
+            let _ = a.add(b);
+        }
+        self.connected &= o.connected;
+    }
+}
+
 /// Pre-encoded video: a keyframe, then the frames after it, replayed in a loop.
 struct Clip {
     frames: Vec<Vec<u8>>,
@@ -216,7 +259,27 @@ impl Clip {
 
 pub async fn run(o: SfuLoad) -> Result<()> {
     let _ = epoch();
-    let ctl = Control::connect(&o.control, &o.secret).await?;
+    let backend = match &o.target {
+        Target::Natter {
+            control,
+            secret,
+            room,
+        } => Backend::Natter(
+            Control::connect(control, secret).await?,
+            secret.clone(),
+            room.clone(),
+        ),
+        Target::Janus { url } => {
+            let janus = Janus::connect(url).await?;
+            let admin = janus.attach().await?;
+            let number = janus.create_room(admin, o.participants + 1).await?;
+            Backend::Janus(Arc::new(JanusRoom {
+                janus,
+                number,
+                feeds: Mutex::new(HashMap::new()),
+            }))
+        }
+    };
     let clip = Arc::new(if o.video > 0 {
         Some(Clip::encode()?)
     } else {
@@ -227,17 +290,25 @@ pub async fn run(o: SfuLoad) -> Result<()> {
     let window = (start + o.warmup, start + o.warmup + o.duration);
     let mut tasks = Vec::new();
     for i in 0..o.participants {
-        let (ctl, o2, clip) = (ctl.clone(), o.clone(), clip.clone());
-        tasks.push(tokio::spawn(async move {
-            participant(
-                i,
-                &ctl,
-                &o2,
-                if i < o2.video { clip } else { Arc::new(None) },
-                window,
-            )
-            .await
-        }));
+        let o2 = o.clone();
+        let clip = if i < o.video {
+            clip.clone()
+        } else {
+            Arc::new(None)
+        };
+        let task = match &backend {
+            Backend::Natter(ctl, secret, room) => {
+                let (ctl, secret, room) = (ctl.clone(), secret.clone(), room.clone());
+                tokio::spawn(async move {
+                    natter_participant(i, &ctl, (&secret, &room), &o2, clip, window).await
+                })
+            }
+            Backend::Janus(room) => {
+                let room = room.clone();
+                tokio::spawn(async move { janus_participant(i, &room, &o2, clip, window).await })
+            }
+        };
+        tasks.push(task);
         // Joins spread out a little, as people arrive.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -249,6 +320,9 @@ pub async fn run(o: SfuLoad) -> Result<()> {
             Ok(r) => reports.push(r),
             Err(e) => eprintln!("natter-load: a participant failed: {e:#}"),
         }
+    }
+    if let Backend::Janus(room) = &backend {
+        room.janus.destroy().await;
     }
     summarize(
         &o,
@@ -337,7 +411,8 @@ struct Peer {
     rtc: Rtc,
     socket: UdpSocket,
     local: SocketAddr,
-    audio: Mid,
+    /// The tracks it publishes (none on a Janus subscriber's connection).
+    audio: Option<Mid>,
     video: Option<Mid>,
     connected: bool,
     next_audio: Instant,
@@ -348,16 +423,13 @@ struct Peer {
     /// Per publisher: when its last frame arrived (for freezes).
     last_from: HashMap<u16, Instant>,
     report: Report,
+    /// Told when the connection is up.
+    on_connected: Option<oneshot::Sender<()>>,
 }
 
-async fn participant(
-    i: usize,
-    ctl: &Control,
-    o: &SfuLoad,
-    clip: Arc<Option<Clip>>,
-    window: (Instant, Instant),
-) -> Result<Report> {
-    let socket = UdpSocket::bind((o.bind, 0)).await?;
+/// A str0m `Rtc` on its own socket, its host candidate added.
+async fn new_peer(index: usize, bind: IpAddr) -> Result<Peer> {
+    let socket = UdpSocket::bind((bind, 0)).await?;
     let local = socket.local_addr()?;
     let now = Instant::now();
     let mut rtc = RtcConfig::new()
@@ -367,37 +439,13 @@ async fn participant(
         .enable_vp8(true)
         .build(now);
     rtc.add_local_candidate(Candidate::host(local, "udp")?);
-    let mut api = rtc.sdp_api();
-    let audio = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
-    let video = clip
-        .is_some()
-        .then(|| api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
-    let (offer, pending) = api.apply().context("no offer")?;
-    let token = natter_signaling::room_token::mint(
-        o.secret.as_bytes(),
-        &o.room,
-        i as u64 + 1,
-        unix_now(),
-        3600,
-    );
-    let joined = ctl
-        .request(json!({"op": "join", "token": token, "offer": offer.to_sdp_string()}))
-        .await
-        .with_context(|| format!("participant {i} could not join"))?;
-    let id = joined["participant"]
-        .as_u64()
-        .context("no participant id")?;
-    let answer = joined["answer"].as_str().context("no answer")?;
-    rtc.sdp_api()
-        .accept_answer(pending, SdpAnswer::from_sdp_string(answer)?)?;
-    let mut notices = ctl.register(id);
-    let mut p = Peer {
-        index: i as u16,
+    Ok(Peer {
+        index: index as u16,
         rtc,
         socket,
         local,
-        audio,
-        video,
+        audio: None,
+        video: None,
         connected: false,
         next_audio: now,
         next_video: now,
@@ -409,7 +457,135 @@ async fn participant(
             latency_us: Some(Histogram::new_with_bounds(1, 10_000_000, 3).expect("bounds")),
             ..Default::default()
         },
+        on_connected: None,
+    })
+}
+
+/// A peer publishing audio (and video with a clip), and its offer.
+async fn new_publisher(
+    index: usize,
+    bind: IpAddr,
+    video: bool,
+) -> Result<(Peer, SdpOffer, SdpPendingOffer)> {
+    let mut p = new_peer(index, bind).await?;
+    let mut api = p.rtc.sdp_api();
+    let audio = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    let video =
+        video.then(|| api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+    let (offer, pending) = api.apply().context("no offer")?;
+    p.audio = Some(audio);
+    p.video = video;
+    Ok((p, offer, pending))
+}
+
+/// The SFU's renegotiations of a natter participant's connection, over the control link.
+struct Renegotiation<'a> {
+    ctl: &'a Control,
+    participant: u64,
+    notices: mpsc::UnboundedReceiver<Value>,
+}
+
+/// A participant of natter's SFU: one connection that publishes and subscribes.
+async fn natter_participant(
+    i: usize,
+    ctl: &Control,
+    (secret, room): (&str, &str),
+    o: &SfuLoad,
+    clip: Arc<Option<Clip>>,
+    window: (Instant, Instant),
+) -> Result<Report> {
+    let (mut p, offer, pending) = new_publisher(i, o.bind, clip.is_some()).await?;
+    let token =
+        natter_signaling::room_token::mint(secret.as_bytes(), room, i as u64 + 1, unix_now(), 3600);
+    let joined = ctl
+        .request(json!({"op": "join", "token": token, "offer": offer.to_sdp_string()}))
+        .await
+        .with_context(|| format!("participant {i} could not join"))?;
+    let id = joined["participant"]
+        .as_u64()
+        .context("no participant id")?;
+    let answer = joined["answer"].as_str().context("no answer")?;
+    p.rtc
+        .sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(answer)?)?;
+    let reneg = Renegotiation {
+        ctl,
+        participant: id,
+        notices: ctl.register(id),
     };
+    let report = run_peer(p, Some(reneg), &clip, window).await;
+    ctl.notify(json!({"op": "leave", "participant": id}));
+    report
+}
+
+/// A participant of a Janus VideoRoom: a publisher's connection, and a subscriber's taking
+/// every other participant's streams once all have published (so no renegotiation).
+async fn janus_participant(
+    i: usize,
+    room: &JanusRoom,
+    o: &SfuLoad,
+    clip: Arc<Option<Clip>>,
+    window: (Instant, Instant),
+) -> Result<Report> {
+    let janus = &room.janus;
+    let (mut p, offer, pending) = new_publisher(i, o.bind, clip.is_some()).await?;
+    let handle = janus.attach().await?;
+    let (feed, answer) = janus
+        .publish(
+            handle,
+            room.number,
+            &format!("p{i}"),
+            &offer.to_sdp_string(),
+        )
+        .await
+        .with_context(|| format!("participant {i} could not publish"))?;
+    p.rtc
+        .sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer)?)?;
+    let (tx, published) = oneshot::channel();
+    p.on_connected = Some(tx);
+    let subscriber = async {
+        // VideoRoom refuses a subscription to a feed whose connection is not up yet.
+        published
+            .await
+            .context("the publisher's connection did not come up")?;
+        room.feeds.lock().unwrap().insert(i, feed);
+        // Everyone publishes within the first part of the warm-up.
+        let deadline = window.0 - Duration::from_millis(1500).min(window.0 - Instant::now());
+        while room.feeds.lock().unwrap().len() < o.participants && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let others: Vec<u64> = room
+            .feeds
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| **k != i)
+            .map(|(_, f)| *f)
+            .collect();
+        let mut s = new_peer(i, o.bind).await?;
+        let handle = janus.attach().await?;
+        let offer = janus.subscribe(handle, room.number, &others).await?;
+        let answer = s
+            .rtc
+            .sdp_api()
+            .accept_offer(SdpOffer::from_sdp_string(&offer)?)?;
+        janus.start(handle, &answer.to_sdp_string()).await?;
+        run_peer(s, None, &Arc::new(None), window).await
+    };
+    let (published, subscribed) = tokio::join!(run_peer(p, None, &clip, window), subscriber);
+    let mut r = published?;
+    r.merge(subscribed.with_context(|| format!("participant {i} could not subscribe"))?);
+    Ok(r)
+}
+
+/// Runs one connection until the window (and a little after) is over.
+async fn run_peer(
+    mut p: Peer,
+    mut reneg: Option<Renegotiation<'_>>,
+    clip: &Option<Clip>,
+    window: (Instant, Instant),
+) -> Result<Report> {
     let mut buf = vec![0u8; 2000];
     let end = window.1 + Duration::from_millis(300);
     loop {
@@ -420,11 +596,19 @@ async fn participant(
         }
         let mut wake = timeout.min(end);
         if p.connected {
-            wake = wake.min(p.next_audio);
+            if p.audio.is_some() {
+                wake = wake.min(p.next_audio);
+            }
             if p.video.is_some() {
                 wake = wake.min(p.next_video);
             }
         }
+        let notice = async {
+            match reneg.as_mut() {
+                Some(r) => r.notices.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = p.socket.recv_from(&mut buf) => {
                 let (n, from) = r?;
@@ -432,29 +616,29 @@ async fn participant(
                     p.rtc.handle_input(Input::Receive(Instant::now(), r))?;
                 }
             }
-            v = notices.recv() => {
+            v = notice => {
                 let Some(v) = v else { bail!("control link closed") };
+                let r = reneg.as_ref().expect("notices come with a renegotiation");
                 if v["op"] == "offer" {
                     let sdp = v["sdp"].as_str().unwrap_or_default();
                     let answer = p.rtc.sdp_api().accept_offer(SdpOffer::from_sdp_string(sdp)?)?;
-                    ctl.notify(json!({
-                        "op": "answer", "req": 0, "participant": id,
+                    r.ctl.notify(json!({
+                        "op": "answer", "req": 0, "participant": r.participant,
                         "sdp": answer.to_sdp_string(),
                     }));
                 } else if v["op"] == "left" {
-                    bail!("participant {i} removed: {}", v["reason"]);
+                    bail!("participant {} removed: {}", p.index, v["reason"]);
                 }
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                 let now = Instant::now();
                 p.rtc.handle_input(Input::Timeout(now))?;
                 if p.connected {
-                    p.send_due(now, &clip, window);
+                    p.send_due(now, clip, window);
                 }
             }
         }
     }
-    ctl.notify(json!({"op": "leave", "participant": id}));
     Ok(p.report)
 }
 
@@ -470,6 +654,9 @@ impl Peer {
                 Output::Event(Event::Connected) => {
                     self.connected = true;
                     self.report.connected = true;
+                    if let Some(tx) = self.on_connected.take() {
+                        let _ = tx.send(());
+                    }
                 }
                 Output::Event(Event::KeyframeRequest(_)) => self.keyframe_next = true,
                 Output::Event(Event::MediaData(d)) => {
@@ -509,7 +696,9 @@ impl Peer {
     }
 
     fn send_due(&mut self, now: Instant, clip: &Option<Clip>, window: (Instant, Instant)) {
-        if now >= self.next_audio {
+        if let Some(audio) = self.audio
+            && now >= self.next_audio
+        {
             self.next_audio += AUDIO_FRAME;
             if self.next_audio < now {
                 self.next_audio = now + AUDIO_FRAME;
@@ -520,8 +709,8 @@ impl Peer {
             data.extend_from_slice(&since_epoch_us(now).to_be_bytes());
             data.resize(AUDIO_BYTES, 0x5A);
             let time = MediaTime::new(u64::from(self.audio_n) * 960, Frequency::FORTY_EIGHT_KHZ);
-            if let Some(pt) = first_pt(&mut self.rtc, self.audio)
-                && let Some(w) = self.rtc.writer(self.audio)
+            if let Some(pt) = first_pt(&mut self.rtc, audio)
+                && let Some(w) = self.rtc.writer(audio)
                 && w.write(pt, now, time, data).is_ok()
             {
                 self.audio_n += 1;
