@@ -215,6 +215,15 @@ async fn run(
             },
             _ = tokio::time::sleep_until(wake) => sfu.handle_timeout(Instant::now()),
         }
+        // Timers that came due while a datagram was handled run now, not whenever the
+        // select above next picks its timer over a busy socket: str0m's pacer and probes
+        // send on them, and a probe sent late reads as a slow link.
+        if arrived.is_some() {
+            let now = Instant::now();
+            if sfu.poll_timeout().is_some_and(|t| t <= now) {
+                sfu.handle_timeout(now);
+            }
+        }
         let mut sent = 0;
         while let Some(t) = sfu.poll_transmit() {
             // A full send buffer drops the datagram, as a congested network would.

@@ -31,6 +31,7 @@ mod janus;
 mod reliability;
 mod setup;
 mod sfu;
+mod stamped;
 mod throughput;
 
 #[derive(Debug, Parser)]

@@ -32,6 +32,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::janus::Janus;
+use crate::stamped;
 
 /// What `natter-load sfu` is asked to do.
 #[derive(Debug, Clone)]
@@ -430,6 +431,7 @@ struct Peer {
 /// A str0m `Rtc` on its own socket, its host candidate added.
 async fn new_peer(index: usize, bind: IpAddr) -> Result<Peer> {
     let socket = UdpSocket::bind((bind, 0)).await?;
+    stamped::enable(&socket).context("SO_TIMESTAMPNS")?;
     let local = socket.local_addr()?;
     let now = Instant::now();
     let mut rtc = RtcConfig::new()
@@ -610,10 +612,10 @@ async fn run_peer(
             }
         };
         tokio::select! {
-            r = p.socket.recv_from(&mut buf) => {
-                let (n, from) = r?;
+            r = stamped::recv_from(&p.socket, &mut buf) => {
+                let (n, from, arrived) = r?;
                 if let Ok(r) = Receive::new(Protocol::Udp, from, p.local, &buf[..n]) {
-                    p.rtc.handle_input(Input::Receive(Instant::now(), r))?;
+                    p.rtc.handle_input(Input::Receive(arrived, r))?;
                 }
             }
             v = notice => {
