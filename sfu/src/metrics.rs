@@ -26,11 +26,12 @@ impl Default for SfuMetrics {
         let processing = Histogram::with_opts(
             HistogramOpts::new(
                 "natter_sfu_forwarding_seconds",
-                "From a media datagram's arrival to the end of sending what it produced at once \
-                 (the forwarded copies; str0m's pacer may hold video for later)",
+                "From a media datagram's arrival to the end of sending what it produced (str0m \
+                 sends written packets on a timer, run at once; its pacer may hold video)",
             )
             .buckets(vec![
-                10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 50e-3,
+                10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 750e-6, 1e-3, 1.5e-3, 2.5e-3, 5e-3,
+                10e-3, 50e-3,
             ]),
         )
         .expect("valid histogram");

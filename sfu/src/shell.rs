@@ -216,8 +216,11 @@ async fn run(
             _ = tokio::time::sleep_until(wake) => sfu.handle_timeout(Instant::now()),
         }
         // Timers that came due while a datagram was handled run now, not whenever the
-        // select above next picks its timer over a busy socket: str0m's pacer and probes
-        // send on them, and a probe sent late reads as a slow link.
+        // select above next picks its timer over a busy socket (or tokio's millisecond
+        // timer wheel comes round): str0m releases what was just written to a subscriber
+        // on a timer a microsecond later, and its pacer and probes send on timers too (a
+        // probe sent late reads as a slow link). So the forwarding time observed below is
+        // the whole of it.
         if arrived.is_some() {
             let now = Instant::now();
             if sfu.poll_timeout().is_some_and(|t| t <= now) {
