@@ -81,16 +81,7 @@ impl Janus {
         if body.get("transaction").is_none() {
             body["transaction"] = json!(self.transaction());
         }
-        let text = self
-            .http
-            .post(url)
-            .body(body.to_string())
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?;
-        let v: Value = serde_json::from_str(&text).context("Janus answered with no JSON")?;
+        let v = json_of(self.http.post(url).body(body.to_string())).await?;
         if v["janus"] == "error" {
             bail!(
                 "Janus error {}: {}",
@@ -104,16 +95,7 @@ impl Janus {
     /// One long poll: hands each event to the request waiting for its transaction.
     async fn poll_once(&self) -> Result<()> {
         let url = format!("{}?maxev=20", self.session_url());
-        let text = self
-            .http
-            .get(url)
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?;
-        let v: Value = serde_json::from_str(&text).context("Janus answered with no JSON")?;
-        let events = match v {
+        let events = match json_of(self.http.get(url)).await? {
             Value::Array(a) => a,
             v => vec![v],
         };
@@ -268,6 +250,12 @@ impl Janus {
             .post(&self.session_url(), json!({"janus": "destroy"}))
             .await;
     }
+}
+
+/// Sends `req` and reads Janus's JSON answer.
+async fn json_of(req: reqwest::RequestBuilder) -> Result<Value> {
+    let text = req.send().await?.error_for_status()?.text().await?;
+    serde_json::from_str(&text).context("Janus answered with no JSON")
 }
 
 fn sdp_of(jsep: Option<Value>, kind: &str) -> Result<String> {
