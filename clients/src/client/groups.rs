@@ -21,14 +21,14 @@ impl Client {
         progress: impl FnMut(u64, u64),
     ) -> Result<Sent, ClientError> {
         let file = self.upload_file(path, progress).await?;
-        let content = Content::File {
-            name: file.name.clone(),
-            size: file.size,
-            media: file.media.clone(),
-        };
-        let name = file.name.clone();
-        self.send_group_item(group, &content, ItemKind::File, &name, Some(&file))
-            .await
+        self.send_group_item(
+            group,
+            &file_content(&file),
+            ItemKind::File,
+            &file.name,
+            Some(&file),
+        )
+        .await
     }
 
     /// Makes sure every member device of `group` (as `info` lists them) holds this device's

@@ -426,14 +426,14 @@ impl Client {
         progress: impl FnMut(u64, u64),
     ) -> Result<Sent, ClientError> {
         let file = self.upload_file(path, progress).await?;
-        let content = Content::File {
-            name: file.name.clone(),
-            size: file.size,
-            media: file.media.clone(),
-        };
-        let name = file.name.clone();
-        self.send_direct_item(to, &content, ItemKind::File, &name, Some(&file))
-            .await
+        self.send_direct_item(
+            to,
+            &file_content(&file),
+            ItemKind::File,
+            &file.name,
+            Some(&file),
+        )
+        .await
     }
 
     async fn upload_file(
@@ -583,17 +583,8 @@ impl Client {
     ) -> Result<(u64, u64), ClientError> {
         let me = self.user();
         let plaintext = content.encode();
-        if self
-            .inner
-            .state
-            .lock()
-            .unwrap()
-            .machine
-            .peers_of(to)
-            .is_empty()
-            && to != me
-        {
-            self.claim(to, None).await?;
+        if to != me {
+            self.claim_if_unknown(to).await?;
         }
         for _attempt in 0..4 {
             let envelopes = {
@@ -661,6 +652,22 @@ impl Client {
 
     /// Claims `user`'s prekey bundles and starts sessions with the devices in `only` (all if
     /// `None`). Returns how many sessions were started.
+    /// Fetches `user`'s device keys (and opens sessions) when no device of theirs is known.
+    async fn claim_if_unknown(&self, user: UserId) -> Result<(), ClientError> {
+        let unknown = self
+            .inner
+            .state
+            .lock()
+            .unwrap()
+            .machine
+            .peers_of(user)
+            .is_empty();
+        if unknown {
+            self.claim(user, None).await?;
+        }
+        Ok(())
+    }
+
     async fn claim(&self, user: UserId, only: Option<&[DeviceId]>) -> Result<usize, ClientError> {
         let devices = match self.request(ClientFrame::KeysClaim { id: 0, user }).await? {
             ServerFrame::Bundle { devices, .. } => devices,
@@ -735,17 +742,7 @@ impl Client {
     /// The safety number with `contact`, from the identity keys of every device of both users
     /// as this device knows them (fetching the contact's keys if none are known yet).
     pub async fn safety_number(&self, contact: UserId) -> Result<String, ClientError> {
-        if self
-            .inner
-            .state
-            .lock()
-            .unwrap()
-            .machine
-            .peers_of(contact)
-            .is_empty()
-        {
-            self.claim(contact, None).await?;
-        }
+        self.claim_if_unknown(contact).await?;
         let st = self.inner.state.lock().unwrap();
         let mine: Vec<[u8; 32]> = std::iter::once(st.machine.keys().ed25519)
             .chain(
@@ -849,6 +846,15 @@ fn sanitize_name(name: &str) -> String {
 
 fn unexpected(frame: &ServerFrame) -> ClientError {
     ClientError::Protocol(format!("unexpected answer {}", frame.type_name()))
+}
+
+/// What is sent for an uploaded file: its name, size and the key to its blob.
+fn file_content(file: &FileRef) -> Content {
+    Content::File {
+        name: file.name.clone(),
+        size: file.size,
+        media: file.media.clone(),
+    }
 }
 
 #[cfg(test)]
