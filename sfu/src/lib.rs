@@ -547,7 +547,7 @@ impl Sfu {
                 }
                 Ok(Output::Transmit(t)) => self.transmits.push_back(Transmit {
                     destination: t.destination,
-                    contents: t.contents.to_vec(),
+                    contents: t.contents.into(),
                 }),
                 Ok(Output::Event(e)) => match e {
                     Event::Connected => self.events.push_back(SfuEvent::Connected(id)),
