@@ -57,6 +57,9 @@ struct Call {
     decoded: Vec<(Instant, u32)>,
     layer_events: Vec<Vec<String>>,
     start: Instant,
+    /// `TRACE_SIM=1`: a line every 100 ms of what the subscriber's downlink carries.
+    trace: bool,
+    traced: Instant,
 }
 
 impl Call {
@@ -106,6 +109,8 @@ impl Call {
             decoded: Vec::new(),
             layer_events: Vec::new(),
             start: now,
+            trace: std::env::var_os("TRACE_SIM").is_some(),
+            traced: now,
         }
     }
 
@@ -203,6 +208,9 @@ impl Call {
             }
             self.now = next.max(self.now);
             let now = self.now;
+            if self.trace && now >= self.traced + Duration::from_millis(100) {
+                self.print_trace(now);
+            }
             while let Some(w) = self.wire.pop_due(now) {
                 if w.to == sfu_addr() {
                     self.sfu.handle_datagram(w.from, w.to, &w.bytes, now);
@@ -228,6 +236,32 @@ impl Call {
             }
         }
         panic!("the simulation does not advance");
+    }
+
+    /// The subscriber's estimate, picture and bottleneck, and what its downlink carried
+    /// since the last line, kbit/s by RTP payload type (a lead when a run goes wrong).
+    fn print_trace(&mut self, now: Instant) {
+        self.traced = now;
+        let sub = self.peers[1].addr;
+        let est: Vec<u64> = self.sfu.estimates().map(|b| b / 1000).collect();
+        let kbps_by_pt: Vec<(u8, u64)> = self
+            .wire
+            .pt_bytes
+            .iter()
+            .filter(|((to, _), _)| *to == sub)
+            .map(|((_, pt), bytes)| (*pt, bytes * 8 / 100))
+            .collect();
+        self.wire.pt_bytes.clear();
+        eprintln!(
+            "t={:>6}ms estimates_kbps={est:?} width={:?} backlog_ms={} dropped={} \
+             keyframe_requests={} switches={} kbps_by_pt={kbps_by_pt:?}",
+            now.duration_since(self.start).as_millis(),
+            self.width_at(now),
+            self.wire.backlog(sub, now).as_millis(),
+            self.wire.dropped_by_limit,
+            self.sfu.stats.keyframe_requests,
+            self.sfu.stats.layer_switches,
+        );
     }
 
     /// The width of the last frame decoded by `t`.

@@ -1,8 +1,10 @@
 //! A simulated network for the virtual-time tests: datagrams in flight ordered by arrival,
 //! a fixed one-way delay, and per destination a loss rate and a rate limit (a bottleneck
 //! that serialises what it carries and drops what would wait longer than its buffer).
+//! With [`Wire::line_bps`] (`SIM_LINE_BPS=1000000000`) a path without a limit carries one
+//! datagram at a time at that rate, so that two never arrive at the same instant.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -48,6 +50,11 @@ pub struct Wire {
     /// Per destination: datagrams sent toward it, and those the random loss took.
     pub sent_to: HashMap<SocketAddr, u64>,
     pub lost_to: HashMap<SocketAddr, u64>,
+    /// RTP bytes sent toward each destination by payload type, for tracing.
+    pub pt_bytes: BTreeMap<(SocketAddr, u8), u64>,
+    /// The rate of a path with no limit, or None: such a path delivers after the one-way
+    /// delay whatever is sent.
+    pub line_bps: Option<u64>,
 }
 
 impl Wire {
@@ -61,6 +68,10 @@ impl Wire {
             dropped_by_limit: 0,
             sent_to: HashMap::new(),
             lost_to: HashMap::new(),
+            pt_bytes: BTreeMap::new(),
+            line_bps: std::env::var("SIM_LINE_BPS")
+                .ok()
+                .and_then(|v| v.parse().ok()),
         }
     }
 
@@ -78,25 +89,31 @@ impl Wire {
     }
 
     pub fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>, now: Instant) {
-        let mut at = now + self.one_way;
         *self.sent_to.entry(to).or_default() += 1;
-        if let Some(s) = self.shapes.get(&to).cloned() {
-            if s.loss > 0.0 && self.draw() < s.loss {
-                *self.lost_to.entry(to).or_default() += 1;
+        // RTP (version 2, not an RTCP packet type): its payload type is in the clear.
+        if bytes.len() > 12 && (bytes[0] >> 6) == 2 && !(192..=223).contains(&bytes[1]) {
+            let pt = bytes[1] & 0x7f;
+            *self.pt_bytes.entry((to, pt)).or_default() += bytes.len() as u64;
+        }
+        let loss = self.shapes.get(&to).map_or(0.0, |s| s.loss);
+        if loss > 0.0 && self.draw() < loss {
+            *self.lost_to.entry(to).or_default() += 1;
+            return;
+        }
+        let line = self.line_bps;
+        let s = self.shapes.entry(to).or_default();
+        let mut at = now + self.one_way;
+        if let Some(rate) = s.rate_bps.or(line) {
+            let start = s.free_at.map_or(now, |f| f.max(now));
+            if s.rate_bps.is_some() && start.duration_since(now) > s.buffer {
+                self.dropped_by_limit += 1;
                 return;
             }
-            if let Some(rate) = s.rate_bps {
-                let start = s.free_at.map_or(now, |f| f.max(now));
-                if start.duration_since(now) > s.buffer {
-                    self.dropped_by_limit += 1;
-                    return;
-                }
-                // IP and UDP headers count against the link too.
-                let bits = (bytes.len() as u64 + 28) * 8;
-                let done = start + Duration::from_micros(bits * 1_000_000 / rate.max(1));
-                self.shapes.get_mut(&to).expect("cloned above").free_at = Some(done);
-                at = done + self.one_way;
-            }
+            // IP and UDP headers count against the link too.
+            let bits = (bytes.len() as u64 + 28) * 8;
+            let done = start + Duration::from_micros(bits * 1_000_000 / rate.max(1));
+            s.free_at = Some(done);
+            at = done + self.one_way;
         }
         self.seq += 1;
         self.heap.push(InFlight {
@@ -106,6 +123,14 @@ impl Wire {
             to,
             bytes,
         });
+    }
+
+    /// How long a datagram sent toward `to` now would wait at its bottleneck.
+    pub fn backlog(&self, to: SocketAddr, now: Instant) -> Duration {
+        self.shapes
+            .get(&to)
+            .and_then(|s| s.free_at)
+            .map_or(Duration::ZERO, |f| f.saturating_duration_since(now))
     }
 
     pub fn next_at(&self) -> Option<Instant> {
