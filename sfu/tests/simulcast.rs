@@ -254,13 +254,15 @@ impl Call {
         self.wire.pt_bytes.clear();
         eprintln!(
             "t={:>6}ms estimates_kbps={est:?} width={:?} backlog_ms={} dropped={} \
-             keyframe_requests={} switches={} kbps_by_pt={kbps_by_pt:?}",
+             keyframe_requests={} switches={} nacks={} rtx={} kbps_by_pt={kbps_by_pt:?}",
             now.duration_since(self.start).as_millis(),
             self.width_at(now),
             self.wire.backlog(sub, now).as_millis(),
             self.wire.dropped_by_limit,
             self.sfu.stats.keyframe_requests,
             self.sfu.stats.layer_switches,
+            self.sfu.stats.nacks_received,
+            self.sfu.stats.rtx_packets,
         );
     }
 
