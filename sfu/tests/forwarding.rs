@@ -735,3 +735,22 @@ fn rtcp_naming_another_participants_ssrc_reaches_no_one() {
         assert!(g.clients[1].seen_from(i).len() >= seen[i as usize] + 12);
     }
 }
+
+/// The load of the SFU's cost benchmark (`scripts/bench-sfu-core` runs it under callgrind,
+/// counting only the instructions spent inside the SFU): an audio room of `PARTICIPANTS`
+/// (default 20) in virtual time, for `BENCH_SECONDS` (default 4) after everyone is connected.
+#[test]
+#[ignore = "a benchmark: scripts/bench-sfu-core runs it under callgrind"]
+fn cost_benchmark_audio_room() {
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let mut g = Group::with(env("PARTICIPANTS", 20) as usize, false);
+    g.run(Duration::from_secs(3));
+    assert!(g.clients.iter().all(|c| c.connected));
+    g.run(Duration::from_secs(env("BENCH_SECONDS", 4)));
+    println!("forwarded_packets={}", g.sfu.stats.forwarded_packets);
+}
