@@ -188,7 +188,10 @@ impl Sfu {
             out.written += 1;
             self.stats.forwarded_packets += 1;
             self.stats.forwarded_bytes += pkt.payload.len() as u64;
-            self.drain(sub, now);
+            // str0m stamps what was written at the subscriber's next timeout, which is due
+            // at once: that run sends it (one run for every subscriber written to, after
+            // this datagram), so no poll now.
+            s.timeout = Some(s.timeout.map_or(now, |t| t.min(now)));
         }
         for layer in keyframes_wanted {
             self.request_keyframe(track, Some(layer), now);
