@@ -396,13 +396,15 @@ async fn run_room(
         match ev {
             RoomEvent::Offer { sdp, tracks } => match media.accept_offer(&sdp).await {
                 Ok(answer) => {
+                    // The tracks go into the view before the tones are read: an
+                    // `expect_tone` racing with this either is read here or finds them there.
+                    view.send_modify(|v| v.tracks.extend(tracks.iter().cloned()));
                     let tones = tones.lock().unwrap().clone();
                     for t in &tracks {
                         if let (Media::Audio, Some(f)) = (t.kind, tones.get(&t.device)) {
                             media.expect_tone_on(&t.mid, *f);
                         }
                     }
-                    view.send_modify(|v| v.tracks.extend(tracks));
                     let frame = ClientFrame::RoomAnswer {
                         id: 0,
                         group,

@@ -40,18 +40,8 @@ impl Client {
     ) -> Result<(), ClientError> {
         let me = self.user();
         // Every member's devices must be known to share the session key with them.
-        for m in &info.members {
-            let unknown = self
-                .inner
-                .state
-                .lock()
-                .unwrap()
-                .machine
-                .peers_of(m.user)
-                .is_empty();
-            if m.user != me && unknown {
-                self.claim(m.user, None).await?;
-            }
+        for m in info.members.iter().filter(|m| m.user != me) {
+            self.claim_if_unknown(m.user).await?;
         }
         let share = {
             let mut st = self.inner.state.lock().unwrap();

@@ -650,8 +650,6 @@ impl Client {
         ))
     }
 
-    /// Claims `user`'s prekey bundles and starts sessions with the devices in `only` (all if
-    /// `None`). Returns how many sessions were started.
     /// Fetches `user`'s device keys (and opens sessions) when no device of theirs is known.
     async fn claim_if_unknown(&self, user: UserId) -> Result<(), ClientError> {
         let unknown = self
@@ -668,6 +666,8 @@ impl Client {
         Ok(())
     }
 
+    /// Claims `user`'s prekey bundles and starts sessions with the devices in `only` (all if
+    /// `None`). Returns how many sessions were started.
     async fn claim(&self, user: UserId, only: Option<&[DeviceId]>) -> Result<usize, ClientError> {
         let devices = match self.request(ClientFrame::KeysClaim { id: 0, user }).await? {
             ServerFrame::Bundle { devices, .. } => devices,
