@@ -192,6 +192,9 @@ impl Sfu {
             // at once: that run sends it (one run for every subscriber written to, after
             // this datagram), so no poll now.
             s.timeout = Some(s.timeout.map_or(now, |t| t.min(now)));
+            s.idle_slack = Duration::ZERO;
+            s.unsent_writes += 1;
+            s.written_pts |= 1 << (*out_pt & 0x7f);
         }
         for layer in keyframes_wanted {
             self.request_keyframe(track, Some(layer), now);

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -81,6 +81,15 @@ pub(crate) struct Participant {
     /// The offer this SFU made it, waiting for its answer.
     pub pending: Option<SdpPendingOffer>,
     pub timeout: Option<Instant>,
+    /// How much later than `timeout` the shell need wake for it: a pacer gate with nothing
+    /// behind it runs with whatever the SFU does next, or this much later (see
+    /// `Sfu::drain`).
+    pub idle_slack: Duration,
+    /// Packets written to it that its `Rtc` has not sent yet, as far as the SFU can tell,
+    /// and the payload types they were written with (a bit each), to tell them from
+    /// resends and probes.
+    pub unsent_writes: u32,
+    pub written_pts: u128,
     /// When each of its tracks (and layers) was last asked for a keyframe.
     pub keyframe_asked: HashMap<(Mid, Option<Rid>), Instant>,
     /// The estimate of its downlink (str0m's TWCC/GCC), bits/s.
@@ -133,6 +142,9 @@ impl Participant {
                 to_stop: VecDeque::new(),
                 pending: None,
                 timeout: None,
+                idle_slack: Duration::ZERO,
+                unsent_writes: 0,
+                written_pts: 0,
                 keyframe_asked: HashMap::new(),
                 estimate_bps: INITIAL_ESTIMATE_KBPS * 1000,
                 egress_seen: HashMap::new(),

@@ -223,7 +223,7 @@ async fn run(
         // the whole of it.
         if arrived.is_some() {
             let now = Instant::now();
-            if sfu.poll_timeout().is_some_and(|t| t <= now) {
+            if sfu.is_due(now) {
                 sfu.handle_timeout(now);
             }
         }

@@ -434,6 +434,11 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 
 /// CPU time (user + system, all threads) the process `pid` has used, in microseconds.
 pub fn cpu_us(pid: u32) -> Result<u64> {
+    cpu_split_us(pid).map(|(user, system)| user + system)
+}
+
+/// CPU time the process `pid` has used in user space and in the kernel, in microseconds.
+pub fn cpu_split_us(pid: u32) -> Result<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("cannot read /proc/{pid}/stat (is the server running?)"))?;
     // The command name may hold spaces: fields count from after its closing parenthesis.
@@ -443,10 +448,10 @@ pub fn cpu_us(pid: u32) -> Result<u64> {
         .context("malformed stat")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
-        + fields.get(12).context("stime")?.parse::<u64>()?;
+    let user: u64 = fields.get(11).context("utime")?.parse()?;
+    let system: u64 = fields.get(12).context("stime")?.parse()?;
     let hz = clock_ticks_per_second();
-    Ok(ticks * 1_000_000 / hz)
+    Ok((user * 1_000_000 / hz, system * 1_000_000 / hz))
 }
 
 fn clock_ticks_per_second() -> u64 {

@@ -325,21 +325,22 @@ pub async fn run(o: SfuLoad) -> Result<()> {
     if let Backend::Janus(room) = &backend {
         room.janus.destroy().await;
     }
-    summarize(
-        &o,
-        &reports,
-        cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a)),
-    );
+    let cpu = cpu0
+        .zip(cpu1)
+        .map(|(a, b)| (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)));
+    summarize(&o, &reports, cpu);
     Ok(())
 }
 
-/// Sleeps until `t`, then reads the SFU's CPU time (µs), if its PID is known.
-async fn wait_until(t: Instant, pid: Option<u32>) -> Option<u64> {
+/// Sleeps until `t`, then reads the SFU's CPU time (user and system, µs), if its PID is
+/// known.
+async fn wait_until(t: Instant, pid: Option<u32>) -> Option<(u64, u64)> {
     tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await;
-    pid.and_then(|p| crate::cpu_us(p).ok())
+    pid.and_then(|p| crate::cpu_split_us(p).ok())
 }
 
-fn summarize(o: &SfuLoad, reports: &[Report], sfu_cpu_us: Option<u64>) {
+/// `sfu_cpu_us` is the SFU's CPU time in the window, in user space and in the kernel.
+fn summarize(o: &SfuLoad, reports: &[Report], sfu_cpu_us: Option<(u64, u64)>) {
     let n = reports.len();
     let sent: HashMap<u16, u64> = reports
         .iter()
@@ -397,10 +398,11 @@ fn summarize(o: &SfuLoad, reports: &[Report], sfu_cpu_us: Option<u64>) {
         lat.value_at_quantile(0.5) as f64 / 1000.0,
         lat.value_at_quantile(0.99) as f64 / 1000.0,
     );
-    if let Some(us) = sfu_cpu_us {
-        let cpu_s = us as f64 / 1e6;
+    if let Some((user, system)) = sfu_cpu_us {
+        let cpu_s = (user + system) as f64 / 1e6;
         line.push_str(&format!(
-            " sfu_cpu_s={cpu_s:.2} out_pps_per_cpu={:.0}",
+            " sfu_cpu_s={cpu_s:.2} sfu_kernel_pct={:.0} out_pps_per_cpu={:.0}",
+            system as f64 * 100.0 / (user + system).max(1) as f64,
             out_packets as f64 / cpu_s.max(1e-6)
         ));
     }
