@@ -54,24 +54,30 @@ pub fn allocate(budget_bps: u64, audio_bps: u64, video: &[VideoDemand]) -> (Vec<
         };
         video.len()
     ];
-    // Everyone's lowest layer first.
+    // Everyone's lowest layer at its base frame rate first (a picture for every track
+    // before a full frame rate for any: a paused tile is worse than a slower one), then
+    // at its full frame rate.
     for &i in &order {
         let Some(&low) = video[i].layer_bps.first() else {
             continue;
         };
-        let low = low as f64;
-        if low <= left {
-            out[i] = Choice {
-                layer: Some(0),
-                max_temporal: 1,
-            };
-            left -= low;
-        } else if low * BASE_TEMPORAL_SHARE <= left {
+        let base = low as f64 * BASE_TEMPORAL_SHARE;
+        if base <= left {
             out[i] = Choice {
                 layer: Some(0),
                 max_temporal: 0,
             };
-            left -= low * BASE_TEMPORAL_SHARE;
+            left -= base;
+        }
+    }
+    for &i in &order {
+        let (Some(&low), Some(0)) = (video[i].layer_bps.first(), out[i].layer) else {
+            continue;
+        };
+        let rest = low as f64 * (1.0 - BASE_TEMPORAL_SHARE);
+        if rest <= left {
+            out[i].max_temporal = 1;
+            left -= rest;
         }
     }
     // Then upgrades, most important first.
@@ -134,20 +140,30 @@ mod tests {
 
     #[test]
     fn a_tight_link_takes_half_the_frame_rate_then_pauses() {
-        // 300 kbit/s with one audio track, three video tracks of 100k lowest layers.
+        let temporal = |c: &[Choice]| c.iter().map(|c| c.max_temporal).collect::<Vec<_>>();
+        // One audio track and 228k for three video tracks of 100k lowest layers: each
+        // gets its base frame rate (60k, 180k), the speaker (first) then its full rate
+        // (40k more); 8k left is not enough for another.
         let budget = AUDIO_BPS + 228_000;
         let (c, _) = allocate(budget, AUDIO_BPS, &[track(0), track(1), track(1)]);
-        // Two fit whole (200k); the third fits at 60 % (60k > 28k left)? No: paused.
-        assert_eq!(layers(&c), vec![Some(0), Some(0), None]);
-        let budget = AUDIO_BPS + 260_000;
+        assert_eq!(layers(&c), vec![Some(0), Some(0), Some(0)]);
+        assert_eq!(temporal(&c), vec![1, 0, 0]);
+        // 170k: two base frame rates (120k), the third (60k) does not fit: paused; the
+        // speaker's full rate does (40k of the 50k left).
+        let budget = AUDIO_BPS + 170_000;
         let (c, _) = allocate(budget, AUDIO_BPS, &[track(0), track(1), track(1)]);
-        assert_eq!(
-            c[2],
-            Choice {
-                layer: Some(0),
-                max_temporal: 0
-            }
-        );
+        assert_eq!(layers(&c), vec![Some(0), Some(0), None]);
+        assert_eq!(temporal(&c), vec![1, 0, 0]);
+        // What a 500 kbit/s link measured at 345k after its queue filled gave (two audio
+        // tracks of 108k and two 90k lowest layers): both pictures at half the frame rate,
+        // where the lowest layers whole first had paused the second track.
+        let video = [90_000, 89_000].map(|low| VideoDemand {
+            priority: 1,
+            layer_bps: vec![low, 245_000, 540_000],
+        });
+        let (c, _) = allocate(345_000, 215_000, &video);
+        assert_eq!(layers(&c), vec![Some(0), Some(0)]);
+        assert_eq!(temporal(&c), vec![0, 0]);
         // Audio alone does not fit: every video track paused, audio still counted first.
         let (c, _) = allocate(50_000, AUDIO_BPS, &[track(0)]);
         assert_eq!(layers(&c), vec![None]);

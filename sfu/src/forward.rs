@@ -21,6 +21,9 @@ const RTX_RATIO_CAP: f32 = 0.5;
 
 /// Subscribers' layers are chosen again this often.
 pub const ALLOCATE_EVERY: Duration = Duration::from_millis(500);
+/// Publishers' layers are checked for one dropped this often (see
+/// [`crate::layers::LayerLiveness`]); one that was is acted on at once.
+pub const STALL_CHECK_EVERY: Duration = Duration::from_millis(50);
 
 impl Sfu {
     /// One packet of `publisher`'s to every other member that receives its track.
@@ -55,6 +58,7 @@ impl Sfu {
         let spatial = layer_index(&published.rids, rid);
         let layers = published.layers();
         published.rates.packet(spatial, pkt.payload.len(), now);
+        published.live.packet(spatial, now);
         if let (MediaKind::Audio, Some(level)) = (kind, pkt.header.ext_vals.audio_level) {
             self.speakers.level(&pubp.room, publisher, level, now);
         }
@@ -105,6 +109,13 @@ impl Sfu {
                         if out.layer.is_some() {
                             self.stats.layer_switches += 1;
                         }
+                        tracing::debug!(
+                            subscriber = sub.0,
+                            publisher = publisher.0,
+                            from = ?out.layer,
+                            to = spatial,
+                            "layer switch at a keyframe"
+                        );
                         out.layer = Some(spatial);
                         out.started = true;
                     } else {
@@ -222,14 +233,36 @@ impl Sfu {
             return;
         };
         rx.request_keyframe(KeyframeRequestKind::Pli);
+        tracing::debug!(
+            publisher = track.publisher.0,
+            ?rid,
+            "keyframe request (PLI)"
+        );
         p.keyframe_asked.insert(key, now);
         self.stats.keyframe_requests += 1;
         self.drain(track.publisher, now);
     }
 
+    /// Marks the simulcast layers publishers stopped sending though asked for; true if
+    /// one did since the last check (the allocation must then be made again).
+    pub(crate) fn check_stalled_layers(&mut self, now: Instant) -> bool {
+        let mut newly = false;
+        for p in self.participants.values_mut() {
+            for t in p.published.values_mut() {
+                if t.kind != MediaKind::Video || t.rids.len() < 2 {
+                    continue;
+                }
+                let (rids, wanted) = (&t.rids, &t.wanted);
+                let asked = |l: usize| wanted.as_ref().is_none_or(|w| w.contains(&rids[l]));
+                newly |= t.live.check(asked, now);
+            }
+        }
+        newly
+    }
+
     /// Chooses every subscriber's layers from its estimate, probes toward what it could
     /// use, and tells publishers which layers anyone receives.
-    pub(crate) fn reallocate(&mut self, _now: Instant) {
+    pub(crate) fn reallocate(&mut self, now: Instant) {
         let audio_costs: HashMap<TrackId, u64> = self
             .participants
             .iter()
@@ -251,12 +284,15 @@ impl Sfu {
             .iter()
             .flat_map(|(id, p)| {
                 p.published.iter().map(|(mid, t)| {
+                    // Only the layers the publisher is sending can be chosen.
+                    let mut bps = t.rates.bps();
+                    bps.truncate(t.live.usable(now));
                     (
                         TrackId {
                             publisher: *id,
                             mid: *mid,
                         },
-                        t.rates.bps(),
+                        bps,
                     )
                 })
             })
@@ -298,6 +334,16 @@ impl Sfu {
                 };
                 if out.target != choice.layer || out.max_temporal != choice.max_temporal {
                     self.stats.allocation_changes += 1;
+                    tracing::debug!(
+                        subscriber = id.0,
+                        publisher = track.publisher.0,
+                        estimate_kbps = s.estimate_bps / 1000,
+                        audio_kbps = audio / 1000,
+                        layers_kbps = ?demand.layer_bps.iter().map(|b| b / 1000).collect::<Vec<_>>(),
+                        layer = ?choice.layer,
+                        max_temporal = choice.max_temporal,
+                        "allocation"
+                    );
                 }
                 out.target = choice.layer;
                 out.max_temporal = choice.max_temporal;
@@ -316,11 +362,11 @@ impl Sfu {
                 .bwe()
                 .set_bitrate(Bitrate::bps(using), Bitrate::bps(want_bps.max(using)));
         }
-        self.tell_publishers(wanted);
+        self.tell_publishers(wanted, now);
     }
 
     /// Dynacast: each publisher learns which layers of its tracks anyone receives.
-    fn tell_publishers(&mut self, wanted: HashMap<TrackId, BTreeSet<usize>>) {
+    fn tell_publishers(&mut self, wanted: HashMap<TrackId, BTreeSet<usize>>, now: Instant) {
         for (id, p) in &mut self.participants {
             for (mid, t) in &mut p.published {
                 if t.kind != MediaKind::Video || t.rids.is_empty() {
@@ -336,6 +382,7 @@ impl Sfu {
                     .unwrap_or_default();
                 if t.wanted.as_ref() != Some(&rids) {
                     t.wanted = Some(rids.clone());
+                    t.live.asked(now);
                     self.events.push_back(SfuEvent::Layers {
                         participant: *id,
                         mid: *mid,

@@ -100,6 +100,74 @@ impl LayerRates {
     }
 }
 
+/// A layer the publisher was asked for (or never told about) that has sent nothing for
+/// this long has been dropped by the publisher: its own uplink estimate has no room for
+/// it. Subscribers on it would see a frozen picture until it came back.
+pub const LAYER_SILENCE: Duration = Duration::from_millis(300);
+/// A dropped layer is not chosen for anyone for this long, unless it sends again (the
+/// publisher brings a layer back when its estimate allows, which the SFU cannot see).
+pub const STALL_HOLD: Duration = Duration::from_secs(3);
+
+/// Which of a track's layers its publisher is sending. The lowest always counts as sent:
+/// below it there is nothing to switch to.
+#[derive(Debug, Clone)]
+pub struct LayerLiveness {
+    last: Vec<Option<Instant>>,
+    /// When the layers asked of the publisher last changed (or the track began): a layer
+    /// just asked for has until then plus [`LAYER_SILENCE`] to start.
+    asked_since: Instant,
+    stalled_until: Vec<Option<Instant>>,
+}
+
+impl LayerLiveness {
+    pub fn new(layers: usize, now: Instant) -> LayerLiveness {
+        LayerLiveness {
+            last: vec![None; layers.max(1)],
+            asked_since: now,
+            stalled_until: vec![None; layers.max(1)],
+        }
+    }
+
+    pub fn packet(&mut self, layer: usize, now: Instant) {
+        if let Some(l) = self.last.get_mut(layer) {
+            *l = Some(now);
+            self.stalled_until[layer] = None;
+        }
+    }
+
+    /// The publisher was told a new set of wanted layers.
+    pub fn asked(&mut self, now: Instant) {
+        self.asked_since = now;
+    }
+
+    /// Marks the layers that went silent while `wanted`; true if one did just now.
+    pub fn check(&mut self, wanted: impl Fn(usize) -> bool, now: Instant) -> bool {
+        let mut newly = false;
+        for layer in 1..self.last.len() {
+            if self.stalled_until[layer].is_some_and(|t| t > now) || !wanted(layer) {
+                continue;
+            }
+            let since = self.last[layer].map_or(self.asked_since, |l| l.max(self.asked_since));
+            if now.saturating_duration_since(since) >= LAYER_SILENCE {
+                // Not stalled before, or its hold ended: news either way.
+                newly = true;
+                self.stalled_until[layer] = Some(now + STALL_HOLD);
+            } else {
+                self.stalled_until[layer] = None;
+            }
+        }
+        newly
+    }
+
+    /// How many layers, from the lowest, can be chosen at `now`.
+    pub fn usable(&self, now: Instant) -> usize {
+        1 + self.stalled_until[1..]
+            .iter()
+            .take_while(|s| s.is_none_or(|t| t <= now))
+            .count()
+    }
+}
+
 /// The picture id (15 bits) and TL0PICIDX a subscriber sees, continuous across switches.
 #[derive(Debug, Clone, Default)]
 pub struct PictureRewriter {
@@ -186,6 +254,46 @@ mod tests {
         r.packet(0, 125, t + Duration::from_millis(1000));
         r.packet(0, 125, t + Duration::from_millis(1500));
         assert_eq!(r.bps()[2], 1_000_000);
+    }
+
+    #[test]
+    fn a_wanted_layer_that_goes_silent_is_not_usable_until_it_sends_or_the_hold_ends() {
+        let t = Instant::now();
+        let ms = |m: u64| t + Duration::from_millis(m);
+        let mut l = LayerLiveness::new(3, t);
+        let all = |_: usize| true;
+        // Nothing sent yet, but just asked: the layers have LAYER_SILENCE to start.
+        assert!(!l.check(all, ms(299)));
+        assert_eq!(l.usable(ms(299)), 3);
+        for m in (0..1000).step_by(33) {
+            l.packet(0, ms(300 + m));
+            l.packet(1, ms(300 + m));
+        }
+        // Layer 2 never came: stalled, once; layers 0 and 1 still usable.
+        assert!(l.check(all, ms(300)));
+        assert!(!l.check(all, ms(400)));
+        assert_eq!(l.usable(ms(400)), 2);
+        // Layer 1 stops at 1,290 ms; at 1,590 it is stalled, and 2 above it with it.
+        assert!(!l.check(all, ms(1589)));
+        assert!(l.check(all, ms(1590)));
+        assert_eq!(l.usable(ms(1590)), 1);
+        // Layer 2 comes back (at a keyframe): layer 1 still holds it off.
+        l.packet(2, ms(1600));
+        assert_eq!(l.usable(ms(1600)), 1);
+        l.packet(1, ms(1610));
+        assert_eq!(l.usable(ms(1610)), 3);
+        // A layer nobody asks for is silent, not stalled; asked again, it has
+        // LAYER_SILENCE from then.
+        let only_low = |layer: usize| layer == 0;
+        assert!(!l.check(only_low, ms(5000)));
+        assert_eq!(l.usable(ms(5000)), 3);
+        l.asked(ms(5000));
+        assert!(!l.check(all, ms(5200)));
+        assert!(l.check(all, ms(5300)));
+        assert_eq!(l.usable(ms(5300)), 1);
+        // The hold ends: usable again, and silent still, stalled again at the next check.
+        assert_eq!(l.usable(ms(8300)), 3);
+        assert!(l.check(all, ms(8300)));
     }
 
     #[test]

@@ -292,6 +292,7 @@ pub struct Sfu {
     router: Router,
     speakers: speaker::SpeakerObserver,
     next_allocation: Instant,
+    next_stall_check: Instant,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SfuEvent>,
     pub stats: SfuStats,
@@ -309,6 +310,7 @@ impl Sfu {
             router: Router::default(),
             speakers: speaker::SpeakerObserver::default(),
             next_allocation: Instant::now(),
+            next_stall_check: Instant::now(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: SfuStats::default(),
@@ -528,7 +530,11 @@ impl Sfu {
             }
             self.drain(id, now);
         }
-        if now >= self.next_allocation {
+        let stalled = now >= self.next_stall_check && {
+            self.next_stall_check = now + forward::STALL_CHECK_EVERY;
+            self.check_stalled_layers(now)
+        };
+        if stalled || now >= self.next_allocation {
             self.next_allocation = now + forward::ALLOCATE_EVERY;
             self.reallocate(now);
         }
@@ -629,12 +635,14 @@ impl Sfu {
                             .unwrap_or_default();
                         let rids = layers::order_rids(rids);
                         let rates = layers::LayerRates::new(rids.len(), now);
+                        let live = layers::LayerLiveness::new(rids.len(), now);
                         p.published.insert(
                             m.mid,
                             participant::PublishedTrack {
                                 kind: m.kind,
                                 rids,
                                 rates,
+                                live,
                                 wanted: None,
                             },
                         );

@@ -11,7 +11,7 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind, Mid, Pt, Rid};
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 
-use crate::layers::{LayerRates, PictureRewriter};
+use crate::layers::{LayerLiveness, LayerRates, PictureRewriter};
 use crate::rewrite::StreamRewriter;
 use crate::{ParticipantId, RoomId, SfuError, TrackId};
 
@@ -27,6 +27,8 @@ pub(crate) struct PublishedTrack {
     /// Its simulcast layers, lowest first (empty: one stream).
     pub rids: Vec<Rid>,
     pub rates: LayerRates,
+    /// Which layers it is sending (one it dropped is not chosen for anyone).
+    pub live: LayerLiveness,
     /// The layers it was last told someone receives (dynacast).
     pub wanted: Option<Vec<Rid>>,
 }

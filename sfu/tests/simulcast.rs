@@ -347,6 +347,48 @@ fn a_limited_downlink_drops_to_a_lower_layer_and_climbs_back_when_it_lifts() {
     assert!(c.sfu.stats.layer_switches >= 2);
 }
 
+/// A publisher whose own uplink estimate has no room for its top layer stops sending it
+/// (natter's client does; so do browsers). Its subscribers must not watch a frozen picture
+/// until it comes back: the SFU sees the layer fall silent and moves them down.
+#[test]
+fn a_layer_the_publisher_stops_moves_its_subscribers_down_without_a_freeze() {
+    let mut c = Call::new();
+    c.run(Duration::from_secs(8));
+    assert_eq!(
+        c.width_at(c.now),
+        Some(640),
+        "the full picture on an open link"
+    );
+    // Room for the quarter and half pictures (360 kbit/s), not the full one.
+    let dropped = c.now;
+    c.sender.as_mut().unwrap().follow_estimate(400);
+    c.run(Duration::from_secs(4));
+    let down = c
+        .first(dropped, |w| w < 640)
+        .expect("a lower layer once the top one stopped");
+    let gap = c.longest_gap(dropped - Duration::from_millis(100), c.now);
+    assert_eq!(c.width_at(c.now), Some(320), "the half picture, still sent");
+    // Room again: the layer is tried again when its hold ends.
+    let back = c.now;
+    c.sender.as_mut().unwrap().follow_estimate(2000);
+    c.run(Duration::from_secs(6));
+    let up = c
+        .first(back, |w| w == 640)
+        .expect("the full picture once the layer is sent again");
+    println!(
+        "down after {} ms, longest gap {} ms, up after {} ms; layers told {:?}",
+        down.as_millis(),
+        gap.as_millis(),
+        up.as_millis(),
+        c.layer_events,
+    );
+    assert!(gap < Duration::from_millis(500), "a freeze of {gap:?}");
+    assert!(
+        up <= natter_sfu::layers::STALL_HOLD + Duration::from_secs(1),
+        "up after {up:?}"
+    );
+}
+
 #[test]
 fn five_percent_loss_on_a_downlink_is_repaired_by_nack_and_rtx() {
     let mut c = Call::new();

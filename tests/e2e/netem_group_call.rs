@@ -5,9 +5,12 @@
 //! are back at the full picture within 10 s of the recovery, and never stop for 500 ms.
 //!
 //! Not met yet, so the test is ignored (it runs with `cargo nextest run --run-ignored all
-//! netem_group`): the same scenario in virtual time (`sfu/tests/simulcast.rs`) goes down in
-//! ~1 s, but through the real emulated link the picture froze for 7.4 s and went down a layer
-//! 9 s after the drop (back up 5 s after the recovery).
+//! netem_group`). Found on 2026-12-04 (docs/benchmarks.md): the 5 s freezes it showed even
+//! on the open link were publishers dropping their top layer while the SFU kept subscribers
+//! on it (fixed: `layers::LayerLiveness`). What is left is the budget: the subscriber's two
+//! audio tracks (Opus at 32 kbit/s with RED) measure 216 kbit/s, and str0m's estimate of the
+//! 300 kbit/s link settles at 240-270 kbit/s, so even the two lowest pictures at half their
+//! frame rate do not fit and the SFU pauses them (by design, but a freeze to this test).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -56,9 +59,9 @@ impl Drop for Server {
 }
 
 #[test]
-#[ignore = "fails today: on this emulated link the subscriber's pictures stop for ~7 s and go \
-            down a layer only ~9 s after the drop (docs/benchmarks.md, 2026-12-03); run with \
-            --run-ignored"]
+#[ignore = "fails today: at 300 kbit/s the subscriber's audio (216 kbit/s) leaves too little \
+            for either picture, so the SFU pauses video for seconds (docs/benchmarks.md, \
+            2026-12-04); run with --run-ignored"]
 fn a_subscriber_behind_a_300_kbit_downlink_drops_a_layer_and_climbs_back() {
     if let Some(why) = unavailable() {
         skip(&why);
@@ -83,8 +86,14 @@ fn a_subscriber_behind_a_300_kbit_downlink_drops_a_layer_and_climbs_back() {
         .args(["--allow-account-takeover-dev-mode", "true"])
         .args(["--sfu-listen", &format!("{ip}:7882")])
         .args(["--turn-enabled", "false"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdout(Stdio::null());
+    // NETEM_GROUP_SERVER_LOG=path keeps the server's log (NATTER_LOG=natter_sfu=debug,info shows
+    // each allocation), the subscriber's in path.sub and the publishers' in path.pub1 and
+    // path.pub2; otherwise they are dropped.
+    match std::env::var_os("NETEM_GROUP_SERVER_LOG") {
+        Some(path) => cmd.stderr(std::fs::File::create(path).unwrap()),
+        None => cmd.stderr(Stdio::null()),
+    };
     let _server = Server(cmd.spawn().unwrap());
     let url = format!("http://{ip}:8080");
     let cli_cmd = |host: &str| {
@@ -149,7 +158,13 @@ fn a_subscriber_behind_a_300_kbit_downlink_drops_a_layer_and_climbs_back() {
                     &until(Duration::from_secs(62)),
                 ])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(match std::env::var_os("NETEM_GROUP_SERVER_LOG") {
+                    Some(mut path) => {
+                        path.push(format!(".{h}"));
+                        Stdio::from(std::fs::File::create(path).unwrap())
+                    }
+                    None => Stdio::null(),
+                })
                 .spawn()
                 .unwrap()
         })
@@ -177,6 +192,11 @@ fn a_subscriber_behind_a_300_kbit_downlink_drops_a_layer_and_climbs_back() {
         log.push('\n');
     }
     let _ = sub.wait();
+    if let Some(path) = std::env::var_os("NETEM_GROUP_SERVER_LOG") {
+        let mut path = path;
+        path.push(".sub");
+        std::fs::write(path, &log).unwrap();
+    }
     for p in &mut pubs {
         let _ = p.wait();
     }
