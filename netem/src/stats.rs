@@ -113,6 +113,10 @@ pub struct Summary {
     pub owd_p95_ms: Option<f64>,
     pub owd_p99_ms: Option<f64>,
     pub owd_max_ms: f64,
+    /// Wait in the bottleneck queue (with serialisation) of delivered packets: RFC 8868's
+    /// queuing delay, ms.
+    pub queue_p50_ms: Option<f64>,
+    pub queue_p95_ms: Option<f64>,
     /// Mean length of runs of consecutive lost packets (loss model only).
     pub mean_loss_burst: Option<f64>,
 }
@@ -124,6 +128,7 @@ pub struct Recorder {
     intervals: Vec<Interval>,
     owd: Histogram,
     owd_max: Duration,
+    queue: Histogram,
     bursts: u64,
     burst_pkts: u64,
     in_burst: bool,
@@ -137,6 +142,7 @@ impl Recorder {
             intervals: Vec::new(),
             owd: Histogram::new(),
             owd_max: Duration::ZERO,
+            queue: Histogram::new(),
             bursts: 0,
             burst_pkts: 0,
             in_burst: false,
@@ -214,6 +220,7 @@ impl Recorder {
     pub fn delivered(&mut self, t: Duration, bytes: usize, owd: Duration, queue: Duration) {
         self.owd.add(owd);
         self.owd_max = self.owd_max.max(owd);
+        self.queue.add(queue);
         if let Some(iv) = self.at(t) {
             iv.delivered_pkts += 1;
             iv.delivered_bytes += bytes as u64;
@@ -264,6 +271,8 @@ impl Recorder {
         s.owd_p95_ms = self.owd.quantile_ms(0.95);
         s.owd_p99_ms = self.owd.quantile_ms(0.99);
         s.owd_max_ms = self.owd_max.as_secs_f64() * 1000.0;
+        s.queue_p50_ms = self.queue.quantile_ms(0.5);
+        s.queue_p95_ms = self.queue.quantile_ms(0.95);
         if self.bursts > 0 {
             s.mean_loss_burst = Some(self.burst_pkts as f64 / self.bursts as f64);
         }
@@ -313,5 +322,21 @@ mod tests {
         h.add(Duration::from_secs(3));
         h.add(Duration::from_secs(100));
         assert!(h.quantile_ms(1.0).unwrap() > 9_000.0);
+    }
+
+    #[test]
+    fn the_summary_gives_queuing_delay_percentiles_apart_from_one_way_delay() {
+        let mut r = Recorder::new(INTERVAL);
+        // 100 packets, 50 ms of propagation each; 90 wait 2 ms in the queue, 10 wait 80 ms.
+        for i in 0..100u64 {
+            let queue = Duration::from_millis(if i < 90 { 2 } else { 80 });
+            let t = Duration::from_millis(i * 10);
+            r.offered(t, 1000);
+            r.delivered(t, 1000, Duration::from_millis(50) + queue, queue);
+        }
+        let s = r.summary();
+        assert!((s.queue_p50_ms.unwrap() - 2.005).abs() < 0.01, "{s:?}");
+        assert!((s.queue_p95_ms.unwrap() - 80.005).abs() < 0.01, "{s:?}");
+        assert!((s.owd_p50_ms.unwrap() - 52.005).abs() < 0.01, "{s:?}");
     }
 }

@@ -7,6 +7,7 @@ mod attacks_accounts;
 mod attacks_requests;
 mod attacks_slow;
 mod blobs;
+mod bwe_eval;
 mod call_media;
 mod calls;
 mod crash;

@@ -1,0 +1,203 @@
+//! RFC 8867 test cases through natter-netem link mode (root), scored with RFC 8868's
+//! metrics: natter's own sender is a 1:1 `natter-cli` video call from host `a`, whose
+//! uplink is the case's bottleneck (the scenario's `[forward]`), to `b`, where the server
+//! runs too. What the bottleneck carried comes from the emulator itself: capacity and
+//! delivered bytes per 200 ms interval, each packet's wait in its queue, its drops.
+//!
+//! Ignored (a case runs its whole duration, 100 s for 5.1): `scripts/bwe-eval` runs it,
+//! with `BWE_CASES` (comma-separated scenario names, default `rfc8867-5.1`) and
+//! `BWE_PLOTS` (a directory for the SVG plots and the per-interval CSV). Each case prints one line,
+//! `case=… sender=natter utilization_pct=… queue_p50_ms=… queue_p95_ms=… loss_pct=…`.
+//!
+//! Not yet: Chromium side by side, the multi-flow cases (5.4, 5.5, 5.7) and their Jain
+//! fairness, and the rate-change response time.
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use natter_netem::scenario::Scenario;
+use natter_netem::stats::Interval;
+use natter_netem::topology::{Topology, unavailable};
+
+use crate::netem_calls::{cli_path, skip};
+
+/// The sender asks for more than any case's capacity, so the estimate is what limits it.
+const VIDEO_KBPS: &str = "4000";
+
+/// RFC 8868's figures for one sender on one case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaseScore {
+    /// Bytes delivered through the bottleneck over the bytes its capacity allowed, from
+    /// the call's start to its end, percent.
+    pub utilization_pct: f64,
+    pub queue_p50_ms: f64,
+    pub queue_p95_ms: f64,
+    /// Packets offered to the bottleneck and not delivered, percent.
+    pub loss_pct: f64,
+}
+
+/// Utilization over the intervals starting in `[from_s, to_s)` (seconds from the
+/// emulator's start) that have a capacity.
+pub fn utilization_pct(intervals: &[Interval], interval: Duration, from_s: f64, to_s: f64) -> f64 {
+    let (mut delivered, mut capacity) = (0.0, 0.0);
+    for iv in intervals
+        .iter()
+        .filter(|iv| iv.t_s >= from_s && iv.t_s < to_s)
+    {
+        let Some(c) = iv.capacity_kbps else {
+            continue;
+        };
+        delivered += iv.delivered_bytes as f64 * 8.0 / 1000.0;
+        capacity += c * interval.as_secs_f64();
+    }
+    if capacity > 0.0 {
+        delivered * 100.0 / capacity
+    } else {
+        0.0
+    }
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `case` with natter's sender; None (after a skip message) when link mode or
+/// `natter-cli` is missing.
+fn run_case(case: &str, plots: Option<&std::path::Path>) -> Option<CaseScore> {
+    if let Some(why) = unavailable() {
+        skip(&why);
+        return None;
+    }
+    let Some(cli) = cli_path() else {
+        skip("natter-cli is not built next to natter (run scripts/test)");
+        return None;
+    };
+    let s = Scenario::load(case).unwrap();
+    let length = Duration::from_secs_f64(s.duration_s.unwrap_or(100.0));
+    let mut topo = Topology::build(&s).unwrap();
+    // The capacity schedule runs from the emulator's start.
+    let t0 = Instant::now();
+    let server_ip = topo.host("b").unwrap().addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = topo.command("b", env!("CARGO_BIN_EXE_natter")).unwrap();
+    cmd.args(["--listen", &format!("{server_ip}:8080")])
+        .arg("--data-dir")
+        .arg(dir.path().join("server"))
+        .args(["--allow-account-takeover-dev-mode", "true"])
+        .args(["--turn-enabled", "false"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let server = Server(cmd.spawn().unwrap());
+    let url = format!("http://{server_ip}:8080");
+    let cli_cmd = |host: &str, user: &str| {
+        let mut c = topo.command(host, cli.to_str().unwrap()).unwrap();
+        c.arg("--home").arg(dir.path().join(user));
+        c
+    };
+    for (host, user, phone) in [("a", "alice", "+15550000201"), ("b", "bob", "+15550000202")] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = cli_cmd(host, user)
+                .args(["register", "--phone", phone, "--server", &url])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "cannot register {user}: {out:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let out = cli_cmd("a", "alice")
+        .args(["contacts", "add", "+15550000202", "--name", "bob"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut bob = cli_cmd("b", "bob")
+        .args(["answer", "--count", "1", "--wait", "60s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // The call runs to the end of the case; its media starts about a second after this.
+    let start_s = t0.elapsed().as_secs_f64() + 1.0;
+    let remaining = length.saturating_sub(t0.elapsed());
+    let alice = cli_cmd("a", "alice")
+        .args(["call", "bob", "--video", "--video-kbps", VIDEO_KBPS])
+        .args(["--duration", &format!("{}s", remaining.as_secs())])
+        .output()
+        .unwrap();
+    let _ = bob.wait();
+    let end_s = t0.elapsed().as_secs_f64();
+    let report = topo.stop_emulator().expect("the emulator's report");
+    drop(server);
+    assert!(
+        alice.status.success(),
+        "the call failed: {}",
+        String::from_utf8_lossy(&alice.stderr)
+    );
+    let up = report
+        .links
+        .iter()
+        .find(|l| l.host == "a" && l.direction == "up")
+        .expect("a's uplink carried the call");
+    if let Some(dir) = plots {
+        std::fs::create_dir_all(dir).unwrap();
+        let title = format!("{case}: natter's sender, a's uplink");
+        let svg = natter_netem::plot::svg(&title, &up.intervals, report.interval);
+        std::fs::write(dir.join(format!("{case}-natter.svg")), svg).unwrap();
+        std::fs::write(dir.join(format!("{case}-natter.csv")), &up.csv).unwrap();
+    }
+    Some(CaseScore {
+        utilization_pct: utilization_pct(&up.intervals, report.interval, start_s, end_s),
+        queue_p50_ms: up.summary.queue_p50_ms.unwrap_or(f64::NAN),
+        queue_p95_ms: up.summary.queue_p95_ms.unwrap_or(f64::NAN),
+        loss_pct: up.summary.loss_pct,
+    })
+}
+
+#[test]
+#[ignore = "runs each RFC 8867 case for its whole length (100 s for 5.1): scripts/bwe-eval"]
+fn rfc8867_cases_with_natters_sender() {
+    let cases = std::env::var("BWE_CASES").unwrap_or_else(|_| "rfc8867-5.1".into());
+    let plots = std::env::var_os("BWE_PLOTS").map(std::path::PathBuf::from);
+    for case in cases.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        let Some(s) = run_case(case, plots.as_deref()) else {
+            return;
+        };
+        println!(
+            "case={case} sender=natter utilization_pct={:.1} queue_p50_ms={:.1} \
+             queue_p95_ms={:.1} loss_pct={:.2}",
+            s.utilization_pct, s.queue_p50_ms, s.queue_p95_ms, s.loss_pct
+        );
+    }
+}
+
+#[test]
+fn utilization_counts_only_the_window_and_intervals_with_a_capacity() {
+    let iv = |t_s: f64, capacity_kbps: Option<f64>, delivered_bytes: u64| {
+        let mut i = Interval::default();
+        i.t_s = t_s;
+        i.capacity_kbps = capacity_kbps;
+        i.delivered_bytes = delivered_bytes;
+        i
+    };
+    // 200 ms intervals at 1,000 kbit/s carry 25,000 bytes at full use.
+    let ivs = [
+        iv(0.0, Some(1000.0), 0),
+        iv(0.2, Some(1000.0), 25_000),
+        iv(0.4, Some(1000.0), 12_500),
+        iv(0.6, None, 99_999),
+        iv(0.8, Some(1000.0), 99_999),
+    ];
+    let len = Duration::from_millis(200);
+    assert!((utilization_pct(&ivs, len, 0.2, 0.8) - 75.0).abs() < 1e-9);
+    assert!((utilization_pct(&ivs, len, 0.0, 0.6) - 50.0).abs() < 1e-9);
+    assert_eq!(utilization_pct(&ivs, len, 0.6, 0.8), 0.0);
+}
