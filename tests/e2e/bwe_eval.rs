@@ -19,7 +19,7 @@ use natter_netem::scenario::Scenario;
 use natter_netem::stats::Interval;
 use natter_netem::topology::{Topology, unavailable};
 
-use crate::netem_calls::{cli_path, skip};
+use crate::netem_calls::{cli_path, register_when_up, server_command, skip};
 
 /// The sender asks for more than any case's capacity, so the estimate is what limits it.
 const VIDEO_KBPS: &str = "4000";
@@ -84,14 +84,8 @@ fn run_case(case: &str, plots: Option<&std::path::Path>) -> Option<CaseScore> {
     let t0 = Instant::now();
     let server_ip = topo.host("b").unwrap().addr.to_string();
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = topo.command("b", env!("CARGO_BIN_EXE_natter")).unwrap();
-    cmd.args(["--listen", &format!("{server_ip}:8080")])
-        .arg("--data-dir")
-        .arg(dir.path().join("server"))
-        .args(["--allow-account-takeover-dev-mode", "true"])
-        .args(["--turn-enabled", "false"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut cmd = server_command(&topo, "b", &dir.path().join("server"));
+    cmd.args(["--turn-enabled", "false"]);
     let server = Server(cmd.spawn().unwrap());
     let url = format!("http://{server_ip}:8080");
     let cli_cmd = |host: &str, user: &str| {
@@ -100,18 +94,7 @@ fn run_case(case: &str, plots: Option<&std::path::Path>) -> Option<CaseScore> {
         c
     };
     for (host, user, phone) in [("a", "alice", "+15550000201"), ("b", "bob", "+15550000202")] {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let out = cli_cmd(host, user)
-                .args(["register", "--phone", phone, "--server", &url])
-                .output()
-                .unwrap();
-            if out.status.success() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "cannot register {user}: {out:?}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        register_when_up(|| cli_cmd(host, user), phone, &url);
     }
     let out = cli_cmd("a", "alice")
         .args(["contacts", "add", "+15550000202", "--name", "bob"])

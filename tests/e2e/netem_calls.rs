@@ -5,7 +5,7 @@
 //! NATTER_REQUIRE_ALL=1.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use natter_netem::scenario::Scenario;
@@ -23,6 +23,41 @@ pub(crate) fn skip(why: &str) {
 pub(crate) fn cli_path() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_BIN_EXE_natter")).with_file_name("natter-cli");
     p.exists().then_some(p)
+}
+
+/// The natter server on `host` of `topo`, listening on the host's address at port 8080,
+/// its data in `data`, registration codes returned (a private test network); its output
+/// dropped. Callers add what their case needs.
+pub(crate) fn server_command(topo: &Topology, host: &str, data: &Path) -> Command {
+    let ip = topo.host(host).unwrap().addr;
+    let mut cmd = topo.command(host, env!("CARGO_BIN_EXE_natter")).unwrap();
+    cmd.args(["--listen", &format!("{ip}:8080")])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--allow-account-takeover-dev-mode", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// Registers `phone` at `url` with the device `cli` makes commands for, retrying for 20 s
+/// while the server comes up.
+pub(crate) fn register_when_up(cli: impl Fn() -> Command, phone: &str, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = cli()
+            .args(["register", "--phone", phone, "--server", url])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cannot register {phone}: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 struct Run {
@@ -49,20 +84,13 @@ impl Run {
         let topo = Topology::build(&s).unwrap();
         let relay = topo.host("relay").unwrap().addr.to_string();
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = topo.command("relay", env!("CARGO_BIN_EXE_natter")).unwrap();
-        cmd.args(["--listen", &format!("{relay}:8080")])
-            .arg("--data-dir")
-            .arg(dir.path().join("server"))
-            // Registration codes are returned to the test clients on a private test network.
-            .args(["--allow-account-takeover-dev-mode", "true"])
-            .args(["--turn-listen", &format!("{relay}:3478")])
+        let mut cmd = server_command(&topo, "relay", &dir.path().join("server"));
+        cmd.args(["--turn-listen", &format!("{relay}:3478")])
             .args(["--turn-relay-ips", &relay])
             // The clients' NATs and the relay itself are on 10.77.0.0/24, a private range
             // TURN refuses by default.
             .args(["--turn-allow-peers", "10.77.0.0/24"])
-            .args(["--turn-enabled", if turn { "true" } else { "false" }])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .args(["--turn-enabled", if turn { "true" } else { "false" }]);
         let server = cmd.spawn().unwrap();
         let run = Run {
             url: format!("http://{relay}:8080"),
@@ -73,19 +101,7 @@ impl Run {
         };
         // Registration doubles as the wait for the server to come up.
         for (host, user, phone) in [("a", "alice", "+15550000001"), ("b", "bob", "+15550000002")] {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let out = run.cli(
-                    host,
-                    user,
-                    &["register", "--phone", phone, "--server", &run.url],
-                );
-                if out.status.success() {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "cannot register {user}: {out:?}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            register_when_up(|| run.cli_cmd(host, user), phone, &run.url);
         }
         assert!(
             run.cli(

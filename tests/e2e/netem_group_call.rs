@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use natter_netem::scenario::Scenario;
 use natter_netem::topology::{Topology, unavailable};
 
-use crate::netem_calls::{cli_path, skip};
+use crate::netem_calls::{cli_path, register_when_up, server_command, skip};
 
 const LIMIT_AT: Duration = Duration::from_secs(30);
 const LIFT_AT: Duration = Duration::from_secs(42);
@@ -77,16 +77,9 @@ fn a_subscriber_behind_a_300_kbit_downlink_drops_a_layer_and_climbs_back() {
     let t0 = Instant::now();
     let ip = topo.host("server").unwrap().addr.to_string();
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = topo
-        .command("server", env!("CARGO_BIN_EXE_natter"))
-        .unwrap();
-    cmd.args(["--listen", &format!("{ip}:8080")])
-        .arg("--data-dir")
-        .arg(dir.path().join("server"))
-        .args(["--allow-account-takeover-dev-mode", "true"])
-        .args(["--sfu-listen", &format!("{ip}:7882")])
-        .args(["--turn-enabled", "false"])
-        .stdout(Stdio::null());
+    let mut cmd = server_command(&topo, "server", &dir.path().join("server"));
+    cmd.args(["--sfu-listen", &format!("{ip}:7882")])
+        .args(["--turn-enabled", "false"]);
     // NETEM_GROUP_SERVER_LOG=path keeps the server's log (NATTER_LOG=natter_sfu=debug,info shows
     // each allocation), the subscriber's in path.sub and the publishers' in path.pub1 and
     // path.pub2; otherwise they are dropped.
@@ -107,18 +100,7 @@ fn a_subscriber_behind_a_300_kbit_downlink_drops_a_layer_and_climbs_back() {
         ("pub2", "+15550000103"),
     ];
     for (host, phone) in people {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let out = cli_cmd(host)
-                .args(["register", "--phone", phone, "--server", &url])
-                .output()
-                .unwrap();
-            if out.status.success() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "cannot register {host}: {out:?}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        register_when_up(|| cli_cmd(host), phone, &url);
     }
     for (phone, name) in [("+15550000101", "sub"), ("+15550000103", "pub2")] {
         let out = cli_cmd("pub1")
