@@ -6,7 +6,8 @@
 //!
 //! Ignored (a case runs its whole duration, 100 s for 5.1): `scripts/bwe-eval` runs it,
 //! with `BWE_CASES` (comma-separated scenario names, default `rfc8867-5.1`) and
-//! `BWE_PLOTS` (a directory for the SVG plots and the per-interval CSV). Each case prints one line,
+//! `BWE_PLOTS` (a directory for the SVG plots, the per-interval CSV and the sender's
+//! statistics each second). Each case prints one line,
 //! `case=… sender=natter utilization_pct=… queue_p50_ms=… queue_p95_ms=… loss_pct=…`.
 //!
 //! Not yet: Chromium side by side, the multi-flow cases (5.4, 5.5, 5.7) and their Jain
@@ -136,6 +137,9 @@ fn run_case(case: &str, plots: Option<&std::path::Path>) -> Option<CaseScore> {
         let svg = natter_netem::plot::svg(&title, &up.intervals, report.interval);
         std::fs::write(dir.join(format!("{case}-natter.svg")), svg).unwrap();
         std::fs::write(dir.join(format!("{case}-natter.csv")), &up.csv).unwrap();
+        // The sender's own statistics each second: its estimate, encoder target,
+        // keyframes, NACKs.
+        std::fs::write(dir.join(format!("{case}-natter-sender.txt")), &alice.stderr).unwrap();
     }
     Some(CaseScore {
         utilization_pct: utilization_pct(&up.intervals, report.interval, start_s, end_s),

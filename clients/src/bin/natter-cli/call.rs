@@ -26,9 +26,12 @@ fn stats_line(s: &natter_client::CallStats) -> String {
 fn video_part(v: &natter_client::VideoStats) -> String {
     let opt = |v: Option<u32>| v.map_or_else(|| "-".into(), |d| d.to_string());
     format!(
-        " · video sent {} · rendered {} ({}x{}) · {:.0} fps · freezes {} · delay {} ms p50, {} p95 \
-         · nacks {} · keyframe requests {}",
+        " · video sent {} at {} kbit/s ({} keyframes, {} NACKs in) · rendered {} ({}x{}) · {:.0} fps \
+         · freezes {} · delay {} ms p50, {} p95 · nacks {} · keyframe requests {}",
         v.video_frames_sent,
+        v.video_target_kbps,
+        v.video_keyframes_sent,
+        v.video_nacks_received,
         v.video_frames_rendered,
         v.video_width,
         v.video_height,
