@@ -22,7 +22,8 @@ use natter_netem::topology::{Topology, unavailable};
 
 use crate::netem_calls::{cli_path, register_when_up, server_command, skip};
 
-/// The sender asks for more than any case's capacity, so the estimate is what limits it.
+/// The sender asks for more than any case's capacity, so the estimate is what limits it;
+/// `BWE_VIDEO_SIZE` sets the picture (default 640x360, which needs ~1.4 Mbit/s at most).
 const VIDEO_KBPS: &str = "4000";
 
 /// RFC 8868's figures for one sender on one case.
@@ -112,8 +113,10 @@ fn run_case(case: &str, plots: Option<&std::path::Path>) -> Option<CaseScore> {
     // The call runs to the end of the case; its media starts about a second after this.
     let start_s = t0.elapsed().as_secs_f64() + 1.0;
     let remaining = length.saturating_sub(t0.elapsed());
+    let video_size = std::env::var("BWE_VIDEO_SIZE").unwrap_or_else(|_| "640x360".into());
     let alice = cli_cmd("a", "alice")
         .args(["call", "bob", "--video", "--video-kbps", VIDEO_KBPS])
+        .args(["--video-size", &video_size])
         .args(["--duration", &format!("{}s", remaining.as_secs())])
         .output()
         .unwrap();
