@@ -8,10 +8,12 @@
 //! with `BWE_CASES` (comma-separated scenario names, default `rfc8867-5.1`) and
 //! `BWE_PLOTS` (a directory for the SVG plots, the per-interval CSV and the sender's
 //! statistics each second). Each case prints one line,
-//! `case=… sender=natter utilization_pct=… queue_p50_ms=… queue_p95_ms=… loss_pct=…`.
+//! `case=… sender=natter utilization_pct=… queue_p50_ms=… queue_p95_ms=… loss_pct=…
+//! response_s=…` (each capacity step: when, from and to what, and how long the sender took
+//! to offer 80–105 % of the new capacity two intervals running, or `never`).
 //!
-//! Not yet: Chromium side by side, the multi-flow cases (5.4, 5.5, 5.7) and their Jain
-//! fairness, and the rate-change response time.
+//! Not yet: Chromium side by side, and the multi-flow cases (5.2, 5.4, 5.5, 5.6, 5.7) and
+//! their Jain fairness.
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -36,6 +38,7 @@ pub struct CaseScore {
     pub queue_p95_ms: f64,
     /// Packets offered to the bottleneck and not delivered, percent.
     pub loss_pct: f64,
+    pub responses: Vec<Response>,
 }
 
 /// Utilization over the intervals starting in `[from_s, to_s)` (seconds from the
@@ -57,6 +60,64 @@ pub fn utilization_pct(intervals: &[Interval], interval: Duration, from_s: f64, 
     } else {
         0.0
     }
+}
+
+/// A capacity step and how long the sender took to follow it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    /// When the capacity changed, seconds from the emulator's start, and from what to what.
+    pub at_s: f64,
+    pub from_kbps: f64,
+    pub to_kbps: f64,
+    /// Until the rate offered to the bottleneck was within [`FOLLOWS`] of the new
+    /// capacity for two intervals in a row; None if it never was before the next step.
+    pub after_s: Option<f64>,
+}
+
+/// A sender follows a capacity when it offers 80–105 % of it.
+pub const FOLLOWS: (f64, f64) = (0.80, 1.05);
+
+/// RFC 8868's rate-change response time for each capacity step in `[from_s, to_s)`.
+pub fn response_times(
+    intervals: &[Interval],
+    interval: Duration,
+    from_s: f64,
+    to_s: f64,
+) -> Vec<Response> {
+    let window: Vec<&Interval> = intervals
+        .iter()
+        .filter(|iv| iv.t_s >= from_s && iv.t_s < to_s && iv.capacity_kbps.is_some())
+        .collect();
+    let mut out: Vec<Response> = Vec::new();
+    let mut run = 0;
+    for (i, iv) in window.iter().enumerate() {
+        let cap = iv.capacity_kbps.unwrap_or_default();
+        if i > 0 {
+            let before = window[i - 1].capacity_kbps.unwrap_or_default();
+            if (before - cap).abs() > 1e-9 {
+                out.push(Response {
+                    at_s: iv.t_s,
+                    from_kbps: before,
+                    to_kbps: cap,
+                    after_s: None,
+                });
+                run = 0;
+            }
+        }
+        let Some(step) = out.last_mut().filter(|s| s.after_s.is_none()) else {
+            continue;
+        };
+        let offered = iv.offered_kbps(interval);
+        if offered >= FOLLOWS.0 * cap && offered <= FOLLOWS.1 * cap {
+            run += 1;
+            if run == 2 {
+                step.after_s = Some(iv.t_s + interval.as_secs_f64() - step.at_s);
+            }
+        } else {
+            run = 0;
+        }
+    }
+    out
 }
 
 struct Server(Child);
@@ -149,6 +210,7 @@ fn run_case(case: &str, plots: Option<&std::path::Path>) -> Option<CaseScore> {
         queue_p50_ms: up.summary.queue_p50_ms.unwrap_or(f64::NAN),
         queue_p95_ms: up.summary.queue_p95_ms.unwrap_or(f64::NAN),
         loss_pct: up.summary.loss_pct,
+        responses: response_times(&up.intervals, report.interval, start_s, end_s),
     })
 }
 
@@ -161,10 +223,23 @@ fn rfc8867_cases_with_natters_sender() {
         let Some(s) = run_case(case, plots.as_deref()) else {
             return;
         };
+        // Each step as at_s:from->to:seconds ("never" if the sender did not follow).
+        let responses: Vec<String> = s
+            .responses
+            .iter()
+            .map(|r| {
+                let after = r.after_s.map_or("never".into(), |a| format!("{a:.1}"));
+                format!("{:.0}:{:.0}->{:.0}:{after}", r.at_s, r.from_kbps, r.to_kbps)
+            })
+            .collect();
         println!(
             "case={case} sender=natter utilization_pct={:.1} queue_p50_ms={:.1} \
-             queue_p95_ms={:.1} loss_pct={:.2}",
-            s.utilization_pct, s.queue_p50_ms, s.queue_p95_ms, s.loss_pct
+             queue_p95_ms={:.1} loss_pct={:.2} response_s={}",
+            s.utilization_pct,
+            s.queue_p50_ms,
+            s.queue_p95_ms,
+            s.loss_pct,
+            responses.join(",")
         );
     }
 }
@@ -190,4 +265,35 @@ fn utilization_counts_only_the_window_and_intervals_with_a_capacity() {
     assert!((utilization_pct(&ivs, len, 0.2, 0.8) - 75.0).abs() < 1e-9);
     assert!((utilization_pct(&ivs, len, 0.0, 0.6) - 50.0).abs() < 1e-9);
     assert_eq!(utilization_pct(&ivs, len, 0.6, 0.8), 0.0);
+}
+
+#[test]
+fn the_response_time_is_until_two_intervals_offer_what_the_new_capacity_carries() {
+    let len = Duration::from_millis(200);
+    // 25,000 bytes in 200 ms is 1,000 kbit/s.
+    let iv = |t_s: f64, capacity: f64, offered_kbps: f64| {
+        let mut i = Interval::default();
+        i.t_s = t_s;
+        i.capacity_kbps = Some(capacity);
+        i.offered_bytes = (offered_kbps * 25.0) as u64;
+        i
+    };
+    let ivs = [
+        iv(0.0, 1000.0, 950.0),
+        // Up to 2,000 at 0.2 s: 1,500, 1,700 (in), 1,500, 1,650, 1,900 (in, in).
+        iv(0.2, 2000.0, 1500.0),
+        iv(0.4, 2000.0, 1700.0),
+        iv(0.6, 2000.0, 1500.0),
+        iv(0.8, 2000.0, 1650.0),
+        iv(1.0, 2000.0, 1900.0),
+        // Down to 500 at 1.2 s: never back under 525 before the window ends.
+        iv(1.2, 500.0, 900.0),
+        iv(1.4, 500.0, 600.0),
+    ];
+    let r = response_times(&ivs, len, 0.0, 2.0);
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert_eq!((r[0].from_kbps, r[0].to_kbps), (1000.0, 2000.0));
+    assert!((r[0].after_s.unwrap() - 1.0).abs() < 1e-9, "{r:?}");
+    assert_eq!(r[1].at_s, 1.2);
+    assert_eq!(r[1].after_s, None);
 }
