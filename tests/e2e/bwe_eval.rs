@@ -1,21 +1,26 @@
 //! RFC 8867 test cases through natter-netem link mode (root), scored with RFC 8868's
-//! metrics: natter's own sender is a 1:1 `natter-cli` video call from host `a`, whose
-//! uplink is the case's bottleneck (the scenario's `[forward]`), to `b`, where the server
-//! runs too. What the bottleneck carried comes from the emulator itself: capacity and
-//! delivered bytes per 200 ms interval, each packet's wait in its queue, its drops.
+//! metrics, for two senders on the same emulated link: natter's own (a 1:1 `natter-cli`
+//! video call from host `a` to `b`, where the server runs too) and Chromium's (headless
+//! Debian chromium on `a`, its own GCC and encoders, sending natter's test pattern as its
+//! camera to `natter-webrtc-sink` on `b`). `a`'s uplink is the case's bottleneck (the
+//! scenario's `[forward]`). What the bottleneck carried comes from the emulator itself:
+//! capacity and delivered bytes per 200 ms interval, each packet's wait in its queue, its
+//! drops.
 //!
-//! Ignored (a case runs its whole duration, 100 s for 5.1): `scripts/bwe-eval` runs it,
-//! with `BWE_CASES` (comma-separated scenario names, default `rfc8867-5.1`) and
-//! `BWE_PLOTS` (a directory for the SVG plots, the per-interval CSV and the sender's
-//! statistics each second). Each case prints one line,
-//! `case=… sender=natter utilization_pct=… queue_p50_ms=… queue_p95_ms=… loss_pct=…
+//! Ignored (a case runs its whole duration, 100 s for 5.1, per sender): `scripts/bwe-eval`
+//! runs it, with `BWE_CASES` (comma-separated scenario names, default `rfc8867-5.1`),
+//! `BWE_SENDERS` (default `natter,chromium`) and `BWE_PLOTS` (a directory for the SVG
+//! plots, the per-interval CSV and the sender's statistics each second). Each case and
+//! sender prints one line,
+//! `case=… sender=… utilization_pct=… queue_p50_ms=… queue_p95_ms=… loss_pct=…
 //! response_s=…` (each capacity step: when, from and to what, and how long the sender took
 //! to offer 80–105 % of the new capacity two intervals running, or `never`).
 //!
-//! Not yet: Chromium side by side, and the multi-flow cases (5.2, 5.4, 5.5, 5.6, 5.7) and
-//! their Jain fairness.
+//! Not yet: the multi-flow cases (5.2, 5.4, 5.5, 5.6, 5.7) and their Jain fairness.
 
-use std::process::{Child, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use natter_netem::scenario::Scenario;
@@ -120,40 +125,143 @@ pub fn response_times(
     out
 }
 
-struct Server(Child);
+struct Guard(Child);
 
-impl Drop for Server {
+impl Drop for Guard {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-/// Runs `case` with natter's sender; None (after a skip message) when link mode or
-/// `natter-cli` is missing.
-fn run_case(case: &str, plots: Option<&std::path::Path>) -> Option<CaseScore> {
-    if let Some(why) = unavailable() {
+/// Who sends on a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// A 1:1 `natter-cli` video call (str0m's GCC, natter's encoders).
+    Natter,
+    /// Debian's chromium (its own GCC and encoders) through playwright-core, playing
+    /// natter's test pattern as its camera, to `natter-webrtc-sink` (natter's receive side).
+    Chromium,
+}
+
+impl Sender {
+    pub fn name(self) -> &'static str {
+        match self {
+            Sender::Natter => "natter",
+            Sender::Chromium => "chromium",
+        }
+    }
+}
+
+/// What a sender ran: when its media started (seconds from the emulator's start) and its
+/// own statistics each second.
+struct Sent {
+    start_s: f64,
+    log: Vec<u8>,
+}
+
+/// A case's host programs a sender needs, or why they are missing.
+fn missing(sender: Sender) -> Option<String> {
+    if cli_path().is_none() {
+        return Some("natter-cli is not built next to natter (run scripts/test)".into());
+    }
+    if sender == Sender::Natter {
+        return None;
+    }
+    for bin in ["natter-webrtc-sink", "natter-pattern-y4m"] {
+        if !sibling(bin).exists() {
+            return Some(format!(
+                "{bin} is not built next to natter (run scripts/test)"
+            ));
+        }
+    }
+    if !chromium().exists() {
+        return Some(format!(
+            "no chromium at {} (scripts/install-deps installs Debian's)",
+            chromium().display()
+        ));
+    }
+    if !browser_dir().join("node_modules/playwright-core").exists() {
+        return Some(
+            "tests/browser has no node_modules (npm ci there; scripts/install-deps)".into(),
+        );
+    }
+    None
+}
+
+fn sibling(bin: &str) -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_natter")).with_file_name(bin)
+}
+
+fn chromium() -> PathBuf {
+    std::env::var_os("CHROMIUM").map_or_else(|| "/usr/bin/chromium".into(), PathBuf::from)
+}
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// The video picture both senders send (`BWE_VIDEO_SIZE`).
+fn video_size() -> String {
+    std::env::var("BWE_VIDEO_SIZE").unwrap_or_else(|_| "640x360".into())
+}
+
+/// Runs `case` with `sender`; None (after a skip message) when link mode or a program the
+/// sender needs is missing.
+fn run_case(case: &str, sender: Sender, plots: Option<&Path>) -> Option<CaseScore> {
+    if let Some(why) = unavailable().or_else(|| missing(sender)) {
         skip(&why);
         return None;
     }
-    let Some(cli) = cli_path() else {
-        skip("natter-cli is not built next to natter (run scripts/test)");
-        return None;
-    };
     let s = Scenario::load(case).unwrap();
     let length = Duration::from_secs_f64(s.duration_s.unwrap_or(100.0));
     let mut topo = Topology::build(&s).unwrap();
     // The capacity schedule runs from the emulator's start.
     let t0 = Instant::now();
-    let server_ip = topo.host("b").unwrap().addr.to_string();
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = server_command(&topo, "b", &dir.path().join("server"));
+    let sent = match sender {
+        Sender::Natter => natter_call(&topo, dir.path(), t0, length),
+        Sender::Chromium => chromium_call(&topo, dir.path(), t0, length),
+    };
+    let end_s = t0.elapsed().as_secs_f64();
+    let report = topo.stop_emulator().expect("the emulator's report");
+    let up = report
+        .links
+        .iter()
+        .find(|l| l.host == "a" && l.direction == "up")
+        .expect("a's uplink carried the call");
+    if let Some(dir) = plots {
+        std::fs::create_dir_all(dir).unwrap();
+        let who = sender.name();
+        let title = format!("{case}: {who}'s sender, a's uplink");
+        let svg = natter_netem::plot::svg(&title, &up.intervals, report.interval);
+        std::fs::write(dir.join(format!("{case}-{who}.svg")), svg).unwrap();
+        std::fs::write(dir.join(format!("{case}-{who}.csv")), &up.csv).unwrap();
+        // The sender's own statistics each second: its estimate, encoder target,
+        // keyframes, NACKs.
+        std::fs::write(dir.join(format!("{case}-{who}-sender.txt")), &sent.log).unwrap();
+    }
+    Some(CaseScore {
+        utilization_pct: utilization_pct(&up.intervals, report.interval, sent.start_s, end_s),
+        queue_p50_ms: up.summary.queue_p50_ms.unwrap_or(f64::NAN),
+        queue_p95_ms: up.summary.queue_p95_ms.unwrap_or(f64::NAN),
+        loss_pct: up.summary.loss_pct,
+        responses: response_times(&up.intervals, report.interval, sent.start_s, end_s),
+    })
+}
+
+/// natter's sender: alice on `a` calls bob on `b` (where the server runs too) with video
+/// until the case ends.
+fn natter_call(topo: &Topology, dir: &Path, t0: Instant, length: Duration) -> Sent {
+    let cli = cli_path().unwrap();
+    let server_ip = topo.host("b").unwrap().addr.to_string();
+    let mut cmd = server_command(topo, "b", &dir.join("server"));
     cmd.args(["--turn-enabled", "false"]);
-    let server = Server(cmd.spawn().unwrap());
+    let _server = Guard(cmd.spawn().unwrap());
     let url = format!("http://{server_ip}:8080");
     let cli_cmd = |host: &str, user: &str| {
         let mut c = topo.command(host, cli.to_str().unwrap()).unwrap();
-        c.arg("--home").arg(dir.path().join(user));
+        c.arg("--home").arg(dir.join(user));
         c
     };
     for (host, user, phone) in [("a", "alice", "+15550000201"), ("b", "bob", "+15550000202")] {
@@ -174,74 +282,153 @@ fn run_case(case: &str, plots: Option<&std::path::Path>) -> Option<CaseScore> {
     // The call runs to the end of the case; its media starts about a second after this.
     let start_s = t0.elapsed().as_secs_f64() + 1.0;
     let remaining = length.saturating_sub(t0.elapsed());
-    let video_size = std::env::var("BWE_VIDEO_SIZE").unwrap_or_else(|_| "640x360".into());
     let alice = cli_cmd("a", "alice")
         .args(["call", "bob", "--video", "--video-kbps", VIDEO_KBPS])
-        .args(["--video-size", &video_size])
+        .args(["--video-size", &video_size()])
         .args(["--duration", &format!("{}s", remaining.as_secs())])
         .output()
         .unwrap();
     let _ = bob.wait();
-    let end_s = t0.elapsed().as_secs_f64();
-    let report = topo.stop_emulator().expect("the emulator's report");
-    drop(server);
     assert!(
         alice.status.success(),
         "the call failed: {}",
         String::from_utf8_lossy(&alice.stderr)
     );
-    let up = report
-        .links
-        .iter()
-        .find(|l| l.host == "a" && l.direction == "up")
-        .expect("a's uplink carried the call");
-    if let Some(dir) = plots {
-        std::fs::create_dir_all(dir).unwrap();
-        let title = format!("{case}: natter's sender, a's uplink");
-        let svg = natter_netem::plot::svg(&title, &up.intervals, report.interval);
-        std::fs::write(dir.join(format!("{case}-natter.svg")), svg).unwrap();
-        std::fs::write(dir.join(format!("{case}-natter.csv")), &up.csv).unwrap();
-        // The sender's own statistics each second: its estimate, encoder target,
-        // keyframes, NACKs.
-        std::fs::write(dir.join(format!("{case}-natter-sender.txt")), &alice.stderr).unwrap();
+    Sent {
+        start_s,
+        log: alice.stderr,
     }
-    Some(CaseScore {
-        utilization_pct: utilization_pct(&up.intervals, report.interval, start_s, end_s),
-        queue_p50_ms: up.summary.queue_p50_ms.unwrap_or(f64::NAN),
-        queue_p95_ms: up.summary.queue_p95_ms.unwrap_or(f64::NAN),
-        loss_pct: up.summary.loss_pct,
-        responses: response_times(&up.intervals, report.interval, start_s, end_s),
-    })
+}
+
+/// Copies SDP lines from `from` to `to` up to and including the empty line that ends them.
+fn relay_sdp(from: &mut impl BufRead, to: &mut impl Write, what: &str) {
+    let mut n = 0;
+    loop {
+        let mut line = String::new();
+        let got = from.read_line(&mut line).unwrap();
+        assert!(
+            got > 0,
+            "the {what} ended after {n} lines, before an empty line"
+        );
+        to.write_all(line.as_bytes()).unwrap();
+        n += 1;
+        assert!(n < 1000, "the {what} runs past 1000 lines");
+        if line.trim().is_empty() {
+            break;
+        }
+    }
+    to.flush().unwrap();
+}
+
+/// Chromium's sender: headless chromium on `a` sends natter's test pattern and its fake
+/// microphone to natter-webrtc-sink on `b`, offer and answer relayed here.
+fn chromium_call(topo: &Topology, dir: &Path, t0: Instant, length: Duration) -> Sent {
+    let size = video_size();
+    let y4m = dir.join("pattern.y4m");
+    let out = Command::new(sibling("natter-pattern-y4m"))
+        .arg(&y4m)
+        .arg(&size)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let sink_addr = format!("{}:5004", topo.host("b").unwrap().addr);
+    let secs = length.saturating_sub(t0.elapsed()).as_secs();
+    let mut sink_cmd = topo
+        .command("b", sibling("natter-webrtc-sink").to_str().unwrap())
+        .unwrap();
+    sink_cmd
+        .args([
+            "--listen",
+            &sink_addr,
+            "--duration",
+            &(secs + 5).to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("sink.txt")).unwrap());
+    let mut sink = Guard(sink_cmd.spawn().unwrap());
+    let log = dir.join("chromium.txt");
+    let mut browser_cmd = topo.command("a", "node").unwrap();
+    browser_cmd
+        .arg(browser_dir().join("bwe-sender.mjs"))
+        .args([&secs.to_string(), &size, VIDEO_KBPS])
+        .env("Y4M", &y4m)
+        .env("CHROMIUM", chromium())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut browser = Guard(browser_cmd.spawn().unwrap());
+    let mut offer = BufReader::new(browser.0.stdout.take().unwrap());
+    relay_sdp(&mut offer, sink.0.stdin.as_mut().unwrap(), "offer");
+    let mut answer = BufReader::new(sink.0.stdout.take().unwrap());
+    relay_sdp(&mut answer, browser.0.stdin.as_mut().unwrap(), "answer");
+    // ICE and DTLS take a few round trips before the first media.
+    let start_s = t0.elapsed().as_secs_f64() + 1.0;
+    let status = browser.0.wait().unwrap();
+    let mut log = std::fs::read(&log).unwrap();
+    assert!(
+        status.success(),
+        "chromium's sender failed: {}",
+        String::from_utf8_lossy(&log)
+    );
+    drop(sink);
+    // What the receiver saw, after the sender's lines.
+    log.extend_from_slice(b"\n# natter-webrtc-sink, each second:\n");
+    log.extend(std::fs::read(dir.join("sink.txt")).unwrap());
+    Sent { start_s, log }
+}
+
+/// The senders `BWE_SENDERS` names (comma-separated; default both).
+fn senders() -> Vec<Sender> {
+    let names = std::env::var("BWE_SENDERS").unwrap_or_else(|_| "natter,chromium".into());
+    names
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| match n {
+            "natter" => Sender::Natter,
+            "chromium" => Sender::Chromium,
+            other => panic!("BWE_SENDERS: no sender {other:?} (natter, chromium)"),
+        })
+        .collect()
 }
 
 #[test]
 #[ignore = "runs each RFC 8867 case for its whole length (100 s for 5.1): scripts/bwe-eval"]
-fn rfc8867_cases_with_natters_sender() {
+fn rfc8867_cases() {
     let cases = std::env::var("BWE_CASES").unwrap_or_else(|_| "rfc8867-5.1".into());
-    let plots = std::env::var_os("BWE_PLOTS").map(std::path::PathBuf::from);
+    let plots = std::env::var_os("BWE_PLOTS").map(PathBuf::from);
     for case in cases.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-        let Some(s) = run_case(case, plots.as_deref()) else {
-            return;
-        };
-        // Each step as at_s:from->to:seconds ("never" if the sender did not follow).
-        let responses: Vec<String> = s
-            .responses
-            .iter()
-            .map(|r| {
-                let after = r.after_s.map_or("never".into(), |a| format!("{a:.1}"));
-                format!("{:.0}:{:.0}->{:.0}:{after}", r.at_s, r.from_kbps, r.to_kbps)
-            })
-            .collect();
-        println!(
-            "case={case} sender=natter utilization_pct={:.1} queue_p50_ms={:.1} \
-             queue_p95_ms={:.1} loss_pct={:.2} response_s={}",
-            s.utilization_pct,
-            s.queue_p50_ms,
-            s.queue_p95_ms,
-            s.loss_pct,
-            responses.join(",")
-        );
+        for sender in senders() {
+            let Some(s) = run_case(case, sender, plots.as_deref()) else {
+                return;
+            };
+            println!("{}", score_line(case, sender, &s));
+        }
     }
+}
+
+/// `case=… sender=… utilization_pct=… queue_p50_ms=… queue_p95_ms=… loss_pct=…
+/// response_s=…`, each step as at_s:from->to:seconds ("never" if the sender did not follow).
+fn score_line(case: &str, sender: Sender, s: &CaseScore) -> String {
+    let responses: Vec<String> = s
+        .responses
+        .iter()
+        .map(|r| {
+            let after = r.after_s.map_or("never".into(), |a| format!("{a:.1}"));
+            format!("{:.0}:{:.0}->{:.0}:{after}", r.at_s, r.from_kbps, r.to_kbps)
+        })
+        .collect();
+    format!(
+        "case={case} sender={} utilization_pct={:.1} queue_p50_ms={:.1} queue_p95_ms={:.1} \
+         loss_pct={:.2} response_s={}",
+        sender.name(),
+        s.utilization_pct,
+        s.queue_p50_ms,
+        s.queue_p95_ms,
+        s.loss_pct,
+        responses.join(",")
+    )
 }
 
 #[test]

@@ -64,7 +64,7 @@ const RTX_RATIO_CAP: f32 = 0.5;
 /// Sender and receiver reports for video this often (str0m's default is 1 s). The round trip
 /// comes from them, and until str0m knows it, it spaces NACK retries 100 ms apart: on a
 /// lossy link the first second of a call froze on repairs that took two slow rounds.
-const VIDEO_RTCP_INTERVAL: Duration = Duration::from_millis(200);
+pub const VIDEO_RTCP_INTERVAL: Duration = Duration::from_millis(200);
 const STUN_PROBE_SENDS: u32 = 5;
 const STUN_PROBE_RTO: Duration = Duration::from_millis(250);
 const FRAME_INTERVAL: Duration = Duration::from_millis(20);
@@ -124,7 +124,7 @@ fn write_frame(
 }
 
 /// Packets str0m holds to reassemble a video frame: a keyframe at 2 Mbit/s spans ~100.
-const VIDEO_REORDER_PACKETS: usize = 160;
+pub const VIDEO_REORDER_PACKETS: usize = 160;
 
 /// A relay: a TURN allocation reached from a local UDP socket or over a TCP stream.
 struct Relay {
