@@ -8,6 +8,7 @@
 pub mod audio_pipe;
 pub mod dtls;
 pub mod group;
+pub mod rate;
 mod receive;
 pub mod shell;
 pub mod simulcast;
@@ -67,40 +68,15 @@ const RTX_RATIO_CAP: f32 = 0.5;
 pub const VIDEO_RTCP_INTERVAL: Duration = Duration::from_millis(200);
 const STUN_PROBE_SENDS: u32 = 5;
 const STUN_PROBE_RTO: Duration = Duration::from_millis(250);
+/// str0m's statistics this often: each carries a round-trip sample (from TWCC feedback)
+/// for the queue pushback, which must see a queue within a few round trips.
+const STATS_INTERVAL: Duration = Duration::from_millis(200);
 const FRAME_INTERVAL: Duration = Duration::from_millis(20);
 /// ICE connectivity checks: first retry after 50 ms (RFC 8445's pacing interval Ta), backing
 /// off to at most 500 ms, 20 retries (~8.6 s before a pair fails).
 const STUN_CHECK_RTO: Duration = Duration::from_millis(50);
 const STUN_CHECK_MAX_RTO: Duration = Duration::from_millis(500);
 const STUN_CHECK_RETRANSMITS: usize = 20;
-/// Where the bandwidth estimate starts: above what Opus with RED needs.
-const INITIAL_ESTIMATE_KBPS: u64 = 300;
-/// What audio (Opus with RED, RTP and SRTP overhead) takes of the estimate, kbit/s.
-const AUDIO_SHARE_KBPS: u64 = 80;
-/// The video encoder gets this share of what the estimate leaves after audio: the pacer
-/// and retransmissions need headroom.
-const VIDEO_SHARE_OF_ESTIMATE: f64 = 0.85;
-const MIN_VIDEO_KBPS: u32 = 50;
-
-/// The estimate starts where the configured media fits, so the pacer does not queue video
-/// for the seconds it takes the estimate to climb.
-fn initial_estimate_kbps(opts: &MediaOptions) -> u64 {
-    INITIAL_ESTIMATE_KBPS.max(media_kbps(opts.video))
-}
-
-/// The video encoder's bitrate for an estimate: what is left after audio, with headroom,
-/// never above what was asked for.
-fn video_kbps_for(estimate_kbps: u64, configured: u32) -> u32 {
-    let left = estimate_kbps.saturating_sub(AUDIO_SHARE_KBPS) as f64 * VIDEO_SHARE_OF_ESTIMATE;
-    (left as u32).clamp(MIN_VIDEO_KBPS, configured.max(MIN_VIDEO_KBPS))
-}
-
-/// What the configured media needs of the link (audio, then video with 15 % for RTP and
-/// retransmissions), kbit/s.
-fn media_kbps(video: Option<VideoOptions>) -> u64 {
-    AUDIO_SHARE_KBPS + video.map_or(0, |v| u64::from(v.bitrate_kbps)) * 23 / 20
-}
-
 /// One encoded frame into `mid`'s first negotiated payload type (str0m packetizes it),
 /// with its audio level (RFC 6464: what an SFU picks the active speaker by).
 fn write_frame(
@@ -166,6 +142,8 @@ pub struct Session {
     video_nacks_sent: u64,
     video_nacks_received: u64,
     transport: TransportStats,
+    /// The video encoder's share of its target while a queue stands at the bottleneck.
+    pushback: rate::QueuePushback,
     rtc_timeout: Option<Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SessionEvent>,
@@ -193,8 +171,8 @@ impl Session {
             .enable_vp8(true)
             .set_reordering_size_video(VIDEO_REORDER_PACKETS)
             .set_rtcp_report_interval_video(VIDEO_RTCP_INTERVAL)
-            .enable_bwe(Some(Bitrate::kbps(initial_estimate_kbps(&opts))))
-            .set_stats_interval(Some(Duration::from_secs(1)));
+            .enable_bwe(Some(Bitrate::kbps(rate::INITIAL_ESTIMATE_KBPS)))
+            .set_stats_interval(Some(STATS_INTERVAL));
         // A check that meets a relay before the peer's permission is in place is lost, and
         // with str0m's defaults (250 ms doubling to 3 s) the retry comes late: relayed calls
         // took ~1.5 s to connect on loopback. Retry sooner, capped lower, for longer.
@@ -228,7 +206,11 @@ impl Session {
             egress: HashMap::new(),
             video_nacks_sent: 0,
             video_nacks_received: 0,
-            transport: TransportStats::default(),
+            transport: TransportStats {
+                video_pushback_pct: 100.0,
+                ..TransportStats::default()
+            },
+            pushback: rate::QueuePushback::default(),
             rtc_timeout: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -460,8 +442,8 @@ impl Session {
             }
             // Probe toward what the configured media needs.
             self.rtc.bwe().set_bitrate(
-                Bitrate::kbps(AUDIO_SHARE_KBPS),
-                Bitrate::kbps(media_kbps(Some(v))),
+                Bitrate::kbps(rate::AUDIO_SHARE_KBPS),
+                Bitrate::kbps(rate::media_kbps(Some(v))),
             );
         }
         self.handle_timeout(now);
@@ -809,6 +791,18 @@ impl Session {
                         rx.set_rtt(rtt);
                     }
                     self.remote_tracks.set_rtt(rtt);
+                    let before = self.pushback.share();
+                    let share = self.pushback.on_rtt(rtt, now);
+                    self.transport.queue_ms = self
+                        .pushback
+                        .base_rtt()
+                        .map(|b| rtt.saturating_sub(b).as_secs_f64() * 1000.0);
+                    self.transport.video_pushback_pct = share * 100.0;
+                    if (share - before).abs() > 1e-9
+                        && let Some(kbps) = self.transport.send_estimate_kbps
+                    {
+                        self.follow_estimate(kbps);
+                    }
                 }
                 if let Some(b) = p.bwe_tx {
                     self.transport.send_estimate_kbps = Some(b.as_u64() / 1000);
@@ -849,14 +843,14 @@ impl Session {
     /// tenth (so small wobbles do not reconfigure it every report).
     fn follow_estimate(&mut self, estimate_kbps: u64) {
         if let Some(s) = self.simulcast.as_mut() {
-            let room = video_kbps_for(estimate_kbps, s.total_kbps());
+            let room = rate::video_kbps_for(estimate_kbps, self.pushback.share(), s.total_kbps());
             s.follow_estimate(room);
             return;
         }
         let (Some(v), Some(tx)) = (self.opts.video, self.video_tx.as_mut()) else {
             return;
         };
-        let want = video_kbps_for(estimate_kbps, v.bitrate_kbps);
+        let want = rate::video_kbps_for(estimate_kbps, self.pushback.share(), v.bitrate_kbps);
         let now = tx.bitrate_kbps();
         if want.abs_diff(now) * 10 > now
             && let Err(e) = tx.set_bitrate(want)

@@ -111,6 +111,11 @@ pub struct TransportStats {
     pub rtt_ms: Option<f64>,
     /// The sender-side bandwidth estimate (TWCC/GCC), kbit/s.
     pub send_estimate_kbps: Option<u64>,
+    /// The round trip above the smallest of the last 20 s: the queue at the bottleneck.
+    pub queue_ms: Option<f64>,
+    /// The share of its target the video encoder gets while that queue stands (100 when
+    /// there is none; `rate::QueuePushback`).
+    pub video_pushback_pct: f64,
 }
 
 impl CallStats {

@@ -205,8 +205,11 @@ impl Vp8Encoder {
         cfg.rc_buf_initial_sz = 500;
         cfg.rc_buf_optimal_sz = 600;
         cfg.rc_buf_sz = 1000;
-        // Frames are never dropped by the encoder: the receiver's frame rate is the figure.
-        cfg.rc_dropframe_thresh = 0;
+        // The encoder skips a frame rather than overshoot when its buffer runs low (as
+        // libwebrtc's VP8 does, at the same threshold): when the target falls below what the
+        // picture needs at the highest quantizer (the estimate collapsing, the queue pushback
+        // draining a full bottleneck queue), the frame rate gives, not the link.
+        cfg.rc_dropframe_thresh = 30;
         // Keyframes come on request (PLI/FIR) and at least every 100 s.
         cfg.kf_mode = sys::vpx_kf_mode::VPX_KF_AUTO;
         cfg.kf_max_dist = 100 * settings.fps;

@@ -8,7 +8,8 @@ fn stats_line(s: &natter_client::CallStats) -> String {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     format!(
         "sent {} · received {} · lost {} · concealed {} · decoded {:.1}% · tone {:.1}% · jitter {:.1} ms \
-         · loss {:.1}% before repair, {:.1}% after · rtt {} ms · estimate {} kbit/s",
+         · loss {:.1}% before repair, {:.1}% after · rtt {} ms · estimate {} kbit/s \
+         · queue {} ms · video pushback {:.0}%",
         s.frames_sent,
         s.received.frames_received,
         s.received.frames_lost,
@@ -20,6 +21,8 @@ fn stats_line(s: &natter_client::CallStats) -> String {
         s.loss_after_repair_pct(),
         opt(t.rtt_ms.map(|r| format!("{r:.0}"))),
         opt(t.send_estimate_kbps.map(|k| k.to_string())),
+        opt(t.queue_ms.map(|q| format!("{q:.0}"))),
+        t.video_pushback_pct,
     ) + &s.video.as_ref().map(video_part).unwrap_or_default()
 }
 
