@@ -7,7 +7,7 @@
 //! lines ended by an empty line, the answer goes out the same way. ICE-lite on one UDP
 //! socket: the browser, full ICE, finds it from the host candidate in the answer.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,14 +31,24 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
+/// An offer larger than this is refused (a browser's audio+video offer is ~5 KiB).
+const MAX_SDP_BYTES: usize = 64 * 1024;
+
 /// Reads SDP lines up to an empty line (or the end of input).
 fn read_sdp(input: &mut impl BufRead) -> std::io::Result<String> {
     let mut sdp = String::new();
-    for line in input.lines() {
+    // Bounded as a whole, so one endless line cannot grow it either.
+    for line in input.take(MAX_SDP_BYTES as u64 + 1).lines() {
         let line = line?;
         let line = line.trim_end_matches('\r');
         if line.is_empty() {
             break;
+        }
+        if sdp.len() + line.len() > MAX_SDP_BYTES {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the offer runs past {MAX_SDP_BYTES} bytes"),
+            ));
         }
         sdp.push_str(line);
         sdp.push_str("\r\n");

@@ -12,6 +12,7 @@ pub mod rate;
 mod receive;
 pub mod shell;
 pub mod simulcast;
+mod stats;
 mod types;
 pub mod video_pipe;
 
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use natter_signaling::call::IceCandidate;
 use natter_stun::{Class, Message, MessageBuilder, attr, method};
-use str0m::bwe::{Bitrate, BweKind};
+use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
@@ -35,9 +36,9 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig}
 
 use crate::ice_servers::{Servers, TurnServer};
 use crate::turn_client::{TurnClient, TurnConfig, TurnEvent, TurnTransport};
-use crate::video::{VideoOptions, VideoStats};
+use crate::video::VideoOptions;
 use audio_pipe::{AudioDecoder, AudioEncoder};
-use group::{RemoteTracks, TrackStats};
+use group::RemoteTracks;
 use video_pipe::{VideoReceiver, VideoSender};
 
 fn rtc_err(e: impl std::fmt::Display) -> MediaError {
@@ -757,62 +758,10 @@ impl Session {
                     s.keyframe_requested(r.rid);
                 }
             }
-            Event::MediaIngressStats(m) => {
-                self.ingress.insert(m.mid, (m.packets, m.bytes));
-                self.transport.packets_received = self.ingress.values().map(|v| v.0).sum();
-                self.transport.bytes_received = self.ingress.values().map(|v| v.1).sum();
-                if Some(m.mid) == self.mid {
-                    // RTP packets that arrived against sequence numbers spanned so far (one
-                    // packet per audio frame), taken at the same moment: loss before RED or
-                    // concealment repaired anything.
-                    let r = &self.decoder.stats;
-                    let expected = r.frames_received + r.frames_lost;
-                    if expected > 0 {
-                        let got = m.packets.min(expected) as f64;
-                        self.transport.loss_before_repair_pct =
-                            100.0 * (1.0 - got / expected as f64);
-                    }
-                } else if Some(m.mid) == self.video_mid {
-                    self.video_nacks_sent = m.nacks;
-                }
-            }
-            Event::MediaEgressStats(m) => {
-                self.egress.insert(m.mid, (m.packets, m.bytes));
-                self.transport.packets_sent = self.egress.values().map(|v| v.0).sum();
-                self.transport.bytes_sent = self.egress.values().map(|v| v.1).sum();
-                if Some(m.mid) == self.video_mid {
-                    self.video_nacks_received = m.nacks;
-                }
-            }
-            Event::PeerStats(p) => {
-                if let Some(rtt) = p.rtt {
-                    self.transport.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
-                    if let Some(rx) = self.video_rx.as_mut() {
-                        rx.set_rtt(rtt);
-                    }
-                    self.remote_tracks.set_rtt(rtt);
-                    let before = self.pushback.share();
-                    let share = self.pushback.on_rtt(rtt, now);
-                    self.transport.queue_ms = self
-                        .pushback
-                        .base_rtt()
-                        .map(|b| rtt.saturating_sub(b).as_secs_f64() * 1000.0);
-                    self.transport.video_pushback_pct = share * 100.0;
-                    if (share - before).abs() > 1e-9
-                        && let Some(kbps) = self.transport.send_estimate_kbps
-                    {
-                        self.follow_estimate(kbps);
-                    }
-                }
-                if let Some(b) = p.bwe_tx {
-                    self.transport.send_estimate_kbps = Some(b.as_u64() / 1000);
-                }
-            }
-            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
-                let kbps = estimate.as_u64() / 1000;
-                self.transport.send_estimate_kbps = Some(kbps);
-                self.follow_estimate(kbps);
-            }
+            Event::MediaIngressStats(_)
+            | Event::MediaEgressStats(_)
+            | Event::PeerStats(_)
+            | Event::EgressBitrateEstimate(_) => self.stats_event(e, now),
             _ => {}
         }
     }
@@ -826,72 +775,11 @@ impl Session {
         self.events.pop_front()
     }
 
-    pub fn stats(&self) -> CallStats {
-        CallStats {
-            frames_sent: self.encoder.as_ref().map_or(0, |e| e.frames),
-            received: self.decoder.stats.clone(),
-            first_audio_ms: self
-                .decoder
-                .first_decoded
-                .map(|t| t.duration_since(self.created).as_millis() as u64),
-            transport: self.transport.clone(),
-            video: self.video_stats(),
-        }
-    }
-
-    /// Sets the video encoder to what the estimate allows, when that moved by more than a
-    /// tenth (so small wobbles do not reconfigure it every report).
-    fn follow_estimate(&mut self, estimate_kbps: u64) {
-        if let Some(s) = self.simulcast.as_mut() {
-            let room = rate::video_kbps_for(estimate_kbps, self.pushback.share(), s.total_kbps());
-            s.follow_estimate(room);
-            return;
-        }
-        let (Some(v), Some(tx)) = (self.opts.video, self.video_tx.as_mut()) else {
-            return;
-        };
-        let want = rate::video_kbps_for(estimate_kbps, self.pushback.share(), v.bitrate_kbps);
-        let now = tx.bitrate_kbps();
-        if want.abs_diff(now) * 10 > now
-            && let Err(e) = tx.set_bitrate(want)
-        {
-            self.events
-                .push_back(SessionEvent::Warning(format!("video bitrate: {e}")));
-        }
-    }
-
     /// The wall clock (UNIX milliseconds, wrapping) at `now`, kept from the one reading
     /// taken at creation so that time stays the caller's.
     fn wall_ms(&self, now: Instant) -> u32 {
         let since = now.saturating_duration_since(self.created).as_millis() as u32;
         self.created_wall_ms.wrapping_add(since)
-    }
-
-    fn video_stats(&self) -> Option<VideoStats> {
-        if self.video_tx.is_none() && self.video_rx.is_none() && self.simulcast.is_none() {
-            return None;
-        }
-        let mut s = self
-            .video_rx
-            .as_ref()
-            .map(|r| r.stats())
-            .unwrap_or_default();
-        if let Some(tx) = &self.video_tx {
-            s.video_frames_sent = tx.frames;
-            s.video_keyframes_sent = tx.keyframes;
-            s.video_keyframe_requests_received = tx.requests;
-            s.video_target_kbps = tx.bitrate_kbps();
-        }
-        if let Some(tx) = &self.simulcast {
-            let (frames, keyframes, requests, kbps) = tx.counts();
-            s.video_frames_sent = frames;
-            s.video_keyframes_sent = keyframes;
-            s.video_keyframe_requests_received = requests;
-            s.video_target_kbps = kbps;
-        }
-        s.video_nacks_sent = self.video_nacks_sent;
-        s.video_nacks_received = self.video_nacks_received;
-        Some(s)
     }
 
     pub fn first_audio(&self) -> Option<Instant> {
@@ -924,11 +812,6 @@ impl Session {
             e.muted = muted;
         }
         self.muted = muted;
-    }
-
-    /// In a group call: each received track's figures.
-    pub fn track_stats(&self) -> Vec<TrackStats> {
-        self.remote_tracks.stats(&self.ingress)
     }
 
     /// In a group call: the tone expected on the received audio track `mid`.
