@@ -20,14 +20,14 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use natter_netem::scenario::Scenario;
 use natter_netem::stats::Interval;
 use natter_netem::topology::{Topology, unavailable};
 
-use crate::netem_calls::{cli_path, register_when_up, server_command, skip};
+use crate::netem_calls::{KillOnDrop, built_bin, cli_path, register_when_up, server_command, skip};
 
 /// The sender asks for more than any case's capacity, so the estimate is what limits it;
 /// `BWE_VIDEO_SIZE` sets the picture (default 640x360, which needs ~1.4 Mbit/s at most).
@@ -125,15 +125,6 @@ pub fn response_times(
     out
 }
 
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Who sends on a case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sender {
@@ -169,7 +160,7 @@ fn missing(sender: Sender) -> Option<String> {
         return None;
     }
     for bin in ["natter-webrtc-sink", "natter-pattern-y4m"] {
-        if !sibling(bin).exists() {
+        if built_bin(bin).is_none() {
             return Some(format!(
                 "{bin} is not built next to natter (run scripts/test)"
             ));
@@ -187,10 +178,6 @@ fn missing(sender: Sender) -> Option<String> {
         );
     }
     None
-}
-
-fn sibling(bin: &str) -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_natter")).with_file_name(bin)
 }
 
 fn chromium() -> PathBuf {
@@ -257,7 +244,7 @@ fn natter_call(topo: &Topology, dir: &Path, t0: Instant, length: Duration) -> Se
     let server_ip = topo.host("b").unwrap().addr.to_string();
     let mut cmd = server_command(topo, "b", &dir.join("server"));
     cmd.args(["--turn-enabled", "false"]);
-    let _server = Guard(cmd.spawn().unwrap());
+    let _server = KillOnDrop(cmd.spawn().unwrap());
     let url = format!("http://{server_ip}:8080");
     let cli_cmd = |host: &str, user: &str| {
         let mut c = topo.command(host, cli.to_str().unwrap()).unwrap();
@@ -325,7 +312,7 @@ fn relay_sdp(from: &mut impl BufRead, to: &mut impl Write, what: &str) {
 fn chromium_call(topo: &Topology, dir: &Path, t0: Instant, length: Duration) -> Sent {
     let size = video_size();
     let y4m = dir.join("pattern.y4m");
-    let out = Command::new(sibling("natter-pattern-y4m"))
+    let out = Command::new(built_bin("natter-pattern-y4m").unwrap())
         .arg(&y4m)
         .arg(&size)
         .output()
@@ -334,7 +321,10 @@ fn chromium_call(topo: &Topology, dir: &Path, t0: Instant, length: Duration) -> 
     let sink_addr = format!("{}:5004", topo.host("b").unwrap().addr);
     let secs = length.saturating_sub(t0.elapsed()).as_secs();
     let mut sink_cmd = topo
-        .command("b", sibling("natter-webrtc-sink").to_str().unwrap())
+        .command(
+            "b",
+            built_bin("natter-webrtc-sink").unwrap().to_str().unwrap(),
+        )
         .unwrap();
     sink_cmd
         .args([
@@ -346,7 +336,7 @@ fn chromium_call(topo: &Topology, dir: &Path, t0: Instant, length: Duration) -> 
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.join("sink.txt")).unwrap());
-    let mut sink = Guard(sink_cmd.spawn().unwrap());
+    let mut sink = KillOnDrop(sink_cmd.spawn().unwrap());
     let log = dir.join("chromium.txt");
     let mut browser_cmd = topo.command("a", "node").unwrap();
     browser_cmd
@@ -357,7 +347,7 @@ fn chromium_call(topo: &Topology, dir: &Path, t0: Instant, length: Duration) -> 
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap());
-    let mut browser = Guard(browser_cmd.spawn().unwrap());
+    let mut browser = KillOnDrop(browser_cmd.spawn().unwrap());
     let mut offer = BufReader::new(browser.0.stdout.take().unwrap());
     relay_sdp(&mut offer, sink.0.stdin.as_mut().unwrap(), "offer");
     let mut answer = BufReader::new(sink.0.stdout.take().unwrap());

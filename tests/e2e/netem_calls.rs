@@ -18,11 +18,26 @@ pub(crate) fn skip(why: &str) {
     eprintln!("SKIPPED: {why}");
 }
 
-/// `natter-cli` from the same build as the `natter` binary under test (`scripts/test`
-/// builds it first).
-pub(crate) fn cli_path() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_BIN_EXE_natter")).with_file_name("natter-cli");
+/// A binary of the workspace built next to the `natter` binary under test (`scripts/test`
+/// builds the ones the e2e tests drive), when it is there.
+pub(crate) fn built_bin(name: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_BIN_EXE_natter")).with_file_name(name);
     p.exists().then_some(p)
+}
+
+/// `natter-cli` from the same build as the `natter` binary under test.
+pub(crate) fn cli_path() -> Option<PathBuf> {
+    built_bin("natter-cli")
+}
+
+/// A child process killed (and reaped) when this goes out of scope, a test's panic too.
+pub(crate) struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The natter server on `host` of `topo`, listening on the host's address at port 8080,

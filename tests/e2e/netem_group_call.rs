@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use natter_netem::scenario::Scenario;
 use natter_netem::topology::{Topology, unavailable};
 
-use crate::netem_calls::{cli_path, register_when_up, server_command, skip};
+use crate::netem_calls::{KillOnDrop, cli_path, register_when_up, server_command, skip};
 
 const LIMIT_AT: Duration = Duration::from_secs(30);
 const LIFT_AT: Duration = Duration::from_secs(42);
@@ -47,15 +47,6 @@ fn parse(line: &str, at: Duration) -> Option<Sample> {
         width,
         longest_gap_ms,
     })
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -87,7 +78,7 @@ fn a_subscriber_behind_a_300_kbit_downlink_drops_a_layer_and_climbs_back() {
         Some(path) => cmd.stderr(std::fs::File::create(path).unwrap()),
         None => cmd.stderr(Stdio::null()),
     };
-    let _server = Server(cmd.spawn().unwrap());
+    let _server = KillOnDrop(cmd.spawn().unwrap());
     let url = format!("http://{ip}:8080");
     let cli_cmd = |host: &str| {
         let mut c = topo.command(host, cli.to_str().unwrap()).unwrap();

@@ -2,7 +2,7 @@
 //! through the control link, the link's key checked, and what happens when the SFU dies.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -13,15 +13,10 @@ use natter_client::{ClientError, MediaOptions};
 
 use crate::common::*;
 use crate::e2ee::device;
+use crate::netem_calls::built_bin;
 
 const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "a secret both sides were given";
-
-/// `natter-sfu` from the same build (`scripts/test` builds it first).
-fn sfu_path() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_BIN_EXE_natter")).with_file_name("natter-sfu");
-    p.exists().then_some(p)
-}
 
 struct Sfu {
     child: Child,
@@ -67,7 +62,7 @@ fn tone(freq: f32) -> MediaOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_group_call_through_a_standalone_sfu_and_the_sfu_dying() {
-    let Some(bin) = sfu_path() else {
+    let Some(bin) = built_bin("natter-sfu") else {
         assert!(
             !require_all(),
             "natter-sfu is not built next to natter (scripts/test builds it)"

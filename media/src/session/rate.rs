@@ -22,11 +22,11 @@ const VIDEO_SHARE_OF_ESTIMATE: f64 = 0.85;
 const MIN_VIDEO_KBPS: u32 = 50;
 
 /// Where the bandwidth estimate starts: above what Opus with RED needs, and low, as
-/// libwebrtc's does, and str0m's initial probes (at 3 and 6
-/// times it) find the link within a second or two. Starting where the configured media
-/// fits (4.7 Mbit/s for 4 Mbit/s video) put the first keyframe, sized for that, and a second
-/// of video into a 1 Mbit/s link at once: 200 ms of queue for 2 s (RFC 8867 §5.1). The
-/// encoder drops frames rather than overshoot a low target, so the pacer does not queue.
+/// libwebrtc's does; str0m's initial probes (at 3 and 6 times it) find the link within a
+/// second or two. Starting where the configured media fits (4.7 Mbit/s for 4 Mbit/s video)
+/// put the first keyframe, sized for that, and a second of video into a 1 Mbit/s link at
+/// once: 200 ms of queue for 2 s (RFC 8867 §5.1). The encoder drops frames rather than
+/// overshoot a low target, so the pacer does not queue.
 pub(super) const INITIAL_ESTIMATE_KBPS: u64 = 300;
 
 /// The video encoder's bitrate for an estimate: what is left after audio, with headroom,
