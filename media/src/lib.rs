@@ -13,6 +13,7 @@
 //! Bandwidth-driven adaptation and SFrame framing come next (see the bandwidth and group
 //! call issues).
 
+pub mod adapt;
 pub mod audio;
 pub mod ice_servers;
 pub mod session;

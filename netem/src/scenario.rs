@@ -83,6 +83,14 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("wifi-bursty", include_str!("../scenarios/wifi-bursty.toml")),
     ("loss-10", include_str!("../scenarios/loss-10.toml")),
     (
+        "loss-10-50ms",
+        include_str!("../scenarios/loss-10-50ms.toml"),
+    ),
+    (
+        "burst-loss-50ms",
+        include_str!("../scenarios/burst-loss-50ms.toml"),
+    ),
+    (
         "symmetric-nat",
         include_str!("../scenarios/symmetric-nat.toml"),
     ),

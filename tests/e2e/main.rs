@@ -16,6 +16,7 @@ mod group_calls;
 mod group_e2ee;
 mod groups;
 mod messages;
+mod netem_audio;
 mod netem_calls;
 mod netem_group_call;
 mod offline;

@@ -5,6 +5,7 @@
 //! time; it returns what to send where and what happened. [`shell::MediaSession`] owns the
 //! sockets and drives it on tokio.
 
+mod adapt;
 pub mod audio_pipe;
 pub mod dtls;
 pub mod group;
@@ -17,8 +18,8 @@ mod types;
 pub mod video_pipe;
 
 pub use types::{
-    CallStats, FrameCrypto, FrameE2ee, MediaError, MediaOptions, MediaState, SessionEvent,
-    Transmit, TransportStats, Via, vp8_clear_bytes,
+    AudioSendStats, CallStats, FrameCrypto, FrameE2ee, MediaError, MediaOptions, MediaState,
+    SessionEvent, Transmit, TransportStats, Via, vp8_clear_bytes,
 };
 
 use std::collections::{HashMap, VecDeque};
@@ -73,6 +74,8 @@ const STUN_PROBE_RTO: Duration = Duration::from_millis(250);
 /// for the queue pushback, which must see a queue within a few round trips.
 const STATS_INTERVAL: Duration = Duration::from_millis(200);
 const FRAME_INTERVAL: Duration = Duration::from_millis(20);
+/// How often the receiver of our audio reports its loss (RTCP RR).
+const AUDIO_RTCP_INTERVAL: Duration = Duration::from_secs(1);
 /// ICE connectivity checks: first retry after 50 ms (RFC 8445's pacing interval Ta), backing
 /// off to at most 500 ms, 20 retries (~8.6 s before a pair fails).
 const STUN_CHECK_RTO: Duration = Duration::from_millis(50);
@@ -145,6 +148,11 @@ pub struct Session {
     transport: TransportStats,
     /// The video encoder's share of its target while a queue stands at the bottleneck.
     pushback: rate::QueuePushback,
+    /// Opus settings from the loss reports and the estimate (None: adaptation off).
+    audio_policy: Option<crate::adapt::AudioPolicy>,
+    audio_adaptations: u64,
+    /// Picture size and frame rate from the video target (1:1 video, adaptation on).
+    video_steps: Option<crate::adapt::VideoPolicy>,
     rtc_timeout: Option<Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SessionEvent>,
@@ -172,6 +180,10 @@ impl Session {
             .enable_vp8(true)
             .set_reordering_size_video(VIDEO_REORDER_PACKETS)
             .set_rtcp_report_interval_video(VIDEO_RTCP_INTERVAL)
+            // The peer's reports carry the loss the audio policy turns FEC and RED on for:
+            // str0m's 5 s default would leave a spell of loss unprotected for seconds.
+            .set_rtcp_report_interval_audio(AUDIO_RTCP_INTERVAL)
+            .set_red_distances(&[1, 2][..crate::adapt::audio::RED_LEVELS as usize])
             .enable_bwe(Some(Bitrate::kbps(rate::INITIAL_ESTIMATE_KBPS)))
             .set_stats_interval(Some(STATS_INTERVAL));
         // A check that meets a relay before the peer's permission is in place is lost, and
@@ -212,6 +224,9 @@ impl Session {
                 ..TransportStats::default()
             },
             pushback: rate::QueuePushback::default(),
+            audio_policy: None,
+            audio_adaptations: 0,
+            video_steps: None,
             rtc_timeout: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -413,8 +428,10 @@ impl Session {
         if self.rtc.writer(mid).is_none() {
             return Err(MediaError::NoAudio);
         }
-        let mut encoder = AudioEncoder::new(self.opts.source.clone(), self.opts.bitrate)
-            .map_err(MediaError::Audio)?;
+        let (policy, settings) = self.audio_start();
+        self.audio_policy = policy;
+        let mut encoder =
+            AudioEncoder::new(self.opts.source.clone(), settings).map_err(MediaError::Audio)?;
         encoder.muted = self.muted;
         self.encoder = Some(encoder);
         self.next_frame = Some(now);
@@ -436,6 +453,7 @@ impl Session {
                 }
             } else {
                 self.video_tx = Some(VideoSender::new(v, now).map_err(MediaError::Video)?);
+                self.video_steps = self.video_policy();
                 // Before the first frame: str0m drops its resend cache when this is set.
                 if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
                     tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(RTX_RATIO_CAP));
@@ -567,11 +585,17 @@ impl Session {
         let mut due = 0;
         while self.next_frame.is_some_and(|t| t <= now) && due < 5 {
             due += 1;
-            let Ok(mut f) = enc.next_frame() else {
-                self.next_frame = None;
-                return;
-            };
+            let f = enc.next_frame();
             self.next_frame = self.next_frame.map(|t| t + FRAME_INTERVAL);
+            let mut f = match f {
+                Ok(Some(f)) => f,
+                // Part of a longer packet, or silence DTX leaves out.
+                Ok(None) => continue,
+                Err(_) => {
+                    self.next_frame = None;
+                    return;
+                }
+            };
             if let Some(e2ee) = &self.opts.e2ee {
                 match e2ee.0.seal(&f.data, 0) {
                     Ok(sealed) => f.data = sealed,

@@ -8,7 +8,7 @@ use str0m::Event;
 use str0m::bwe::BweKind;
 
 use super::group::TrackStats;
-use super::{CallStats, Session, SessionEvent, rate};
+use super::{AudioSendStats, CallStats, Session, SessionEvent, rate};
 use crate::video::VideoStats;
 
 impl Session {
@@ -41,6 +41,11 @@ impl Session {
                 if Some(m.mid) == self.video_mid {
                     self.video_nacks_received = m.nacks;
                 }
+                if Some(m.mid) == self.mid
+                    && let Some(loss) = m.loss
+                {
+                    self.audio_loss_reported(loss, now);
+                }
             }
             Event::PeerStats(p) => {
                 if let Some(rtt) = p.rtt {
@@ -65,11 +70,18 @@ impl Session {
                 if let Some(b) = p.bwe_tx {
                     self.transport.send_estimate_kbps = Some(b.as_u64() / 1000);
                 }
+                // The video policy's holds are timed by these (every STATS_INTERVAL).
+                if let (Some(v), Some(kbps)) = (self.opts.video, self.transport.send_estimate_kbps)
+                {
+                    let want = rate::video_kbps_for(kbps, self.pushback.share(), v.bitrate_kbps);
+                    self.video_target(want, now);
+                }
             }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 let kbps = estimate.as_u64() / 1000;
                 self.transport.send_estimate_kbps = Some(kbps);
                 self.follow_estimate(kbps);
+                self.audio_estimate(kbps, now);
             }
             _ => {}
         }
@@ -84,6 +96,7 @@ impl Session {
                 .first_decoded
                 .map(|t| t.duration_since(self.created).as_millis() as u64),
             transport: self.transport.clone(),
+            audio_send: self.audio_send_stats(),
             video: self.video_stats(),
         }
     }
@@ -109,6 +122,24 @@ impl Session {
         }
     }
 
+    fn audio_send_stats(&self) -> AudioSendStats {
+        let Some(e) = self.encoder.as_ref() else {
+            return AudioSendStats::default();
+        };
+        let s = e.settings();
+        AudioSendStats {
+            opus_kbps: f64::from(s.bitrate_bps) / 1000.0,
+            opus_fec: s.fec,
+            opus_expected_loss_pct: s.expected_loss_pct,
+            opus_dtx: s.dtx,
+            audio_red: s.red,
+            audio_ptime_ms: s.ptime_ms,
+            audio_dtx_skipped: e.dtx_skipped,
+            audio_adaptations: self.audio_adaptations,
+            audio_remote_loss_pct: self.audio_policy.as_ref().map_or(0.0, |p| p.loss_pct()),
+        }
+    }
+
     fn video_stats(&self) -> Option<VideoStats> {
         if self.video_tx.is_none() && self.video_rx.is_none() && self.simulcast.is_none() {
             return None;
@@ -123,6 +154,10 @@ impl Session {
             s.video_keyframes_sent = tx.keyframes;
             s.video_keyframe_requests_received = tx.requests;
             s.video_target_kbps = tx.bitrate_kbps();
+            let e = tx.settings();
+            (s.video_send_width, s.video_send_height, s.video_send_fps) =
+                (e.width, e.height, e.fps);
+            s.video_step_changes = tx.step_changes;
         }
         if let Some(tx) = &self.simulcast {
             let (frames, keyframes, requests, kbps) = tx.counts();

@@ -38,6 +38,11 @@ pub struct MediaOptions {
     /// End-to-end encryption of every encoded frame (SFrame in a group call): sent frames
     /// are sealed before they are packetized, received ones opened before they are decoded.
     pub e2ee: Option<FrameE2ee>,
+    /// Adapt the encoders to the link (`crate::adapt`): Opus bitrate, FEC, RED, DTX and
+    /// packet time from the loss reports and the estimate; the video's size and frame
+    /// rate from its bitrate. Off: Opus at `bitrate` with none of those, video at the
+    /// configured size (its bitrate still follows the estimate).
+    pub adapt: bool,
 }
 
 /// Seals and opens encoded frames end to end. `clear` is how many leading bytes stay
@@ -78,6 +83,7 @@ impl Default for MediaOptions {
             video: None,
             group: false,
             e2ee: None,
+            adapt: true,
         }
     }
 }
@@ -92,9 +98,28 @@ pub struct CallStats {
     pub first_audio_ms: Option<u64>,
     #[serde(flatten)]
     pub transport: TransportStats,
+    #[serde(flatten)]
+    pub audio_send: AudioSendStats,
     /// Present when video was sent or received.
     #[serde(flatten)]
     pub video: Option<VideoStats>,
+}
+
+/// What the audio encoder is set to, and why.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct AudioSendStats {
+    pub opus_kbps: f64,
+    pub opus_fec: bool,
+    pub opus_expected_loss_pct: u8,
+    pub opus_dtx: bool,
+    pub audio_red: bool,
+    pub audio_ptime_ms: u32,
+    /// Packets DTX left out.
+    pub audio_dtx_skipped: u64,
+    /// Times the adaptation policy changed the settings.
+    pub audio_adaptations: u64,
+    /// The loss the far end reports on our audio, smoothed, percent.
+    pub audio_remote_loss_pct: f64,
 }
 
 /// What str0m reports about the connection (from its periodic statistics).

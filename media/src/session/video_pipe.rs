@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::adapt::VideoStep;
 use crate::video::{
     EncodedFrame, EncoderSettings, Playout, RenderTracker, Stamp, TestPattern, VideoOptions,
     VideoStats, Vp8Decoder, Vp8Encoder, VpxError, read_stamp, vpx::RTP_CLOCK,
@@ -22,6 +23,10 @@ pub struct VideoSender {
     interval: Duration,
     ticks_per_frame: u32,
     frame: u32,
+    /// RTP time of the next frame (90 kHz): frames keep their spacing when the frame rate
+    /// changes.
+    pts: i64,
+    pub step_changes: u64,
     pub next_due: Instant,
     keyframe_wanted: bool,
     last_forced: Option<Instant>,
@@ -45,6 +50,8 @@ impl VideoSender {
             interval: Duration::from_secs(1) / s.fps,
             ticks_per_frame: RTP_CLOCK / s.fps,
             frame: 0,
+            pts: 0,
+            step_changes: 0,
             next_due: now,
             keyframe_wanted: false,
             last_forced: None,
@@ -62,6 +69,30 @@ impl VideoSender {
 
     pub fn bitrate_kbps(&self) -> u32 {
         self.encoder.settings().bitrate_kbps
+    }
+
+    /// What the encoder is set to.
+    pub fn settings(&self) -> EncoderSettings {
+        self.encoder.settings()
+    }
+
+    /// Encodes at another size and frame rate from the next frame on, at `kbps`: a new
+    /// encoder (its first frame a keyframe: VP8 says the size only there) and the pattern
+    /// drawn at that size.
+    pub fn set_step(&mut self, step: VideoStep, kbps: u32) -> Result<(), String> {
+        let s = EncoderSettings {
+            width: step.width,
+            height: step.height,
+            fps: step.fps,
+            bitrate_kbps: kbps,
+            ..self.encoder.settings()
+        };
+        self.encoder = Vp8Encoder::new(s).map_err(|e| e.to_string())?;
+        self.pattern = TestPattern::new(s.width, s.height)?;
+        self.interval = Duration::from_secs(1) / s.fps;
+        self.ticks_per_frame = RTP_CLOCK / s.fps;
+        self.step_changes += 1;
+        Ok(())
     }
 
     /// Changes the encoder's target bitrate.
@@ -88,6 +119,7 @@ impl VideoSender {
         while self.next_due <= now {
             self.next_due += self.interval;
             self.frame = self.frame.wrapping_add(1);
+            self.pts += i64::from(self.ticks_per_frame);
         }
     }
 
@@ -118,7 +150,8 @@ impl VideoSender {
             frame: self.frame,
             capture_ms: wall_ms,
         };
-        let pts = i64::from(self.frame) * i64::from(self.ticks_per_frame);
+        let pts = self.pts;
+        self.pts += i64::from(self.ticks_per_frame);
         let picture = self.pattern.draw(stamp);
         let out = self
             .encoder

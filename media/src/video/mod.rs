@@ -87,6 +87,12 @@ pub struct VideoStats {
     pub video_playout_delay_ms: u64,
     /// The bitrate the encoder is set to now (it follows the bandwidth estimate).
     pub video_target_kbps: u32,
+    /// What the encoder sends now (the adaptation steps it down on a thin link), and how
+    /// often that changed.
+    pub video_send_width: u32,
+    pub video_send_height: u32,
+    pub video_send_fps: u32,
+    pub video_step_changes: u64,
     pub video_first_frame_ms: Option<u64>,
 }
 

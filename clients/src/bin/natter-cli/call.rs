@@ -8,8 +8,8 @@ fn stats_line(s: &natter_client::CallStats) -> String {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     format!(
         "sent {} · received {} · lost {} · concealed {} · decoded {:.1}% · tone {:.1}% · jitter {:.1} ms \
-         · loss {:.1}% before repair, {:.1}% after · rtt {} ms · estimate {} kbit/s \
-         · queue {} ms · video pushback {:.0}%",
+         · loss {:.1}% before repair, {:.2}% after · rtt {} ms · estimate {} kbit/s \
+         · queue {} ms · video pushback {:.0}% · opus {:.1} kbit/s {} ms{}{}{} (peer loses {:.1}%)",
         s.frames_sent,
         s.received.frames_received,
         s.received.frames_lost,
@@ -23,18 +23,33 @@ fn stats_line(s: &natter_client::CallStats) -> String {
         opt(t.send_estimate_kbps.map(|k| k.to_string())),
         opt(t.queue_ms.map(|q| format!("{q:.0}"))),
         t.video_pushback_pct,
+        s.audio_send.opus_kbps,
+        s.audio_send.audio_ptime_ms,
+        if s.audio_send.opus_fec {
+            format!(" FEC {}%", s.audio_send.opus_expected_loss_pct)
+        } else {
+            String::new()
+        },
+        if s.audio_send.audio_red { " RED" } else { "" },
+        if s.audio_send.opus_dtx { " DTX" } else { "" },
+        s.audio_send.audio_remote_loss_pct,
     ) + &s.video.as_ref().map(video_part).unwrap_or_default()
 }
 
 fn video_part(v: &natter_client::VideoStats) -> String {
     let opt = |v: Option<u32>| v.map_or_else(|| "-".into(), |d| d.to_string());
     format!(
-        " · video sent {} at {} kbit/s ({} keyframes, {} NACKs in) · rendered {} ({}x{}) · {:.0} fps \
+        " · video sent {} at {} kbit/s as {}x{} at {} fps ({} keyframes, {} NACKs in, {} steps) \
+         · rendered {} ({}x{}) · {:.0} fps \
          · freezes {} · delay {} ms p50, {} p95 · nacks {} · keyframe requests {}",
         v.video_frames_sent,
         v.video_target_kbps,
+        v.video_send_width,
+        v.video_send_height,
+        v.video_send_fps,
         v.video_keyframes_sent,
         v.video_nacks_received,
+        v.video_step_changes,
         v.video_frames_rendered,
         v.video_width,
         v.video_height,
@@ -81,7 +96,7 @@ pub(crate) async fn calls_out(
 ) -> Result<()> {
     use natter_client::{CallEnd, CallState};
     let mut setups_ms = Vec::new();
-    let (mut decoded, mut expected) = (0u64, 0u64);
+    let (mut decoded, mut expected, mut lost) = (0u64, 0u64, 0u64);
     // Video received: rendered frames per second (averaged over calls), freezes in all.
     let (mut fps_sum, mut freezes, mut video_calls) = (0.0, 0u64, 0u32);
     let (mut rendered, mut missed) = (0u64, 0u64);
@@ -117,6 +132,7 @@ pub(crate) async fn calls_out(
             setups_ms.push(ms);
         }
         decoded += s.received.frames_decoded;
+        lost += s.received.frames_lost;
         expected += s.received.frames_received + s.received.frames_lost;
         if let Some(v) = &s.video {
             fps_sum += v.video_fps_avg;
@@ -156,7 +172,11 @@ pub(crate) async fn calls_out(
     } else {
         String::new()
     };
-    println!("calls={count} setup_ms_p95={p95:.0} decoded_pct={pct:.2}{video}");
+    // Frames still missing after RED and FEC: what the decoder had to conceal.
+    let concealed = 100.0 * lost as f64 / expected.max(1) as f64;
+    println!(
+        "calls={count} setup_ms_p95={p95:.0} decoded_pct={pct:.2} concealed_pct={concealed:.2}{video}"
+    );
     Ok(())
 }
 

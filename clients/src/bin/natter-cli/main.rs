@@ -213,6 +213,13 @@ struct MediaArgs {
     /// Video target bitrate, kbit/s.
     #[arg(long, default_value_t = 800)]
     video_kbps: u32,
+    /// Keep the encoders' settings fixed instead of adapting them to the link: Opus at
+    /// 32 kbit/s in 20 ms packets without FEC, RED or DTX, and video at its configured size
+    /// and frame rate (its bitrate still follows the bandwidth estimate). For comparisons;
+    /// by default FEC and RED come on with loss, and bitrate, packet time, picture size and
+    /// frame rate step down on a thin link.
+    #[arg(long)]
+    no_adapt: bool,
 }
 
 fn parse_size(s: &str) -> std::result::Result<(u32, u32), String> {
@@ -255,6 +262,7 @@ impl MediaArgs {
                 fps: self.video_fps,
                 bitrate_kbps: self.video_kbps,
             }),
+            adapt: !self.no_adapt,
             ..Default::default()
         })
     }
