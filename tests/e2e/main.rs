@@ -19,6 +19,7 @@ mod messages;
 mod netem_audio;
 mod netem_calls;
 mod netem_group_call;
+mod netem_video;
 mod offline;
 mod ops;
 mod prekeys;

@@ -6,8 +6,8 @@
 //! quarter at half the frame rate. A step needs [`DOWN_BITS_PER_PIXEL`] per pixel per
 //! frame; below that for [`DOWN_HOLD`] the encoder goes a step down (a pushback blip does
 //! not cost a keyframe), and it goes back up once the target has carried the upper step
-//! with [`UP_MARGIN`] to spare for [`UP_HOLD`]: a margin and a longer wait, so it does not
-//! flap between two steps. Each change of size costs a keyframe (VP8 carries the size only
+//! with [`UP_MARGIN`] to spare for [`UP_HOLD`] (as many steps up at once as the target
+//! carries so): a margin and a longer wait, so it does not flap between two steps. Each change of size costs a keyframe (VP8 carries the size only
 //! there), which is why both directions wait.
 
 use std::time::{Duration, Instant};
@@ -102,7 +102,15 @@ impl VideoPolicy {
         if !down && !up {
             return None;
         }
-        self.level = if down { self.level + 1 } else { self.level - 1 };
+        self.level = if down {
+            self.level + 1
+        } else {
+            // Up as far as the target carries with the margin (after an outage the estimate
+            // comes back in a jump: a step a hold would take 6 s from the smallest picture).
+            (0..self.level)
+                .find(|&i| kbps >= self.steps[i].needs_kbps() * UP_MARGIN)
+                .unwrap_or(self.level - 1)
+        };
         // The next step's wait counts from this change (a collapse walks down a step a
         // hold), and starts over at the first report that does not bear it out.
         self.low_since = Some(now);
@@ -188,6 +196,24 @@ mod tests {
             assert_eq!(p.on_target(420, ms(t0, t)), None, "t={t}");
         }
         assert_eq!(p.on_target(420, ms(t0, 12200)), Some(FULL));
+    }
+
+    #[test]
+    fn a_recovered_target_goes_up_as_many_steps_as_it_carries() {
+        let t0 = Instant::now();
+        let mut p = VideoPolicy::new(FULL);
+        for t in (0..=3000).step_by(500) {
+            p.on_target(10, ms(t0, t));
+        }
+        assert_eq!(p.level(), 3);
+        // 160x90 at 30 fps needs 17.28 with half again 25.92; 320x180 103.68 with the
+        // margin; 640x360 414.72. 200 kbit/s held 3 s: straight to 320x180.
+        p.on_target(200, ms(t0, 3500));
+        let s = p.on_target(200, ms(t0, 6500)).unwrap();
+        assert_eq!((s.width, s.fps), (320, 30));
+        // 1000 held 3 s: 640x360.
+        p.on_target(1000, ms(t0, 7000));
+        assert_eq!(p.on_target(1000, ms(t0, 10000)), Some(FULL));
     }
 
     #[test]

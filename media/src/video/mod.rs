@@ -17,6 +17,8 @@ pub use vpx::{DecodedPicture, EncodedFrame, EncoderSettings, Vp8Decoder, Vp8Enco
 /// count them the same way).
 pub const FREEZE_GAP: Duration = Duration::from_millis(150);
 const DELAY_SAMPLES: usize = 2048;
+/// Freezes remembered one by one (the statistics are copied out every second: kept small).
+pub const FREEZE_LOG: usize = 32;
 
 /// What video a call sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +74,9 @@ pub struct VideoStats {
     pub video_nacks_received: u64,
     pub video_freezes: u64,
     pub video_freeze_ms: u64,
+    /// The last [`FREEZE_LOG`] freezes: [when each ended, how long it was], ms, the first
+    /// counted from when the receiver started.
+    pub video_freeze_log: Vec<[u64; 2]>,
     /// The longest time between two rendered frames so far.
     pub video_longest_gap_ms: u64,
     /// Rendered frames per second over the last second.
@@ -80,6 +85,9 @@ pub struct VideoStats {
     pub video_fps_avg: f64,
     pub video_width: u32,
     pub video_height: u32,
+    /// The last [`FREEZE_LOG`] changes of the picture size: [when, width, height], ms from
+    /// when the receiver started.
+    pub video_size_log: Vec<[u64; 3]>,
     /// Capture (on the sender's clock) to render (on ours), when both clocks agree.
     pub video_delay_ms_p50: Option<u32>,
     pub video_delay_ms_p95: Option<u32>,
@@ -141,6 +149,14 @@ impl RenderTracker {
     ) {
         let s = &mut self.stats;
         s.video_frames_decoded += 1;
+        if (s.video_width, s.video_height) != (pic.width, pic.height) {
+            if s.video_size_log.len() == FREEZE_LOG {
+                s.video_size_log.remove(0);
+            }
+            let at = now.duration_since(self.started).as_millis() as u64;
+            s.video_size_log
+                .push([at, u64::from(pic.width), u64::from(pic.height)]);
+        }
         s.video_width = pic.width;
         s.video_height = pic.height;
         let Some(stamp) = stamp else { return };
@@ -160,6 +176,11 @@ impl RenderTracker {
             if gap > FREEZE_GAP {
                 s.video_freezes += 1;
                 s.video_freeze_ms += gap.as_millis() as u64;
+                if s.video_freeze_log.len() == FREEZE_LOG {
+                    s.video_freeze_log.remove(0);
+                }
+                let end = now.duration_since(self.started).as_millis() as u64;
+                s.video_freeze_log.push([end, gap.as_millis() as u64]);
             }
         }
         s.video_frames_rendered += 1;
