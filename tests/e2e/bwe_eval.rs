@@ -27,7 +27,7 @@ use natter_netem::scenario::Scenario;
 use natter_netem::stats::Interval;
 use natter_netem::topology::{Topology, unavailable};
 
-use crate::netem_calls::{KillOnDrop, built_bin, cli_path, register_when_up, server_command, skip};
+use crate::netem_calls::{KillOnDrop, LinkPair, built_bin, cli_path, skip};
 
 /// The sender asks for more than any case's capacity, so the estimate is what limits it;
 /// `BWE_VIDEO_SIZE` sets the picture (default 640x360, which needs ~1.4 Mbit/s at most).
@@ -240,26 +240,14 @@ fn run_case(case: &str, sender: Sender, plots: Option<&Path>) -> Option<CaseScor
 /// natter's sender: alice on `a` calls bob on `b` (where the server runs too) with video
 /// until the case ends.
 fn natter_call(topo: &Topology, dir: &Path, t0: Instant, length: Duration) -> Sent {
-    let cli = cli_path().unwrap();
-    let server_ip = topo.host("b").unwrap().addr.to_string();
-    let mut cmd = server_command(topo, "b", &dir.join("server"));
-    cmd.args(["--turn-enabled", "false"]);
-    let _server = KillOnDrop(cmd.spawn().unwrap());
-    let url = format!("http://{server_ip}:8080");
-    let cli_cmd = |host: &str, user: &str| {
-        let mut c = topo.command(host, cli.to_str().unwrap()).unwrap();
-        c.arg("--home").arg(dir.join(user));
-        c
-    };
-    for (host, user, phone) in [("a", "alice", "+15550000201"), ("b", "bob", "+15550000202")] {
-        register_when_up(|| cli_cmd(host, user), phone, &url);
-    }
-    let out = cli_cmd("a", "alice")
-        .args(["contacts", "add", "+15550000202", "--name", "bob"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let mut bob = cli_cmd("b", "bob")
+    let pair = LinkPair::start(
+        topo,
+        cli_path().unwrap(),
+        dir,
+        ["+15550000201", "+15550000202"],
+    );
+    let mut bob = pair
+        .cli("b", "bob")
         .args(["answer", "--count", "1", "--wait", "60s"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -269,7 +257,8 @@ fn natter_call(topo: &Topology, dir: &Path, t0: Instant, length: Duration) -> Se
     // The call runs to the end of the case; its media starts about a second after this.
     let start_s = t0.elapsed().as_secs_f64() + 1.0;
     let remaining = length.saturating_sub(t0.elapsed());
-    let alice = cli_cmd("a", "alice")
+    let alice = pair
+        .cli("a", "alice")
         .args(["call", "bob", "--video", "--video-kbps", VIDEO_KBPS])
         .args(["--video-size", &video_size()])
         .args(["--duration", &format!("{}s", remaining.as_secs())])

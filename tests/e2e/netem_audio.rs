@@ -13,7 +13,7 @@ use std::time::Duration;
 use natter_netem::scenario::Scenario;
 use natter_netem::topology::{Topology, unavailable};
 
-use crate::netem_calls::{KillOnDrop, cli_path, register_when_up, server_command, skip};
+use crate::netem_calls::{KillOnDrop, LinkPair, cli_path, skip};
 
 /// Long enough for ~1500 frames each way (the first second, before the first loss report,
 /// is unprotected either way).
@@ -31,29 +31,13 @@ fn concealed_pct(case: &str, adapt: bool) -> Option<f64> {
     };
     let topo = Topology::build(&Scenario::load(case).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = server_command(&topo, "b", &dir.path().join("server"));
-    cmd.args(["--turn-enabled", "false"]);
-    let _server = KillOnDrop(cmd.spawn().unwrap());
-    let url = format!("http://{}:8080", topo.host("b").unwrap().addr);
-    let cli_cmd = |host: &str, user: &str| {
-        let mut c = topo.command(host, cli.to_str().unwrap()).unwrap();
-        c.arg("--home").arg(dir.path().join(user));
-        c
-    };
-    for (host, user, phone) in [("a", "alice", "+15550000301"), ("b", "bob", "+15550000302")] {
-        register_when_up(|| cli_cmd(host, user), phone, &url);
-    }
-    let out = cli_cmd("a", "alice")
-        .args(["contacts", "add", "+15550000302", "--name", "bob"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let pair = LinkPair::start(&topo, cli, dir.path(), ["+15550000301", "+15550000302"]);
     let flag = |c: &mut std::process::Command| {
         if !adapt {
             c.arg("--no-adapt");
         }
     };
-    let mut answer = cli_cmd("b", "bob");
+    let mut answer = pair.cli("b", "bob");
     answer.args(["answer", "--count", "1", "--wait", "60s"]);
     flag(&mut answer);
     let bob = answer
@@ -63,7 +47,7 @@ fn concealed_pct(case: &str, adapt: bool) -> Option<f64> {
         .unwrap();
     let bob = KillOnDrop(bob);
     std::thread::sleep(Duration::from_secs(1));
-    let mut call = cli_cmd("a", "alice");
+    let mut call = pair.cli("a", "alice");
     call.args(["call", "bob", "--duration", CALL]);
     flag(&mut call);
     let alice = call.output().unwrap();

@@ -75,6 +75,48 @@ pub(crate) fn register_when_up(cli: impl Fn() -> Command, phone: &str, url: &str
     }
 }
 
+/// alice on host `a` and bob on `b` of a link-mode topology, the server on `b` (no TURN),
+/// both registered and alice knowing bob: what a 1:1 call across the emulated link needs.
+pub(crate) struct LinkPair<'a> {
+    topo: &'a Topology,
+    cli: PathBuf,
+    home: PathBuf,
+    _server: KillOnDrop,
+}
+
+impl<'a> LinkPair<'a> {
+    /// `phones` are alice's and bob's numbers (unique per test); `dir` holds the server's
+    /// data and both devices.
+    pub(crate) fn start(topo: &'a Topology, cli: PathBuf, dir: &Path, phones: [&str; 2]) -> Self {
+        let mut cmd = server_command(topo, "b", &dir.join("server"));
+        cmd.args(["--turn-enabled", "false"]);
+        let pair = LinkPair {
+            topo,
+            cli,
+            home: dir.to_path_buf(),
+            _server: KillOnDrop(cmd.spawn().unwrap()),
+        };
+        let url = format!("http://{}:8080", topo.host("b").unwrap().addr);
+        for ((host, user), phone) in [("a", "alice"), ("b", "bob")].into_iter().zip(phones) {
+            register_when_up(|| pair.cli(host, user), phone, &url);
+        }
+        let out = pair
+            .cli("a", "alice")
+            .args(["contacts", "add", phones[1], "--name", "bob"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        pair
+    }
+
+    /// `natter-cli` as `user` on `host`.
+    pub(crate) fn cli(&self, host: &str, user: &str) -> Command {
+        let mut c = self.topo.command(host, self.cli.to_str().unwrap()).unwrap();
+        c.arg("--home").arg(self.home.join(user));
+        c
+    }
+}
+
 struct Run {
     topo: Topology,
     dir: tempfile::TempDir,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use natter_netem::scenario::Scenario;
 use natter_netem::topology::{Topology, unavailable};
 
-use crate::netem_calls::{KillOnDrop, cli_path, register_when_up, server_command, skip};
+use crate::netem_calls::{KillOnDrop, LinkPair, cli_path, skip};
 
 /// The train's outages on `a`'s uplink, seconds from the emulator's start, and when the
 /// capacity is back at 2 Mbit/s after each.
@@ -44,24 +44,9 @@ fn the_train_steps_the_picture_down_without_long_freezes_and_back_up() {
     let topo = Topology::build(&s).unwrap();
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = server_command(&topo, "b", &dir.path().join("server"));
-    cmd.args(["--turn-enabled", "false"]);
-    let _server = KillOnDrop(cmd.spawn().unwrap());
-    let url = format!("http://{}:8080", topo.host("b").unwrap().addr);
-    let cli_cmd = |host: &str, user: &str| {
-        let mut c = topo.command(host, cli.to_str().unwrap()).unwrap();
-        c.arg("--home").arg(dir.path().join(user));
-        c
-    };
-    for (host, user, phone) in [("a", "alice", "+15550000401"), ("b", "bob", "+15550000402")] {
-        register_when_up(|| cli_cmd(host, user), phone, &url);
-    }
-    let out = cli_cmd("a", "alice")
-        .args(["contacts", "add", "+15550000402", "--name", "bob"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let bob = cli_cmd("b", "bob")
+    let pair = LinkPair::start(&topo, cli, dir.path(), ["+15550000401", "+15550000402"]);
+    let bob = pair
+        .cli("b", "bob")
         .args(["--json", "answer", "--count", "1", "--wait", "60s"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -73,7 +58,8 @@ fn the_train_steps_the_picture_down_without_long_freezes_and_back_up() {
     // are counted from about here.
     let offset_s = t0.elapsed().as_secs_f64();
     let remaining = length.saturating_sub(t0.elapsed());
-    let alice = cli_cmd("a", "alice")
+    let alice = pair
+        .cli("a", "alice")
         .args(["call", "bob", "--video", "--video-kbps", "2000"])
         .args(["--duration", &format!("{}s", remaining.as_secs())])
         .output()
